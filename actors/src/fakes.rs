@@ -1,0 +1,266 @@
+//! In-memory adapters for the actor unit tests: a replayable log per tenant, a store that
+//! runs the real [`crate::scim::plan_batch`] rules, and recording publisher and cache.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::ports::*;
+use crate::scim::{plan_batch, StoredUser};
+use crate::tenant::{TenantId, TopicKind};
+
+#[derive(Default)]
+pub struct FakeLog {
+    pub records: Mutex<Vec<InboundRecord>>,
+    pub appended: Notify,
+    /// Next offset to consume, as stored by the actor ("committed").
+    pub stored: Mutex<i64>,
+    pub paused: AtomicBool,
+    pub pauses: AtomicUsize,
+    pub max_buffered_seen: AtomicUsize,
+}
+
+impl FakeLog {
+    pub fn append(&self, payload: Vec<u8>) {
+        let mut recs = self.records.lock().unwrap();
+        let offset = recs.len() as i64;
+        recs.push(InboundRecord {
+            offset,
+            key: None,
+            payload,
+            headers: vec![],
+        });
+        drop(recs);
+        self.appended.notify_waiters();
+    }
+    pub fn stored(&self) -> i64 {
+        *self.stored.lock().unwrap()
+    }
+}
+
+pub struct FakeFeed {
+    log: Arc<FakeLog>,
+    pos: Mutex<usize>,
+}
+
+#[async_trait]
+impl PartitionFeed for FakeFeed {
+    async fn recv(&self) -> Result<InboundRecord, FeedError> {
+        loop {
+            let notified = self.log.appended.notified();
+            {
+                let recs = self.log.records.lock().unwrap();
+                let mut pos = self.pos.lock().unwrap();
+                if *pos < recs.len() {
+                    let rec = recs[*pos].clone();
+                    *pos += 1;
+                    let buffered = *pos - *self.log.stored.lock().unwrap() as usize;
+                    self.log
+                        .max_buffered_seen
+                        .fetch_max(buffered, Ordering::SeqCst);
+                    return Ok(rec);
+                }
+            }
+            notified.await;
+        }
+    }
+    fn pause(&self) -> Result<(), FeedError> {
+        self.log.paused.store(true, Ordering::SeqCst);
+        self.log.pauses.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), FeedError> {
+        self.log.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {
+        let mut s = self.log.stored.lock().unwrap();
+        *s = (*s).max(next_offset);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub struct FakeFeeds {
+    pub logs: Mutex<HashMap<TenantId, Arc<FakeLog>>>,
+}
+
+impl FakeFeeds {
+    pub fn log(&self, tenant: &TenantId) -> Arc<FakeLog> {
+        self.logs
+            .lock()
+            .unwrap()
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
+    }
+}
+
+#[async_trait]
+impl FeedSource for FakeFeeds {
+    async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError> {
+        let log = self.log(tenant);
+        let pos = log.stored() as usize;
+        Ok(Arc::new(FakeFeed {
+            log,
+            pos: Mutex::new(pos),
+        }))
+    }
+}
+
+#[derive(Default)]
+pub struct TenantData {
+    pub users: HashMap<String, StoredUser>,
+    pub processed: HashSet<String>,
+    pub outbox: Vec<(OutboxRecord, bool)>,
+    pub security: Vec<SecurityEvent>,
+}
+
+#[derive(Default)]
+pub struct FakeStore {
+    pub data: Mutex<HashMap<TenantId, TenantData>>,
+    /// Batches containing a user with this userName fail (a poison event).
+    pub poison_user_name: Mutex<Option<String>>,
+    /// While set, every batch waits here (lets tests hold a tenant's actor busy).
+    pub gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    pub batches: AtomicUsize,
+    /// Simulated database time per batch.
+    pub batch_delay: Mutex<std::time::Duration>,
+}
+
+impl FakeStore {
+    pub fn users(&self, tenant: &TenantId) -> HashMap<String, StoredUser> {
+        self.data
+            .lock()
+            .unwrap()
+            .get(tenant)
+            .map(|d| d.users.clone())
+            .unwrap_or_default()
+    }
+    pub fn with<R>(&self, tenant: &TenantId, f: impl FnOnce(&TenantData) -> R) -> R {
+        let mut data = self.data.lock().unwrap();
+        f(data.entry(tenant.clone()).or_default())
+    }
+}
+
+#[async_trait]
+impl TenantStore for FakeStore {
+    async fn apply_scim_batch(
+        &self,
+        tenant: &TenantId,
+        batch: &ScimBatch,
+    ) -> Result<BatchReport, StoreError> {
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            let _permit = gate.acquire().await;
+        }
+        let delay = *self.batch_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let poison = self.poison_user_name.lock().unwrap().clone();
+        if let Some(p) = poison {
+            if batch.events.iter().any(|e| e.user.user_name == p) {
+                return Err(StoreError::Query("poisoned".into()));
+            }
+        }
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        let mut all = self.data.lock().unwrap();
+        let data = all.entry(tenant.clone()).or_default();
+        let plan = plan_batch(data.users.clone(), &data.processed, &batch.events);
+        let mut report = BatchReport::default();
+        for (id, outcome) in &plan.outcomes {
+            report.count(*outcome);
+            data.processed.insert(id.clone());
+        }
+        for u in plan.upserts {
+            data.users.insert(u.user_id.clone(), u);
+        }
+        for c in plan.changes {
+            let id = data.outbox.len() as i64 + 1;
+            data.outbox.push((
+                OutboxRecord {
+                    id,
+                    topic: TopicKind::UserChanged,
+                    key: c.user_id.clone(),
+                    payload: serde_json::to_vec(&c).unwrap(),
+                },
+                false,
+            ));
+        }
+        data.security.extend(batch.security_events.iter().cloned());
+        Ok(report)
+    }
+
+    async fn pending_outbox(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        Ok(self.with(tenant, |d| {
+            d.outbox
+                .iter()
+                .filter(|(_, sent)| !sent)
+                .take(limit)
+                .map(|(r, _)| r.clone())
+                .collect()
+        }))
+    }
+
+    async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError> {
+        let mut all = self.data.lock().unwrap();
+        let data = all.entry(tenant.clone()).or_default();
+        for (r, sent) in data.outbox.iter_mut() {
+            if ids.contains(&r.id) {
+                *sent = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub struct FakePublisher {
+    pub published: Mutex<Vec<(TenantId, OutboundRecord)>>,
+}
+
+impl FakePublisher {
+    pub fn on(&self, tenant: &TenantId, topic: TopicKind) -> Vec<OutboundRecord> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, r)| t == tenant && r.topic == topic)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventPublisher for FakePublisher {
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        records: Vec<OutboundRecord>,
+    ) -> Result<(), PublishError> {
+        let mut p = self.published.lock().unwrap();
+        p.extend(records.into_iter().map(|r| (tenant.clone(), r)));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+pub struct FakeCache {
+    pub invalidations: Mutex<Vec<TenantId>>,
+}
+
+#[async_trait]
+impl RosterCache for FakeCache {
+    async fn invalidate_roster(&self, tenant: &TenantId) -> Result<(), CacheError> {
+        self.invalidations.lock().unwrap().push(tenant.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,31 @@
+//! Every metric name the service emits, in one place (`enablement_<subsystem>_<name>_<unit>`,
+//! `_total` for counters). Tenant id is a label only where an operator needs per-tenant views.
+
+/// Counter {tenant, outcome=applied|unchanged|stale|duplicate}: SCIM events committed.
+pub const SCIM_EVENTS_TOTAL: &str = "enablement_scim_events_total";
+/// Counter {tenant, reason}: SCIM payloads rejected to the tenant's DLQ topic.
+pub const SCIM_DLQ_TOTAL: &str = "enablement_scim_dlq_total";
+/// Histogram (seconds): one micro-batch from hand-off to commit (no tenant label).
+pub const SCIM_BATCH_DURATION_SECONDS: &str = "enablement_scim_batch_duration_seconds";
+/// Histogram (events): size of committed micro-batches.
+pub const SCIM_BATCH_SIZE_EVENTS: &str = "enablement_scim_batch_size_events";
+/// Gauge {tenant}: records fetched from the broker but not yet committed by the actor.
+pub const TENANT_BACKLOG_MESSAGES: &str = "enablement_tenant_backlog_messages";
+/// Counter {tenant}: times the tenant's partition was paused at the high-water mark.
+pub const TENANT_PARTITION_PAUSES_TOTAL: &str = "enablement_tenant_partition_pauses_total";
+/// Counter {tenant}: tenant actor restarts after a failure.
+pub const ACTOR_RESTARTS_TOTAL: &str = "enablement_actor_restarts_total";
+/// Gauge: tenant actors running in this process.
+pub const ACTORS_RUNNING: &str = "enablement_actors_running";
+/// Gauge: tenants parked after crash-looping.
+pub const ACTORS_PARKED: &str = "enablement_actors_parked";
+/// Counter {tenant}: outbox rows published to Kafka.
+pub const OUTBOX_PUBLISHED_TOTAL: &str = "enablement_outbox_published_total";
+/// Counter {kind}: security events (tenant mismatch, cross-tenant access).
+pub const SECURITY_EVENTS_TOTAL: &str = "enablement_security_events_total";
+/// Counter {operation}: cache operations that failed (Redis down); the service carries on.
+pub const CACHE_ERRORS_TOTAL: &str = "enablement_cache_errors_total";
+/// Counter {kind}: errors receiving from the broker.
+pub const FEED_ERRORS_TOTAL: &str = "enablement_feed_errors_total";
+/// Counter {route, status}: HTTP requests answered.
+pub const HTTP_REQUESTS_TOTAL: &str = "enablement_http_requests_total";

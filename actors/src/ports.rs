@@ -1,0 +1,160 @@
+//! Ports: the traits through which actors reach the outside world.
+//!
+//! One trait per port; the service's adapters (`src/`) implement them over PostgreSQL,
+//! Redis and Kafka, and the unit tests here implement them in memory. Every method is
+//! scoped to one tenant: no port offers a way to touch two tenants at once.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::scim::{EventOutcome, ScimEvent};
+use crate::tenant::{TenantId, TopicKind};
+
+/// One record read from a tenant's inbound partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundRecord {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FeedError {
+    #[error("broker error: {0}")]
+    Broker(String),
+    #[error("tenant topic is not assigned to this instance")]
+    NotAssigned,
+}
+
+/// A tenant's inbound partition, pulled at the actor's own pace.
+#[async_trait]
+pub trait PartitionFeed: Send + Sync + 'static {
+    /// Waits for the next record. Cancellation safe.
+    async fn recv(&self) -> Result<InboundRecord, FeedError>;
+    /// Stops fetching from the broker (the backlog stays in the broker's log).
+    fn pause(&self) -> Result<(), FeedError>;
+    fn resume(&self) -> Result<(), FeedError>;
+    /// Records that every record before `next_offset` has its effects committed.
+    fn store_offset(&self, next_offset: i64) -> Result<(), FeedError>;
+}
+
+/// Opens tenant feeds. Opening again (after an actor restart) rewinds to the first record
+/// whose effects are not known to be committed.
+#[async_trait]
+pub trait FeedSource: Send + Sync + 'static {
+    async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError>;
+}
+
+/// A security-relevant observation recorded with the tenant's data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityEvent {
+    pub kind: &'static str,
+    pub detail: Value,
+}
+
+/// A validated batch of SCIM events plus security events, applied in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct ScimBatch {
+    pub events: Vec<ScimEvent>,
+    pub security_events: Vec<SecurityEvent>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub applied: u64,
+    pub unchanged: u64,
+    pub stale: u64,
+    pub duplicate: u64,
+}
+
+impl BatchReport {
+    pub fn count(&mut self, outcome: EventOutcome) {
+        match outcome {
+            EventOutcome::Applied => self.applied += 1,
+            EventOutcome::Unchanged => self.unchanged += 1,
+            EventOutcome::Stale => self.stale += 1,
+            EventOutcome::Duplicate => self.duplicate += 1,
+        }
+    }
+}
+
+/// A row of the transactional outbox waiting to be relayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub topic: TopicKind,
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("row-level security refused the operation: {0}")]
+    PolicyViolation(String),
+    #[error("database error: {0}")]
+    Query(String),
+}
+
+/// Tenant-scoped persistence. Every call runs in its own transaction with `app.tenant_id`
+/// set to `tenant`; there is no method that could run a tenant query outside one.
+#[async_trait]
+pub trait TenantStore: Send + Sync + 'static {
+    /// Applies the batch (idempotency records, user upserts, outbox rows, security events)
+    /// atomically.
+    async fn apply_scim_batch(
+        &self,
+        tenant: &TenantId,
+        batch: &ScimBatch,
+    ) -> Result<BatchReport, StoreError>;
+    /// Oldest unsent outbox rows, at most `limit`.
+    async fn pending_outbox(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError>;
+    async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError>;
+}
+
+/// A record to publish on one of the tenant's topics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRecord {
+    pub topic: TopicKind,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker refused or timed out: {0}")]
+    Broker(String),
+}
+
+/// Publishes to the tenant's topics; returns once the broker acknowledged every record.
+#[async_trait]
+pub trait EventPublisher: Send + Sync + 'static {
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        records: Vec<OutboundRecord>,
+    ) -> Result<(), PublishError>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The tenant's cache namespace (`tenant:{<id>}:*`).
+#[async_trait]
+pub trait RosterCache: Send + Sync + 'static {
+    /// Drops the cached roster after a committed change to the tenant's users.
+    async fn invalidate_roster(&self, tenant: &TenantId) -> Result<(), CacheError>;
+}

@@ -1,0 +1,712 @@
+//! SCIM 2.0 user events: the wire envelope, its validation, and how events fold into state.
+//!
+//! The envelope on `tenant.<id>.scim` is documented in the README and in
+//! `schemas/scim-event.schema.json`. [`parse_event`] turns raw bytes into a [`ScimEvent`] or a
+//! [`Rejection`] with a stable reason code (the DLQ header). [`plan_batch`] is the pure rule
+//! set the store runs inside its transaction: ordered, idempotent, stale events are no-ops.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::tenant::TenantId;
+
+pub const CORE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const ENTERPRISE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+const MAX_ID_LEN: usize = 256;
+
+/// What an event asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+/// The role column of the seed data model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Rep,
+    Manager,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Rep => "rep",
+            Role::Manager => "manager",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.to_ascii_lowercase().as_str() {
+            "rep" => Some(Role::Rep),
+            "manager" => Some(Role::Manager),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A validated SCIM event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScimEvent {
+    pub event_id: String,
+    pub tenant: TenantId,
+    pub operation: Operation,
+    pub occurred_at: OffsetDateTime,
+    pub user: ScimUser,
+}
+
+/// The columns extracted from a SCIM User, plus the whole resource as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScimUser {
+    pub id: String,
+    pub user_name: String,
+    pub email: Option<String>,
+    pub role: Role,
+    pub external_id: Option<String>,
+    pub manager_id: Option<String>,
+    pub active: bool,
+    /// The SCIM resource exactly as the producer sent it (kept for the SCIM provider).
+    pub resource: Value,
+}
+
+/// Why a payload was refused. `code` is stable (DLQ header `dlq.reason`, metric label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: RejectCode,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectCode {
+    Oversized,
+    InvalidJson,
+    InvalidField,
+    MissingField,
+    UnknownOperation,
+    TenantMismatch,
+}
+
+impl RejectCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::Oversized => "oversized",
+            RejectCode::InvalidJson => "invalid_json",
+            RejectCode::InvalidField => "invalid_field",
+            RejectCode::MissingField => "missing_field",
+            RejectCode::UnknownOperation => "unknown_operation",
+            RejectCode::TenantMismatch => "tenant_mismatch",
+        }
+    }
+}
+
+impl Rejection {
+    fn new(code: RejectCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).filter(|v| !v.is_null())
+}
+
+fn required_str(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<String, Rejection> {
+    match field(obj, name) {
+        None => Err(Rejection::new(
+            RejectCode::MissingField,
+            format!("{path} is required"),
+        )),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(Rejection::new(
+            RejectCode::MissingField,
+            format!("{path} must not be empty"),
+        )),
+        Some(Value::String(s)) if s.len() > MAX_ID_LEN => Err(Rejection::new(
+            RejectCode::InvalidField,
+            format!("{path} is longer than {MAX_ID_LEN} bytes"),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(Rejection::new(
+            RejectCode::InvalidField,
+            format!("{path} must be a string"),
+        )),
+    }
+}
+
+fn optional_str(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<Option<String>, Rejection> {
+    match field(obj, name) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() > MAX_ID_LEN => Err(Rejection::new(
+            RejectCode::InvalidField,
+            format!("{path} is longer than {MAX_ID_LEN} bytes"),
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Rejection::new(
+            RejectCode::InvalidField,
+            format!("{path} must be a string"),
+        )),
+    }
+}
+
+/// Validates one inbound payload read from `topic_tenant`'s topic.
+pub fn parse_event(
+    topic_tenant: &TenantId,
+    payload: &[u8],
+    max_bytes: usize,
+) -> Result<ScimEvent, Rejection> {
+    if payload.len() > max_bytes {
+        return Err(Rejection::new(
+            RejectCode::Oversized,
+            format!("payload is {} bytes, limit {max_bytes}", payload.len()),
+        ));
+    }
+    let root: Value = serde_json::from_slice(payload)
+        .map_err(|e| Rejection::new(RejectCode::InvalidJson, format!("not JSON: {e}")))?;
+    let Value::Object(env) = root else {
+        return Err(Rejection::new(
+            RejectCode::InvalidJson,
+            "envelope must be a JSON object",
+        ));
+    };
+    let event_id = required_str(&env, "eventId", "eventId")?;
+    let tenant_raw = required_str(&env, "tenantId", "tenantId")?;
+    let tenant = TenantId::parse(&tenant_raw)
+        .map_err(|e| Rejection::new(RejectCode::InvalidField, format!("tenantId: {e}")))?;
+    if &tenant != topic_tenant {
+        return Err(Rejection::new(
+            RejectCode::TenantMismatch,
+            format!("tenantId {tenant} does not match the topic's tenant {topic_tenant}"),
+        ));
+    }
+    let op_raw = required_str(&env, "operation", "operation")?;
+    let operation = match op_raw.as_str() {
+        "CREATE" => Operation::Create,
+        "UPDATE" => Operation::Update,
+        "DELETE" => Operation::Delete,
+        _ => {
+            return Err(Rejection::new(
+                RejectCode::UnknownOperation,
+                "operation must be CREATE, UPDATE or DELETE",
+            ))
+        }
+    };
+    let occurred_raw = required_str(&env, "occurredAt", "occurredAt")?;
+    let occurred_at = OffsetDateTime::parse(&occurred_raw, &Rfc3339).map_err(|_| {
+        Rejection::new(
+            RejectCode::InvalidField,
+            "occurredAt must be an RFC 3339 timestamp",
+        )
+    })?;
+    let user = match field(&env, "user") {
+        None => {
+            return Err(Rejection::new(
+                RejectCode::MissingField,
+                "user is required",
+            ))
+        }
+        Some(Value::Object(u)) => parse_user(u, operation)?,
+        Some(_) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                "user must be a SCIM User object",
+            ))
+        }
+    };
+    Ok(ScimEvent {
+        event_id,
+        tenant,
+        operation,
+        occurred_at,
+        user,
+    })
+}
+
+fn parse_user(u: &serde_json::Map<String, Value>, op: Operation) -> Result<ScimUser, Rejection> {
+    match field(u, "schemas") {
+        Some(Value::Array(items)) if items.iter().any(|s| s == CORE_USER_SCHEMA) => {}
+        Some(Value::Array(_)) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("user.schemas must contain {CORE_USER_SCHEMA}"),
+            ))
+        }
+        Some(_) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                "user.schemas must be an array of strings",
+            ))
+        }
+        None => {
+            return Err(Rejection::new(
+                RejectCode::MissingField,
+                "user.schemas is required",
+            ))
+        }
+    }
+    let id = required_str(u, "id", "user.id")?;
+    let user_name = required_str(u, "userName", "user.userName")?;
+    let external_id = optional_str(u, "externalId", "user.externalId")?;
+    if let Some(name) = field(u, "name") {
+        if !name.is_object() {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                "user.name must be an object",
+            ));
+        }
+    }
+    let active = match field(u, "active") {
+        None => op != Operation::Delete,
+        Some(Value::Bool(b)) => *b && op != Operation::Delete,
+        Some(_) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                "user.active must be a boolean",
+            ))
+        }
+    };
+    let email = primary_value(u, "emails", "user.emails")?;
+    if let Some(e) = &email {
+        if !e.contains('@') || e.len() > MAX_ID_LEN {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                "user.emails[].value must be an email address",
+            ));
+        }
+    }
+    if email.is_none() && op != Operation::Delete {
+        return Err(Rejection::new(
+            RejectCode::MissingField,
+            "user.emails needs at least one value for CREATE and UPDATE",
+        ));
+    }
+    let role = match primary_value(u, "roles", "user.roles")? {
+        None => Role::Rep,
+        Some(r) => Role::parse(&r).ok_or_else(|| {
+            Rejection::new(
+                RejectCode::InvalidField,
+                "user.roles[].value must be rep, manager or admin",
+            )
+        })?,
+    };
+    let manager_id = match field(u, ENTERPRISE_USER_SCHEMA) {
+        None => None,
+        Some(Value::Object(ext)) => match field(ext, "manager") {
+            None => None,
+            Some(Value::Object(m)) => optional_str(m, "value", "user.manager.value")?,
+            Some(_) => {
+                return Err(Rejection::new(
+                    RejectCode::InvalidField,
+                    "enterprise manager must be an object with a value",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                "enterprise extension must be an object",
+            ))
+        }
+    };
+    Ok(ScimUser {
+        id,
+        user_name,
+        email,
+        role,
+        external_id,
+        manager_id,
+        active,
+        resource: Value::Object(u.clone()),
+    })
+}
+
+/// The `value` of the primary entry of a SCIM multi-valued attribute (else the first).
+fn primary_value(
+    u: &serde_json::Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<Option<String>, Rejection> {
+    let items = match field(u, name) {
+        None => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("{path} must be an array"),
+            ))
+        }
+    };
+    let mut chosen = None;
+    for item in items {
+        let Value::Object(obj) = item else {
+            return Err(Rejection::new(
+                RejectCode::InvalidField,
+                format!("{path}[] entries must be objects"),
+            ));
+        };
+        let value = optional_str(obj, "value", &format!("{path}[].value"))?;
+        let primary = matches!(field(obj, "primary"), Some(Value::Bool(true)));
+        if primary || chosen.is_none() {
+            chosen = value.or(chosen);
+        }
+        if primary {
+            break;
+        }
+    }
+    Ok(chosen)
+}
+
+/// A user's stored state, as the store loads and writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUser {
+    pub user_id: String,
+    pub user_name: String,
+    pub email: Option<String>,
+    pub role: Role,
+    pub external_id: Option<String>,
+    pub manager_id: Option<String>,
+    pub active: bool,
+    pub resource: Value,
+    /// Incremented on every effective change (`meta.version` of the SCIM provider).
+    pub version: i64,
+    /// `occurredAt` of the newest event applied; older events are stale.
+    pub occurred_at: OffsetDateTime,
+    pub last_event_id: String,
+}
+
+impl StoredUser {
+    fn same_content(&self, other: &StoredUser) -> bool {
+        self.user_name == other.user_name
+            && self.email == other.email
+            && self.role == other.role
+            && self.external_id == other.external_id
+            && self.manager_id == other.manager_id
+            && self.active == other.active
+            && self.resource == other.resource
+    }
+}
+
+/// What one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The user changed; one `user_changed` record is written.
+    Applied,
+    /// Newer than the stored state but identical in content: nothing to announce.
+    Unchanged,
+    /// Older than the stored state: ignored.
+    Stale,
+    /// Event id processed before: ignored.
+    Duplicate,
+}
+
+impl EventOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Applied => "applied",
+            EventOutcome::Unchanged => "unchanged",
+            EventOutcome::Stale => "stale",
+            EventOutcome::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The `user_changed` payload written to the outbox for an effective change.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserChanged {
+    pub event_id: String,
+    pub tenant_id: TenantId,
+    pub operation: Operation,
+    pub user_id: String,
+    pub version: i64,
+    pub active: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub user: Value,
+}
+
+/// Everything a batch writes, computed before writing.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// Final state of every user the batch touched (one row per user).
+    pub upserts: Vec<StoredUser>,
+    /// One record per effective change, in event order.
+    pub changes: Vec<UserChanged>,
+    /// Outcome per event, in input order.
+    pub outcomes: Vec<(String, EventOutcome)>,
+}
+
+/// Folds `events` (in log order) into `current` user states.
+///
+/// `seen` holds event ids already processed (from the idempotency table); ids repeated
+/// inside the batch count as duplicates too. The store calls this inside the tenant
+/// transaction after locking the users' rows.
+pub fn plan_batch(
+    mut current: HashMap<String, StoredUser>,
+    seen: &std::collections::HashSet<String>,
+    events: &[ScimEvent],
+) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    let mut batch_ids = std::collections::HashSet::new();
+    let mut touched: Vec<String> = Vec::new();
+    for ev in events {
+        if seen.contains(&ev.event_id) || !batch_ids.insert(ev.event_id.clone()) {
+            plan.outcomes
+                .push((ev.event_id.clone(), EventOutcome::Duplicate));
+            continue;
+        }
+        let prev = current.get(&ev.user.id);
+        let (outcome, next) = apply_event(prev, ev);
+        if let Some(next) = next {
+            if outcome == EventOutcome::Applied {
+                plan.changes.push(UserChanged {
+                    event_id: ev.event_id.clone(),
+                    tenant_id: ev.tenant.clone(),
+                    operation: ev.operation,
+                    user_id: next.user_id.clone(),
+                    version: next.version,
+                    active: next.active,
+                    occurred_at: ev.occurred_at,
+                    user: next.resource.clone(),
+                });
+            }
+            if !touched.contains(&next.user_id) {
+                touched.push(next.user_id.clone());
+            }
+            current.insert(next.user_id.clone(), next);
+        }
+        plan.outcomes.push((ev.event_id.clone(), outcome));
+    }
+    plan.upserts = touched
+        .into_iter()
+        .filter_map(|id| current.remove(&id))
+        .collect();
+    plan
+}
+
+/// Applies one event to one user's state. Returns the new state when it must be written.
+pub fn apply_event(prev: Option<&StoredUser>, ev: &ScimEvent) -> (EventOutcome, Option<StoredUser>) {
+    if let Some(p) = prev {
+        if ev.occurred_at < p.occurred_at {
+            return (EventOutcome::Stale, None);
+        }
+    }
+    let mut next = match (ev.operation, prev) {
+        (Operation::Delete, Some(p)) => {
+            // Deactivation keeps the stored attributes (history), only `active` flips.
+            let mut n = p.clone();
+            n.active = false;
+            if let Value::Object(obj) = &mut n.resource {
+                obj.insert("active".into(), Value::Bool(false));
+            }
+            n
+        }
+        _ => {
+            let mut resource = ev.user.resource.clone();
+            if let Value::Object(obj) = &mut resource {
+                obj.insert("active".into(), Value::Bool(ev.user.active));
+            }
+            StoredUser {
+                user_id: ev.user.id.clone(),
+                user_name: ev.user.user_name.clone(),
+                email: ev.user.email.clone(),
+                role: ev.user.role,
+                external_id: ev.user.external_id.clone(),
+                manager_id: ev.user.manager_id.clone(),
+                active: ev.user.active,
+                resource,
+                version: prev.map_or(0, |p| p.version),
+                occurred_at: ev.occurred_at,
+                last_event_id: ev.event_id.clone(),
+            }
+        }
+    };
+    next.occurred_at = ev.occurred_at;
+    next.last_event_id = ev.event_id.clone();
+    let changed = prev.is_none_or(|p| !p.same_content(&next));
+    if changed {
+        next.version = prev.map_or(1, |p| p.version + 1);
+        (EventOutcome::Applied, Some(next))
+    } else {
+        (EventOutcome::Unchanged, Some(next))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    pub fn tenant() -> TenantId {
+        TenantId::parse("acme").unwrap()
+    }
+
+    pub fn envelope(event_id: &str, op: &str, user_id: &str, at: &str, email: &str) -> Vec<u8> {
+        serde_json::json!({
+            "eventId": event_id, "tenantId": "acme", "operation": op, "occurredAt": at,
+            "user": {
+                "schemas": [CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA],
+                "id": user_id, "userName": format!("{user_id}@acme.test"),
+                "externalId": format!("hr-{user_id}"),
+                "name": {"givenName": "Ada", "familyName": "Lovelace"},
+                "emails": [{"value": email, "primary": true}],
+                "active": true,
+                "roles": [{"value": "manager", "primary": true}],
+                ENTERPRISE_USER_SCHEMA: {"manager": {"value": "boss"}}
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn parse(bytes: &[u8]) -> Result<ScimEvent, Rejection> {
+        parse_event(&tenant(), bytes, 64 * 1024)
+    }
+
+    #[test]
+    fn parses_a_full_envelope() {
+        let ev = parse(&envelope("e1", "CREATE", "u1", "2026-01-01T00:00:00Z", "a@acme.test")).unwrap();
+        assert_eq!(ev.operation, Operation::Create);
+        assert_eq!(ev.user.id, "u1");
+        assert_eq!(ev.user.role, Role::Manager);
+        assert_eq!(ev.user.manager_id.as_deref(), Some("boss"));
+        assert_eq!(ev.user.email.as_deref(), Some("a@acme.test"));
+        assert_eq!(ev.user.external_id.as_deref(), Some("hr-u1"));
+        assert!(ev.user.active);
+    }
+
+    fn code_of(bytes: &[u8]) -> RejectCode {
+        parse(bytes).unwrap_err().code
+    }
+
+    fn mutate(f: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut v: Value =
+            serde_json::from_slice(&envelope("e1", "CREATE", "u1", "2026-01-01T00:00:00Z", "a@b.c"))
+                .unwrap();
+        f(&mut v);
+        v.to_string().into_bytes()
+    }
+
+    #[test]
+    fn rejects_bad_input_with_stable_codes() {
+        assert_eq!(code_of(b"not json"), RejectCode::InvalidJson);
+        assert_eq!(code_of(b"[1,2]"), RejectCode::InvalidJson);
+        assert_eq!(
+            code_of(&mutate(|v| v["user"].as_object_mut().unwrap().remove("userName").map(|_| ()).unwrap())),
+            RejectCode::MissingField
+        );
+        assert_eq!(
+            code_of(&mutate(|v| v["user"].as_object_mut().unwrap().remove("id").map(|_| ()).unwrap())),
+            RejectCode::MissingField
+        );
+        assert_eq!(code_of(&mutate(|v| v["user"]["id"] = 42.into())), RejectCode::InvalidField);
+        assert_eq!(code_of(&mutate(|v| v["user"]["active"] = "yes".into())), RejectCode::InvalidField);
+        assert_eq!(code_of(&mutate(|v| v["operation"] = "PATCHY".into())), RejectCode::UnknownOperation);
+        assert_eq!(code_of(&mutate(|v| v["tenantId"] = "globex".into())), RejectCode::TenantMismatch);
+        assert_eq!(code_of(&mutate(|v| v["tenantId"] = "a*".into())), RejectCode::InvalidField);
+        assert_eq!(code_of(&mutate(|v| v["occurredAt"] = "yesterday".into())), RejectCode::InvalidField);
+        assert_eq!(code_of(&mutate(|v| v["user"]["schemas"] = serde_json::json!(["x"]))), RejectCode::InvalidField);
+        assert_eq!(code_of(&mutate(|v| v["user"]["roles"] = serde_json::json!([{"value": "ceo"}]))), RejectCode::InvalidField);
+        let big = vec![b' '; 70 * 1024];
+        assert_eq!(code_of(&big), RejectCode::Oversized);
+    }
+
+    fn ev(id: &str, op: &str, user: &str, at: &str, email: &str) -> ScimEvent {
+        parse(&envelope(id, op, user, at, email)).unwrap()
+    }
+
+    #[test]
+    fn create_update_delete_fold_in_order() {
+        let events = vec![
+            ev("e1", "CREATE", "u1", "2026-01-01T00:00:00Z", "a@acme.test"),
+            ev("e2", "UPDATE", "u1", "2026-01-02T00:00:00Z", "b@acme.test"),
+            ev("e3", "UPDATE", "u1", "2026-01-03T00:00:00Z", "b@acme.test"),
+            ev("e4", "DELETE", "u1", "2026-01-04T00:00:00Z", "b@acme.test"),
+            ev("e2", "UPDATE", "u1", "2026-01-02T00:00:00Z", "b@acme.test"),
+        ];
+        let plan = plan_batch(HashMap::new(), &HashSet::new(), &events);
+        let outcomes: Vec<_> = plan.outcomes.iter().map(|(_, o)| *o).collect();
+        assert_eq!(
+            outcomes,
+            [
+                EventOutcome::Applied,
+                EventOutcome::Applied,
+                EventOutcome::Unchanged,
+                EventOutcome::Applied,
+                EventOutcome::Duplicate
+            ]
+        );
+        assert_eq!(plan.changes.len(), 3);
+        assert_eq!(plan.upserts.len(), 1);
+        let u = &plan.upserts[0];
+        assert!(!u.active);
+        assert_eq!(u.version, 3);
+        assert_eq!(u.email.as_deref(), Some("b@acme.test"));
+        assert_eq!(u.resource["active"], Value::Bool(false));
+    }
+
+    #[test]
+    fn stale_and_already_seen_events_are_no_ops() {
+        let first = plan_batch(
+            HashMap::new(),
+            &HashSet::new(),
+            &[ev("e1", "UPDATE", "u1", "2026-01-05T00:00:00Z", "new@acme.test")],
+        );
+        let stored: HashMap<_, _> = first
+            .upserts
+            .into_iter()
+            .map(|u| (u.user_id.clone(), u))
+            .collect();
+        let seen: HashSet<String> = ["e1".to_string()].into();
+        let plan = plan_batch(
+            stored,
+            &seen,
+            &[
+                ev("e0", "CREATE", "u1", "2026-01-01T00:00:00Z", "old@acme.test"),
+                ev("e1", "UPDATE", "u1", "2026-01-05T00:00:00Z", "new@acme.test"),
+            ],
+        );
+        assert_eq!(
+            plan.outcomes.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
+            [EventOutcome::Stale, EventOutcome::Duplicate]
+        );
+        assert!(plan.changes.is_empty());
+        assert!(plan.upserts.is_empty());
+    }
+
+    #[test]
+    fn delete_of_unknown_user_records_an_inactive_tombstone() {
+        let plan = plan_batch(
+            HashMap::new(),
+            &HashSet::new(),
+            &[ev("e9", "DELETE", "u9", "2026-01-05T00:00:00Z", "x@acme.test")],
+        );
+        assert_eq!(plan.upserts.len(), 1);
+        assert!(!plan.upserts[0].active);
+        // A CREATE older than the tombstone cannot resurrect the user.
+        let stored = plan.upserts.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+        let again = plan_batch(
+            stored,
+            &HashSet::new(),
+            &[ev("e8", "CREATE", "u9", "2026-01-01T00:00:00Z", "x@acme.test")],
+        );
+        assert_eq!(again.outcomes[0].1, EventOutcome::Stale);
+    }
+}

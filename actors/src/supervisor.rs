@@ -1,0 +1,595 @@
+//! The [`Supervisor`]: spawns one [`TenantActor`] per assigned tenant and keeps it alive.
+//!
+//! Supervision is written out in `handle_supervisor_evt` (ractor's default would stop the
+//! supervisor when any child dies): a failed tenant actor is restarted after a capped,
+//! jittered exponential backoff and counted; after `max_consecutive_failures` it is parked
+//! for `park_duration` (visible in `/readyz` and metrics) while every other tenant keeps
+//! flowing. Revocation and shutdown drain: the feeder stops fetching, the batch in flight
+//! commits and its offset is stored, then the actor stops (flushing its outbox).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metric_names as m;
+use crate::tenant::TenantId;
+use crate::tenant_actor::{PipelineSettings, TenantActor, TenantDeps, TenantMsg};
+
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    pub restart_backoff_initial: Duration,
+    pub restart_backoff_max: Duration,
+    /// Failures in a row (without a healthy run in between) before the tenant is parked.
+    pub max_consecutive_failures: u32,
+    /// How long a parked tenant waits before one more attempt.
+    pub park_duration: Duration,
+    /// An actor that ran this long without failing has its failure streak reset.
+    pub healthy_after: Duration,
+    /// Upper bound on draining one tenant on revocation or shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self {
+            restart_backoff_initial: Duration::from_millis(200),
+            restart_backoff_max: Duration::from_secs(30),
+            max_consecutive_failures: 8,
+            park_duration: Duration::from_secs(300),
+            healthy_after: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+pub enum SupervisorMsg {
+    /// These tenants' partitions are assigned to this instance: run their actors.
+    Assign(Vec<TenantId>),
+    /// These tenants' partitions are being revoked: drain and stop their actors.
+    Revoke(Vec<TenantId>, RpcReplyPort<()>),
+    /// Backoff elapsed for a failed tenant (generation guards against stale timers).
+    Restart(TenantId, u64),
+    /// Status of every tenant, for `/readyz`.
+    Health(RpcReplyPort<Vec<TenantHealth>>),
+    /// Drain and stop every tenant actor.
+    Shutdown(RpcReplyPort<()>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorStatus {
+    Running,
+    Restarting,
+    Parked,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantHealth {
+    pub tenant: TenantId,
+    pub status: ActorStatus,
+    pub restarts: u64,
+}
+
+pub struct Supervisor {
+    pub deps: TenantDeps,
+    pub pipeline: PipelineSettings,
+    pub settings: SupervisorSettings,
+}
+
+struct Running {
+    actor: ActorRef<TenantMsg>,
+    drain: CancellationToken,
+    drained: watch::Receiver<bool>,
+    started: Instant,
+}
+
+enum Phase {
+    Running(Running),
+    Restarting,
+    Parked,
+}
+
+struct Slot {
+    phase: Phase,
+    failures_in_row: u32,
+    restarts: u64,
+    generation: u64,
+}
+
+pub struct SupervisorState {
+    slots: HashMap<TenantId, Slot>,
+    by_actor: HashMap<ActorId, TenantId>,
+    jitter: std::collections::hash_map::RandomState,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        _: (),
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            slots: HashMap::new(),
+            by_actor: HashMap::new(),
+            jitter: Default::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Assign(tenants) => {
+                for tenant in tenants {
+                    if !state.slots.contains_key(&tenant) {
+                        state.slots.insert(
+                            tenant.clone(),
+                            Slot {
+                                phase: Phase::Restarting,
+                                failures_in_row: 0,
+                                restarts: 0,
+                                generation: 0,
+                            },
+                        );
+                        self.start(&myself, state, &tenant).await;
+                    }
+                }
+            }
+            SupervisorMsg::Restart(tenant, generation) => {
+                let due = state.slots.get(&tenant).is_some_and(|s| {
+                    s.generation == generation && !matches!(s.phase, Phase::Running(_))
+                });
+                if due {
+                    self.start(&myself, state, &tenant).await;
+                }
+            }
+            SupervisorMsg::Revoke(tenants, reply) => {
+                self.drain(state, &tenants).await;
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Shutdown(reply) => {
+                let all: Vec<TenantId> = state.slots.keys().cloned().collect();
+                self.drain(state, &all).await;
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Health(reply) => {
+                let mut out: Vec<TenantHealth> = state
+                    .slots
+                    .iter()
+                    .map(|(t, s)| TenantHealth {
+                        tenant: t.clone(),
+                        status: match s.phase {
+                            Phase::Running(_) => ActorStatus::Running,
+                            Phase::Restarting => ActorStatus::Restarting,
+                            Phase::Parked => ActorStatus::Parked,
+                        },
+                        restarts: s.restarts,
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+                let _ = reply.send(out);
+            }
+        }
+        self.publish_gauges(state);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let Some(tenant) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(()); // a drained actor, already forgotten
+        };
+        let Some(slot) = state.slots.get_mut(&tenant) else {
+            return Ok(());
+        };
+        let ran_for = match &slot.phase {
+            Phase::Running(r) => r.started.elapsed(),
+            _ => Duration::ZERO,
+        };
+        if ran_for >= self.settings.healthy_after {
+            slot.failures_in_row = 0;
+        }
+        slot.failures_in_row += 1;
+        slot.restarts += 1;
+        slot.generation += 1;
+        metrics::counter!(m::ACTOR_RESTARTS_TOTAL, "tenant" => tenant.as_str().to_owned())
+            .increment(1);
+        let reason = reason.unwrap_or_else(|| "stopped unexpectedly".into());
+        let delay = if slot.failures_in_row > self.settings.max_consecutive_failures {
+            tracing::error!(tenant = %tenant, failures = slot.failures_in_row, %reason,
+                "tenant actor crash-looping; parked");
+            slot.phase = Phase::Parked;
+            self.settings.park_duration
+        } else {
+            slot.phase = Phase::Restarting;
+            let d = self.backoff(&state.jitter, &tenant, slot.failures_in_row);
+            tracing::warn!(tenant = %tenant, failures = slot.failures_in_row, %reason,
+                delay_ms = d.as_millis() as u64, "tenant actor failed; restarting");
+            d
+        };
+        let generation = slot.generation;
+        myself.send_after(delay, move || SupervisorMsg::Restart(tenant, generation));
+        self.publish_gauges(state);
+        Ok(())
+    }
+}
+
+impl Supervisor {
+    /// Spawns the tenant's actor; a spawn failure counts as a failure of the actor.
+    async fn start(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        tenant: &TenantId,
+    ) {
+        let drain = CancellationToken::new();
+        let (drained_tx, drained_rx) = watch::channel(false);
+        let actor = TenantActor {
+            tenant: tenant.clone(),
+            deps: self.deps.clone(),
+            settings: self.pipeline.clone(),
+            drain: drain.clone(),
+            drained: Arc::new(drained_tx),
+        };
+        let spawned = Actor::spawn_linked(None, actor, (), myself.get_cell()).await;
+        let Some(slot) = state.slots.get_mut(tenant) else {
+            return;
+        };
+        match spawned {
+            Ok((actor, _join)) => {
+                state.by_actor.insert(actor.get_id(), tenant.clone());
+                slot.phase = Phase::Running(Running {
+                    actor,
+                    drain,
+                    drained: drained_rx,
+                    started: Instant::now(),
+                });
+            }
+            Err(e) => {
+                slot.failures_in_row += 1;
+                slot.restarts += 1;
+                slot.generation += 1;
+                metrics::counter!(m::ACTOR_RESTARTS_TOTAL, "tenant" => tenant.as_str().to_owned())
+                    .increment(1);
+                let parked = slot.failures_in_row > self.settings.max_consecutive_failures;
+                slot.phase = if parked { Phase::Parked } else { Phase::Restarting };
+                let delay = if parked {
+                    self.settings.park_duration
+                } else {
+                    self.backoff(&state.jitter, tenant, slot.failures_in_row)
+                };
+                tracing::warn!(tenant = %tenant, error = %e, "tenant actor failed to start");
+                let (t, g) = (tenant.clone(), slot.generation);
+                myself.send_after(delay, move || SupervisorMsg::Restart(t, g));
+            }
+        }
+    }
+
+    /// Drains the tenants concurrently, then stops their actors and forgets them.
+    async fn drain(&self, state: &mut SupervisorState, tenants: &[TenantId]) {
+        let mut running = Vec::new();
+        for tenant in tenants {
+            if let Some(slot) = state.slots.remove(tenant) {
+                if let Phase::Running(r) = slot.phase {
+                    state.by_actor.remove(&r.actor.get_id());
+                    r.drain.cancel();
+                    running.push((tenant.clone(), r));
+                }
+            }
+        }
+        let timeout = self.settings.drain_timeout;
+        let waits = running.iter().map(|(tenant, r)| {
+            let mut rx = r.drained.clone();
+            let actor = r.actor.clone();
+            let tenant = tenant.clone();
+            async move {
+                let drained = tokio::time::timeout(timeout, async {
+                    rx.wait_for(|d| *d).await.map(|_| ())
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(tenant = %tenant, "drain timed out; stopping anyway");
+                }
+                let _ = actor.stop_and_wait(Some("drained".into()), Some(timeout)).await;
+            }
+        });
+        futures_join_all(waits).await;
+        self.publish_gauges(state);
+    }
+
+    fn backoff(
+        &self,
+        jitter: &std::collections::hash_map::RandomState,
+        tenant: &TenantId,
+        attempt: u32,
+    ) -> Duration {
+        let base = self.settings.restart_backoff_initial;
+        let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.settings.restart_backoff_max);
+        // Up to +25% jitter so tenants failing together do not retry in lockstep.
+        let mut h = jitter.build_hasher();
+        h.write(tenant.as_str().as_bytes());
+        h.write_u32(attempt);
+        let frac = (h.finish() % 1000) as f64 / 4000.0;
+        capped.mul_f64(1.0 + frac)
+    }
+
+    fn publish_gauges(&self, state: &SupervisorState) {
+        let running = state
+            .slots
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Running(_)))
+            .count();
+        let parked = state
+            .slots
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Parked))
+            .count();
+        metrics::gauge!(m::ACTORS_RUNNING).set(running as f64);
+        metrics::gauge!(m::ACTORS_PARKED).set(parked as f64);
+    }
+}
+
+/// Awaits every future concurrently (a tiny `join_all` without the futures crate).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futs {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::*;
+    use crate::scim::tests::envelope;
+    use crate::tenant::TopicKind;
+    use std::sync::atomic::Ordering;
+
+    struct Harness {
+        store: Arc<FakeStore>,
+        feeds: Arc<FakeFeeds>,
+        publisher: Arc<FakePublisher>,
+        cache: Arc<FakeCache>,
+        sup: ActorRef<SupervisorMsg>,
+    }
+
+    async fn harness(pipeline: PipelineSettings, settings: SupervisorSettings) -> Harness {
+        let store = Arc::new(FakeStore::default());
+        let feeds = Arc::new(FakeFeeds::default());
+        let publisher = Arc::new(FakePublisher::default());
+        let cache = Arc::new(FakeCache::default());
+        let deps = TenantDeps {
+            store: store.clone(),
+            cache: cache.clone(),
+            publisher: publisher.clone(),
+            feeds: feeds.clone(),
+        };
+        let (sup, _) = Actor::spawn(
+            None,
+            Supervisor {
+                deps,
+                pipeline,
+                settings,
+            },
+            (),
+        )
+        .await
+        .unwrap();
+        Harness {
+            store,
+            feeds,
+            publisher,
+            cache,
+            sup,
+        }
+    }
+
+    fn t(id: &str) -> TenantId {
+        TenantId::parse(id).unwrap()
+    }
+
+    fn event(tenant: &str, n: usize, user: &str, name: &str) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(&envelope(
+            &format!("{tenant}-e{n}"),
+            "UPDATE",
+            user,
+            &format!("2026-01-01T00:00:{:02}.{:06}Z", n / 1_000_000 % 60, n % 1_000_000),
+            &format!("{user}-{n}@x.test"),
+        ))
+        .unwrap();
+        v["tenantId"] = tenant.into();
+        v["user"]["userName"] = name.into();
+        v.to_string().into_bytes()
+    }
+
+    /// Waits (on the paused clock) until `cond` holds; panics at the deadline.
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn health(sup: &ActorRef<SupervisorMsg>) -> Vec<TenantHealth> {
+        ractor::call_t!(sup, SupervisorMsg::Health, 5_000).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn applies_events_dead_letters_bad_ones_and_stores_offsets_after_commit() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        log.append(event("acme", 1, "u1", "ada"));
+        log.append(b"{not json".to_vec());
+        log.append(event("globex", 2, "u2", "eve")); // names another tenant
+        log.append(event("acme", 3, "u1", "ada"));
+        log.append(event("acme", 1, "u1", "ada")); // replayed event id
+        h.sup.cast(SupervisorMsg::Assign(vec![acme.clone()])).unwrap();
+        wait_for("all offsets stored", || log.stored() == 5).await;
+
+        let users = h.store.users(&acme);
+        assert_eq!(users.len(), 1);
+        assert_eq!(users["u1"].version, 2);
+        let dlq = h.publisher.on(&acme, TopicKind::Dlq);
+        let reasons: Vec<String> = dlq
+            .iter()
+            .map(|r| {
+                let (_, v) = r.headers.iter().find(|(k, _)| k == "dlq.reason").unwrap();
+                String::from_utf8(v.clone()).unwrap()
+            })
+            .collect();
+        assert_eq!(reasons, ["invalid_json", "tenant_mismatch"]);
+        assert_eq!(dlq[0].payload, b"{not json".to_vec(), "original bytes kept");
+        let (_, off) = dlq[1].headers.iter().find(|(k, _)| k == "dlq.source.offset").unwrap();
+        assert_eq!(off, b"2");
+        h.store.with(&acme, |d| {
+            assert_eq!(d.security.len(), 1);
+            assert_eq!(d.security[0].kind, "tenant_mismatch");
+            assert_eq!(d.processed.len(), 2);
+        });
+        wait_for("outbox relayed", || {
+            h.publisher.on(&acme, TopicKind::UserChanged).len() == 2
+        })
+        .await;
+        assert!(h.store.with(&acme, |d| d.outbox.iter().all(|(_, sent)| *sent)));
+        assert!(!h.cache.invalidations.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_tenant_is_restarted_with_backoff_then_parked_while_others_flow() {
+        let settings = SupervisorSettings {
+            restart_backoff_initial: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(2),
+            max_consecutive_failures: 3,
+            park_duration: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let h = harness(PipelineSettings::default(), settings).await;
+        *h.store.poison_user_name.lock().unwrap() = Some("poison".into());
+        let (bad, good) = (t("bad"), t("good"));
+        h.feeds.log(&bad).append(event("bad", 1, "u1", "poison"));
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![bad.clone(), good.clone()]))
+            .unwrap();
+        let started = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !health(&h.sup).await.iter().any(|x| x.status == ActorStatus::Parked) {
+            assert!(Instant::now() < deadline, "timed out waiting for the tenant to park");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // 3 restarts with backoff 100, 200, 400 ms (+ up to 25% jitter) before parking.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(700), "backoff honoured: {elapsed:?}");
+        let hs = health(&h.sup).await;
+        let bad_h = hs.iter().find(|x| x.tenant == bad).unwrap();
+        assert_eq!(bad_h.status, ActorStatus::Parked);
+        assert_eq!(bad_h.restarts, 4);
+        assert_eq!(h.feeds.log(&bad).stored(), 0, "poison batch never committed");
+        // The healthy tenant keeps flowing while the other is parked.
+        let good_log = h.feeds.log(&good);
+        for n in 0..50 {
+            good_log.append(event("good", n, &format!("u{n}"), "fine"));
+        }
+        wait_for("good tenant applied", || good_log.stored() == 50).await;
+        assert_eq!(h.store.users(&good).len(), 50);
+        let g = health(&h.sup).await.into_iter().find(|x| x.tenant == good).unwrap();
+        assert_eq!((g.status, g.restarts), (ActorStatus::Running, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_pauses_the_partition_and_never_delays_another_tenant() {
+        let pipeline = PipelineSettings {
+            max_batch_events: 50,
+            high_water: 200,
+            low_water: 50,
+            ..Default::default()
+        };
+        let h = harness(pipeline, SupervisorSettings::default()).await;
+        // Every transaction takes 10 ms of (paused) database time.
+        *h.store.batch_delay.lock().unwrap() = Duration::from_millis(10);
+        let (flood, quiet) = (t("flood"), t("quiet"));
+        let flood_log = h.feeds.log(&flood);
+        for n in 0..5_000 {
+            flood_log.append(event("flood", n, &format!("u{}", n % 100), "f"));
+        }
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![flood.clone(), quiet.clone()]))
+            .unwrap();
+        let quiet_log = h.feeds.log(&quiet);
+        for n in 0..5 {
+            quiet_log.append(event("quiet", n, &format!("q{n}"), "q"));
+        }
+        wait_for("quiet tenant applied", || quiet_log.stored() == 5).await;
+        assert!(
+            flood_log.stored() < 5_000,
+            "the quiet tenant finished before the flood ({} done)",
+            flood_log.stored()
+        );
+        wait_for("flood applied", || flood_log.stored() == 5_000).await;
+        assert!(flood_log.pauses.load(Ordering::SeqCst) > 0, "partition was paused");
+        let peak = flood_log.max_buffered_seen.load(Ordering::SeqCst);
+        assert!(peak <= 200 + 50 + 1, "buffer bounded by high water + batch: {peak}");
+        assert_eq!(h.store.users(&flood).len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_finishes_the_batch_in_flight_and_stores_its_offset() {
+        let pipeline = PipelineSettings {
+            max_batch_events: 10,
+            ..Default::default()
+        };
+        let h = harness(pipeline, SupervisorSettings::default()).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *h.store.gate.lock().unwrap() = Some(gate.clone());
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        for n in 0..30 {
+            log.append(event("acme", n, &format!("u{n}"), "x"));
+        }
+        h.sup.cast(SupervisorMsg::Assign(vec![acme.clone()])).unwrap();
+        wait_for("first batch in flight", || {
+            log.max_buffered_seen.load(Ordering::SeqCst) >= 10
+        })
+        .await;
+        let sup = h.sup.clone();
+        let shutdown = tokio::spawn(async move {
+            ractor::call_t!(sup, SupervisorMsg::Shutdown, 60_000).unwrap()
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.add_permits(1000);
+        shutdown.await.unwrap();
+        let stored = log.stored();
+        assert_eq!(stored, 10, "exactly the batch in flight was committed and stored");
+        assert_eq!(h.store.batches.load(Ordering::SeqCst), 1);
+        assert_eq!(h.store.users(&acme).len(), 10);
+        assert!(health(&h.sup).await.is_empty());
+    }
+}

@@ -1,0 +1,209 @@
+//! Tenant identity: the one validated [`TenantId`] type and the names derived from it.
+//!
+//! A tenant id ends up inside Kafka topic names, Redis keys (where `*`, `?` and `[` are glob
+//! syntax), SQL settings and log lines. Validating it once, at every edge, into a newtype
+//! that nothing else can construct closes injection through all of them.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Longest tenant id accepted (the regex `^[a-z0-9][a-z0-9-]{0,62}$`).
+pub const MAX_TENANT_ID_LEN: usize = 63;
+
+/// A tenant (customer organisation) id matching `^[a-z0-9][a-z0-9-]{0,62}$`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TenantId(String);
+
+/// Why a string is not a tenant id. The message never echoes the rejected input: it may be
+/// hostile or huge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantIdError {
+    #[error("tenant id is empty")]
+    Empty,
+    #[error("tenant id is longer than {MAX_TENANT_ID_LEN} characters")]
+    TooLong,
+    #[error("tenant id must start with a lowercase letter or digit")]
+    BadFirstChar,
+    #[error("tenant id may contain only lowercase letters, digits and '-'")]
+    BadChar,
+}
+
+impl TenantId {
+    /// Validates `raw` into a tenant id.
+    pub fn parse(raw: &str) -> Result<Self, TenantIdError> {
+        let bytes = raw.as_bytes();
+        let first = *bytes.first().ok_or(TenantIdError::Empty)?;
+        if bytes.len() > MAX_TENANT_ID_LEN {
+            return Err(TenantIdError::TooLong);
+        }
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+            return Err(TenantIdError::BadFirstChar);
+        }
+        if !bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        {
+            return Err(TenantIdError::BadChar);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The Redis key of one of this tenant's cached resources: `tenant:{<id>}:<resource>`.
+    /// The braces are a Redis Cluster hash tag, so all of a tenant's keys share one slot.
+    pub fn cache_key(&self, resource: &str) -> String {
+        format!("tenant:{{{}}}:{resource}", self.0)
+    }
+
+    /// The `SCAN MATCH` pattern covering every cache key of this tenant. Safe because a
+    /// valid id holds no glob metacharacter; the hash-tag braces are escaped.
+    pub fn cache_pattern(&self) -> String {
+        format!("tenant:\\{{{}\\}}:*", self.0)
+    }
+
+    /// The name of one of this tenant's Kafka topics.
+    pub fn topic(&self, prefix: &str, kind: TopicKind) -> String {
+        format!("{prefix}tenant.{}.{}", self.0, kind.suffix())
+    }
+
+    /// Recovers the tenant id from an inbound topic name `<prefix>tenant.<id>.scim`.
+    pub fn from_scim_topic(prefix: &str, topic: &str) -> Option<Self> {
+        let rest = topic.strip_prefix(prefix)?.strip_prefix("tenant.")?;
+        let id = rest.strip_suffix(".scim")?;
+        Self::parse(id).ok()
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantId({})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        TenantId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for TenantId {
+    type Err = TenantIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The per-tenant topics. Inbound SCIM events arrive on `Scim`; the others are outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicKind {
+    Scim,
+    UserChanged,
+    Events,
+    Dlq,
+}
+
+impl TopicKind {
+    pub const ALL: [TopicKind; 4] = [
+        TopicKind::Scim,
+        TopicKind::UserChanged,
+        TopicKind::Events,
+        TopicKind::Dlq,
+    ];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            TopicKind::Scim => "scim",
+            TopicKind::UserChanged => "user_changed",
+            TopicKind::Events => "events",
+            TopicKind::Dlq => "scim.dlq",
+        }
+    }
+
+    /// Parses the short names used on the command line and in the outbox table.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "scim" => Some(TopicKind::Scim),
+            "user_changed" => Some(TopicKind::UserChanged),
+            "events" => Some(TopicKind::Events),
+            "dlq" | "scim.dlq" => Some(TopicKind::Dlq),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicKind::Scim => "scim",
+            TopicKind::UserChanged => "user_changed",
+            TopicKind::Events => "events",
+            TopicKind::Dlq => "dlq",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_alphabet() {
+        for ok in ["a", "acme", "0", "acme-corp-2", &"a".repeat(63)] {
+            assert!(TenantId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_globs_separators_and_case() {
+        for (bad, err) in [
+            ("", TenantIdError::Empty),
+            ("-acme", TenantIdError::BadFirstChar),
+            ("Acme", TenantIdError::BadFirstChar),
+            ("a*", TenantIdError::BadChar),
+            ("a?", TenantIdError::BadChar),
+            ("[a]", TenantIdError::BadFirstChar),
+            ("a.b", TenantIdError::BadChar),
+            ("a:b", TenantIdError::BadChar),
+            ("a b", TenantIdError::BadChar),
+            ("aé", TenantIdError::BadChar),
+        ] {
+            assert_eq!(TenantId::parse(bad), Err(err), "{bad:?}");
+        }
+        assert_eq!(
+            TenantId::parse(&"a".repeat(64)),
+            Err(TenantIdError::TooLong)
+        );
+    }
+
+    #[test]
+    fn names_derive_from_the_id() {
+        let t = TenantId::parse("acme").unwrap();
+        assert_eq!(t.topic("", TopicKind::Scim), "tenant.acme.scim");
+        assert_eq!(t.topic("prod.", TopicKind::Dlq), "prod.tenant.acme.scim.dlq");
+        assert_eq!(t.cache_key("roster"), "tenant:{acme}:roster");
+        assert_eq!(t.cache_pattern(), "tenant:\\{acme\\}:*");
+        assert_eq!(
+            TenantId::from_scim_topic("prod.", "prod.tenant.acme.scim"),
+            Some(t)
+        );
+        assert_eq!(TenantId::from_scim_topic("", "tenant.acme.events"), None);
+        assert_eq!(TenantId::from_scim_topic("", "tenant.a*.scim"), None);
+    }
+
+    #[test]
+    fn deserialising_validates() {
+        assert!(serde_json::from_str::<TenantId>("\"acme\"").is_ok());
+        assert!(serde_json::from_str::<TenantId>("\"a*\"").is_err());
+    }
+}

@@ -1,0 +1,392 @@
+//! The [`TenantActor`]: one per tenant, owning that tenant's feed, store handle and cache
+//! namespace.
+//!
+//! The actor pulls; nothing pushes into it. A small feeder task (spawned in `pre_start`,
+//! cancelled when the actor's state drops) reads the tenant's partition into a bounded
+//! buffer and hands the actor one micro-batch at a time with a request/reply call, so:
+//! - at most one batch per tenant is in flight and the next is fetched meanwhile;
+//! - when the buffer reaches `high_water` the partition is paused in the broker and resumed
+//!   at `low_water`: a flood stays in the tenant's own log, memory stays bounded;
+//! - offsets are stored only after the actor replied, i.e. after the batch's transaction
+//!   committed (its DLQ records acknowledged, its outbox rows durable).
+//!
+//! A failing batch makes the handler return an error: the actor dies, the supervisor
+//! restarts it with backoff, and the new actor's feed rewinds to the last stored offset.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::metric_names as m;
+use crate::ports::{
+    EventPublisher, FeedSource, InboundRecord, OutboundRecord, PartitionFeed, RosterCache,
+    ScimBatch, SecurityEvent, TenantStore,
+};
+use crate::scim::{self, RejectCode};
+use crate::tenant::{TenantId, TopicKind};
+
+/// The adapters every tenant actor works through.
+#[derive(Clone)]
+pub struct TenantDeps {
+    pub store: Arc<dyn TenantStore>,
+    pub cache: Arc<dyn RosterCache>,
+    pub publisher: Arc<dyn EventPublisher>,
+    pub feeds: Arc<dyn FeedSource>,
+}
+
+/// Tuning of the per-tenant pipeline (from `[pipeline]` in the config).
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Most events committed in one transaction.
+    pub max_batch_events: usize,
+    /// How long a partial batch waits for more records before it is handed over.
+    pub batch_linger: Duration,
+    /// Buffered records at which the partition is paused.
+    pub high_water: usize,
+    /// Buffered records at which a paused partition resumes.
+    pub low_water: usize,
+    /// Larger payloads are rejected to the DLQ.
+    pub max_message_bytes: usize,
+    /// Outbox rows relayed per round trip.
+    pub outbox_batch: usize,
+    /// Delay before retrying an outbox relay that failed.
+    pub outbox_retry: Duration,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 500,
+            batch_linger: Duration::from_millis(5),
+            high_water: 2000,
+            low_water: 500,
+            max_message_bytes: 256 * 1024,
+            outbox_batch: 1000,
+            outbox_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Messages a tenant actor handles.
+pub enum TenantMsg {
+    /// Apply these records (in offset order); reply with the next offset to consume.
+    ProcessBatch(Vec<InboundRecord>, RpcReplyPort<i64>),
+    /// Relay unsent outbox rows to Kafka.
+    FlushOutbox,
+}
+
+/// Configuration of one tenant actor; its [`TenantState`] is built in `pre_start`.
+pub struct TenantActor {
+    pub tenant: TenantId,
+    pub deps: TenantDeps,
+    pub settings: PipelineSettings,
+    /// Cancelled by the supervisor to drain: stop fetching, finish the batch in flight.
+    pub drain: CancellationToken,
+    /// Set to `true` by the feeder once drained (its last offset stored).
+    pub drained: Arc<watch::Sender<bool>>,
+}
+
+pub struct TenantState {
+    feed: Arc<dyn PartitionFeed>,
+    /// Stops the feeder when the state is dropped, including when the actor fails.
+    _feeder_guard: DropGuard,
+}
+
+impl Actor for TenantActor {
+    type Msg = TenantMsg;
+    type State = TenantState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        _: (),
+    ) -> Result<TenantState, ActorProcessingErr> {
+        let feed = self.deps.feeds.open(&self.tenant).await?;
+        let alive = CancellationToken::new();
+        let feeder = Feeder {
+            tenant: self.tenant.clone(),
+            actor: myself.clone(),
+            feed: feed.clone(),
+            settings: self.settings.clone(),
+            drain: self.drain.clone(),
+            alive: alive.clone(),
+            drained: self.drained.clone(),
+        };
+        tokio::spawn(feeder.run());
+        // Relay whatever a previous incarnation committed but did not publish.
+        myself.cast(TenantMsg::FlushOutbox)?;
+        tracing::info!(tenant = %self.tenant, "tenant actor started");
+        Ok(TenantState {
+            feed,
+            _feeder_guard: alive.drop_guard(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        msg: TenantMsg,
+        state: &mut TenantState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TenantMsg::ProcessBatch(records, reply) => {
+                let next = self.process_batch(&myself, records).await?;
+                let _ = state.feed.store_offset(next);
+                let _ = reply.send(next);
+            }
+            TenantMsg::FlushOutbox => self.flush_outbox(&myself).await,
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        _state: &mut TenantState,
+    ) -> Result<(), ActorProcessingErr> {
+        self.flush_outbox(&myself).await;
+        tracing::info!(tenant = %self.tenant, "tenant actor stopped");
+        Ok(())
+    }
+}
+
+impl TenantActor {
+    /// Validates, dead-letters and applies one micro-batch. Returns the next offset.
+    async fn process_batch(
+        &self,
+        myself: &ActorRef<TenantMsg>,
+        records: Vec<InboundRecord>,
+    ) -> Result<i64, ActorProcessingErr> {
+        let started = Instant::now();
+        let tenant = &self.tenant;
+        let label = tenant.as_str().to_owned();
+        let Some(next_offset) = records.iter().map(|r| r.offset + 1).max() else {
+            return Err("empty batch handed to tenant actor".into());
+        };
+        let mut batch = ScimBatch::default();
+        let mut dead = Vec::new();
+        for rec in records {
+            match scim::parse_event(tenant, &rec.payload, self.settings.max_message_bytes) {
+                Ok(ev) => batch.events.push(ev),
+                Err(rejection) => {
+                    if rejection.code == RejectCode::TenantMismatch {
+                        tracing::error!(tenant = %tenant, offset = rec.offset,
+                            "security event: payload names another tenant");
+                        metrics::counter!(m::SECURITY_EVENTS_TOTAL, "kind" => "tenant_mismatch")
+                            .increment(1);
+                        batch.security_events.push(SecurityEvent {
+                            kind: "tenant_mismatch",
+                            detail: serde_json::json!({
+                                "source": "scim_topic",
+                                "offset": rec.offset,
+                                "detail": rejection.detail,
+                            }),
+                        });
+                    }
+                    metrics::counter!(m::SCIM_DLQ_TOTAL, "tenant" => label.clone(),
+                        "reason" => rejection.code.as_str())
+                    .increment(1);
+                    dead.push(dead_letter(rec, &rejection));
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.deps.publisher.publish(tenant, dead).await?;
+        }
+        let event_count = batch.events.len();
+        if event_count > 0 || !batch.security_events.is_empty() {
+            let report = self.deps.store.apply_scim_batch(tenant, &batch).await?;
+            for (outcome, n) in [
+                ("applied", report.applied),
+                ("unchanged", report.unchanged),
+                ("stale", report.stale),
+                ("duplicate", report.duplicate),
+            ] {
+                if n > 0 {
+                    metrics::counter!(m::SCIM_EVENTS_TOTAL, "tenant" => label.clone(),
+                        "outcome" => outcome)
+                    .increment(n);
+                }
+            }
+            if report.applied > 0 {
+                if let Err(e) = self.deps.cache.invalidate_roster(tenant).await {
+                    tracing::warn!(tenant = %tenant, error = %e, "roster invalidation failed");
+                    metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "invalidate")
+                        .increment(1);
+                }
+                self.flush_outbox(myself).await;
+            }
+        }
+        metrics::histogram!(m::SCIM_BATCH_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::SCIM_BATCH_SIZE_EVENTS).record(event_count as f64);
+        Ok(next_offset)
+    }
+
+    /// Relays the outbox until it is empty. A failure is logged and retried later: the rows
+    /// are durable, so the batch that wrote them stays committed.
+    async fn flush_outbox(&self, myself: &ActorRef<TenantMsg>) {
+        loop {
+            match self.relay_once().await {
+                Ok(0) => return,
+                Ok(n) if n < self.settings.outbox_batch => return,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(tenant = %self.tenant, error = %e, "outbox relay failed; retrying");
+                    myself.send_after(self.settings.outbox_retry, || TenantMsg::FlushOutbox);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn relay_once(&self) -> Result<usize, ActorProcessingErr> {
+        let rows = self
+            .deps
+            .store
+            .pending_outbox(&self.tenant, self.settings.outbox_batch)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let records = rows
+            .into_iter()
+            .map(|r| OutboundRecord {
+                topic: r.topic,
+                key: Some(r.key.into_bytes()),
+                payload: r.payload,
+                headers: vec![("outbox.id".into(), r.id.to_string().into_bytes())],
+            })
+            .collect();
+        self.deps.publisher.publish(&self.tenant, records).await?;
+        self.deps.store.mark_outbox_sent(&self.tenant, &ids).await?;
+        metrics::counter!(m::OUTBOX_PUBLISHED_TOTAL, "tenant" => self.tenant.as_str().to_owned())
+            .increment(ids.len() as u64);
+        Ok(ids.len())
+    }
+}
+
+/// The DLQ record: original bytes and key, original headers, plus the reason and source.
+fn dead_letter(rec: InboundRecord, rejection: &scim::Rejection) -> OutboundRecord {
+    let mut headers = rec.headers;
+    headers.push(("dlq.reason".into(), rejection.code.as_str().as_bytes().to_vec()));
+    headers.push(("dlq.detail".into(), rejection.detail.clone().into_bytes()));
+    headers.push(("dlq.source.topic".into(), TopicKind::Scim.suffix().as_bytes().to_vec()));
+    headers.push(("dlq.source.offset".into(), rec.offset.to_string().into_bytes()));
+    OutboundRecord {
+        topic: TopicKind::Dlq,
+        key: rec.key,
+        payload: rec.payload,
+        headers,
+    }
+}
+
+/// Reads the tenant's partition into a bounded buffer and feeds the actor one batch at a time.
+struct Feeder {
+    tenant: TenantId,
+    actor: ActorRef<TenantMsg>,
+    feed: Arc<dyn PartitionFeed>,
+    settings: PipelineSettings,
+    drain: CancellationToken,
+    alive: CancellationToken,
+    drained: Arc<watch::Sender<bool>>,
+}
+
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Option<i64>> + Send>>;
+
+impl Feeder {
+    async fn run(self) {
+        let label = self.tenant.as_str().to_owned();
+        let backlog = metrics::gauge!(m::TENANT_BACKLOG_MESSAGES, "tenant" => label.clone());
+        let mut buffer: VecDeque<InboundRecord> = VecDeque::new();
+        let mut in_flight: Option<(InFlight, usize)> = None;
+        let mut paused = false;
+        let mut draining = false;
+        // When the oldest buffered record arrived while no batch was in flight.
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            let inflight_len = in_flight.as_ref().map_or(0, |(_, n)| *n);
+            backlog.set((buffer.len() + inflight_len) as f64);
+            if draining && in_flight.is_none() {
+                break;
+            }
+            // Hand a batch over when the actor is free and the batch is full or has lingered.
+            if in_flight.is_none() && !draining && !buffer.is_empty() {
+                let full = buffer.len() >= self.settings.max_batch_events;
+                let due = linger_until.is_some_and(|t| Instant::now() >= t);
+                if full || due || self.settings.batch_linger.is_zero() {
+                    let n = buffer.len().min(self.settings.max_batch_events);
+                    let batch: Vec<InboundRecord> = buffer.drain(..n).collect();
+                    let actor = self.actor.clone();
+                    let fut: InFlight = Box::pin(async move {
+                        match actor.call(|reply| TenantMsg::ProcessBatch(batch, reply), None).await {
+                            Ok(ractor::rpc::CallResult::Success(next)) => Some(next),
+                            _ => None,
+                        }
+                    });
+                    in_flight = Some((fut, n));
+                    linger_until = None;
+                    if paused && buffer.len() <= self.settings.low_water {
+                        self.set_paused(&mut paused, false);
+                    }
+                    continue;
+                }
+            }
+            let linger = linger_until;
+            tokio::select! {
+                biased;
+                _ = self.alive.cancelled() => return,
+                _ = self.drain.cancelled(), if !draining => {
+                    draining = true;
+                }
+                done = async { in_flight.as_mut().map(|(f, _)| f).expect("guarded").await },
+                    if in_flight.is_some() => {
+                    in_flight = None;
+                    if done.is_none() {
+                        // The actor died mid-batch; its restart rewinds the feed.
+                        return;
+                    }
+                    if !buffer.is_empty() && linger_until.is_none() {
+                        linger_until = Some(Instant::now());
+                    }
+                }
+                _ = async { tokio::time::sleep_until(linger.expect("guarded")).await },
+                    if linger.is_some() && in_flight.is_none() => {}
+                rec = self.feed.recv(), if !paused && !draining => match rec {
+                    Ok(rec) => {
+                        buffer.push_back(rec);
+                        if linger_until.is_none() && in_flight.is_none() {
+                            linger_until = Some(Instant::now() + self.settings.batch_linger);
+                        }
+                        if !paused && buffer.len() >= self.settings.high_water {
+                            self.set_paused(&mut paused, true);
+                            metrics::counter!(m::TENANT_PARTITION_PAUSES_TOTAL, "tenant" => label.clone())
+                                .increment(1);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %self.tenant, error = %e, "feed receive failed");
+                        metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "recv").increment(1);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+        backlog.set(0.0);
+        let _ = self.drained.send(true);
+    }
+
+    fn set_paused(&self, paused: &mut bool, want: bool) {
+        let result = if want { self.feed.pause() } else { self.feed.resume() };
+        match result {
+            Ok(()) => *paused = want,
+            Err(e) => tracing::warn!(tenant = %self.tenant, error = %e, "pause/resume failed"),
+        }
+    }
+}
