@@ -1,1 +1,178 @@
-fn main(){}
+//! The `enablement` command line: `migrate`, `tenant`, `serve` and `events`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use enablement::actors::{TenantId, TopicKind};
+use enablement::config::Config;
+use enablement::db::{connect_pool, migrate, Registry};
+use enablement::kafka::{push_events, tail_topic, TailOptions};
+
+#[derive(Parser)]
+#[command(name = "enablement", version, about = "Multi-tenant SCIM and MindTickle enablement service")]
+struct Cli {
+    /// Configuration file (every key overridable as ENABLEMENT__<SECTION>__<KEY>).
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database migrations, create and restrict the service role.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Run the service: supervisor, one actor per tenant, HTTP control endpoint.
+    Serve,
+    /// Produce to or read from a tenant's topics.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Register a tenant, create its topics and print its API token once.
+    Add {
+        /// Tenant id: ^[a-z0-9][a-z0-9-]{0,62}$
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List registered tenants (no secrets).
+    List,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Send JSON lines from stdin to tenant.<id>.scim.
+    Push {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Print records of a tenant topic as JSON lines.
+    Tail {
+        #[arg(long)]
+        tenant: String,
+        /// scim, user_changed, events or dlq
+        #[arg(long)]
+        topic: String,
+        /// Start at the oldest record instead of the end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Exit at the end of the topic instead of waiting for more.
+        #[arg(long)]
+        exit: bool,
+        /// Exit after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn tenant_arg(raw: &str) -> Result<TenantId, String> {
+    TenantId::parse(raw).map_err(|e| format!("invalid tenant id: {e}"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    enablement::telemetry::init_logging(&config.log);
+    match run(cli.command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> Result<(), String> {
+    match command {
+        Command::Migrate => {
+            let report = migrate(&config.postgres).await.map_err(|e| e.to_string())?;
+            println!(
+                "migrations applied: {}; already applied: {}",
+                report.applied.len(),
+                report.already_applied.len()
+            );
+            Ok(())
+        }
+        Command::Tenant { command } => {
+            let pool = connect_pool(&config.postgres)
+                .await
+                .map_err(|e| e.to_string())?;
+            let registry = Registry::new(pool);
+            match command {
+                TenantCommand::Add { id, name } => {
+                    let tenant = tenant_arg(&id)?;
+                    let r = enablement::tenants::register(&registry, &config.kafka, &tenant, &name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    eprintln!("tenant {} registered; topics: {}", tenant, r.topics.join(", "));
+                    eprintln!("API token (shown once, store it now):");
+                    println!("{}", r.api_token);
+                    Ok(())
+                }
+                TenantCommand::List => {
+                    for t in registry.list().await.map_err(|e| e.to_string())? {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&t).map_err(|e| e.to_string())?
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Serve => enablement::service::serve(config)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Events { command } => match command {
+            EventsCommand::Push { tenant } => {
+                let tenant = tenant_arg(&tenant)?;
+                let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                let n = push_events(&config.kafka, &tenant, stdin).await?;
+                eprintln!("pushed {n} records to {}", tenant.topic(&config.kafka.topic_prefix, TopicKind::Scim));
+                Ok(())
+            }
+            EventsCommand::Tail {
+                tenant,
+                topic,
+                from_beginning,
+                exit,
+                limit,
+            } => {
+                let tenant = tenant_arg(&tenant)?;
+                let kind = TopicKind::parse(&topic)
+                    .ok_or("topic must be scim, user_changed, events or dlq")?;
+                let opts = TailOptions {
+                    from_beginning,
+                    exit_at_end: exit,
+                    limit,
+                };
+                let cfg = config.kafka.clone();
+                tokio::task::spawn_blocking(move || {
+                    tail_topic(&cfg, &tenant, kind, &opts, |v| println!("{v}"))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                Ok(())
+            }
+        },
+    }
+}

@@ -1,0 +1,107 @@
+//! The per-tenant Redis namespace `tenant:{<id>}:*` behind the `RosterCache` port.
+//!
+//! Redis is only a cache: the connection is opened lazily and re-opened after failures, so
+//! the service starts and keeps working with Redis down (callers count the failures).
+//! Whole-tenant invalidation walks the tenant's hash-tagged pattern with `SCAN`, never `KEYS`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use crate::actors::ports::{CacheError, RosterCache};
+use crate::actors::TenantId;
+use crate::config::RedisConfig;
+
+pub struct RedisCache {
+    client: redis::Client,
+    conn: Mutex<Option<ConnectionManager>>,
+    timeout: Duration,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CacheError {
+    CacheError::Unavailable(e.to_string())
+}
+
+impl RedisCache {
+    pub fn new(cfg: &RedisConfig) -> Result<Self, CacheError> {
+        Ok(Self {
+            client: redis::Client::open(cfg.url.as_str()).map_err(unavailable)?,
+            conn: Mutex::new(None),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            self.timeout * 2,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| CacheError::Unavailable("connect timed out".into()))?
+        .map_err(unavailable)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Deletes every key of the tenant (tenant removal), by `SCAN` on its own pattern.
+    pub async fn invalidate_tenant(&self, tenant: &TenantId) -> Result<u64, CacheError> {
+        let mut c = self.connection().await?;
+        let pattern = tenant.cache_pattern();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+#[async_trait]
+impl RosterCache for RedisCache {
+    async fn invalidate_roster(&self, tenant: &TenantId) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("UNLINK")
+            .arg(tenant.cache_key("roster"))
+            .query_async::<u64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}

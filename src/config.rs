@@ -1,0 +1,494 @@
+//! Configuration: a TOML file (`--config`, default `./config.toml`) with every key
+//! overridable from the environment as `ENABLEMENT__<SECTION>__<KEY>`.
+//!
+//! Every struct denies unknown fields, and [`Config::validate`] checks values that types
+//! alone cannot, so a typo or a bad value stops the service at start with a message naming
+//! the key instead of being silently ignored.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actors::{PipelineSettings, SupervisorSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+    pub pipeline: PipelineConfig,
+    pub supervisor: SupervisorConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Connection URL of the unprivileged service role.
+    pub url: String,
+    /// Connection URL of the owner role that runs migrations.
+    pub migrate_url: String,
+    /// Name of the service role `migrate` creates and grants.
+    pub app_role: String,
+    pub pool_max_size: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://enablement_app@127.0.0.1:5432/enablement".into(),
+            migrate_url: "postgres://postgres@127.0.0.1:5432/enablement".into(),
+            app_role: "enablement_app".into(),
+            pool_max_size: 8,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    pub roster_ttl_s: u64,
+    pub catalog_ttl_s: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            roster_ttl_s: 600,
+            catalog_ttl_s: 1_800,
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Prepended to every topic name (`<prefix>tenant.<id>.scim`).
+    pub topic_prefix: String,
+    pub group_id: String,
+    pub topic_partitions: i32,
+    pub replication_factor: i32,
+    pub session_timeout_ms: u64,
+    /// Largest fetch per partition (librdkafka `fetch.message.max.bytes`).
+    pub fetch_max_bytes_per_partition: u64,
+    /// Prefetch buffer per partition (librdkafka `queued.max.messages.kbytes`).
+    pub queued_max_kbytes_per_partition: u64,
+    pub auto_commit_interval_ms: u64,
+    /// How often the registry is read for added or suspended tenants.
+    pub tenant_refresh_ms: u64,
+    pub produce_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            group_id: "enablement".into(),
+            topic_partitions: 1,
+            replication_factor: 1,
+            session_timeout_ms: 10_000,
+            fetch_max_bytes_per_partition: 262_144,
+            queued_max_kbytes_per_partition: 1_024,
+            auto_commit_interval_ms: 1_000,
+            tenant_refresh_ms: 2_000,
+            produce_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for registration and cross-tenant operations. Set it from the
+    /// environment (`ENABLEMENT__HTTP__OPERATOR_TOKEN`) outside development.
+    pub operator_token: String,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            operator_token: "dev-operator-token-change-me".into(),
+            max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub max_batch_events: usize,
+    pub batch_linger_ms: u64,
+    pub high_water_messages: usize,
+    pub low_water_messages: usize,
+    pub max_message_bytes: usize,
+    pub outbox_batch: usize,
+    pub outbox_retry_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let d = PipelineSettings::default();
+        Self {
+            max_batch_events: d.max_batch_events,
+            batch_linger_ms: d.batch_linger.as_millis() as u64,
+            high_water_messages: d.high_water,
+            low_water_messages: d.low_water,
+            max_message_bytes: d.max_message_bytes,
+            outbox_batch: d.outbox_batch,
+            outbox_retry_ms: d.outbox_retry.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    pub restart_backoff_initial_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    pub max_consecutive_failures: u32,
+    pub park_duration_s: u64,
+    pub healthy_after_s: u64,
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        let d = SupervisorSettings::default();
+        Self {
+            restart_backoff_initial_ms: d.restart_backoff_initial.as_millis() as u64,
+            restart_backoff_max_ms: d.restart_backoff_max.as_millis() as u64,
+            max_consecutive_failures: d.max_consecutive_failures,
+            park_duration_s: d.park_duration.as_secs(),
+            healthy_after_s: d.healthy_after.as_secs(),
+            drain_timeout_ms: d.drain_timeout.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub grace_period_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `enablement=debug,rdkafka=warn`.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "ENABLEMENT__";
+
+impl Config {
+    /// Reads `path` (a missing file means all defaults) and applies environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        Self::from_sources(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Builds the config from TOML text and `(name, value)` environment pairs.
+    pub fn from_sources(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Key {
+            key: "<defaults>".into(),
+            message: e.to_string(),
+        })?;
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (var, raw) in env {
+            let path: Vec<String> = var[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
+            let [section, key] = path.as_slice() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected ENABLEMENT__<SECTION>__<KEY>".into(),
+                });
+            };
+            // The default's type decides how the text is read: strings stay strings.
+            let wants_string = defaults
+                .get(section)
+                .and_then(|s| s.get(key))
+                .is_none_or(|v| v.is_str());
+            let value = if wants_string {
+                toml::Value::String(raw)
+            } else {
+                format!("v = {raw}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or(toml::Value::String(raw))
+            };
+            let table = doc
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(table) = table.as_table_mut() else {
+                return Err(ConfigError::Key {
+                    key: section.clone(),
+                    message: "must be a table".into(),
+                });
+            };
+            table.insert(key.clone(), value);
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(doc))
+            .map_err(|e| ConfigError::Key {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Key {
+                key: key.into(),
+                message: message.into(),
+            })
+        }
+        for (key, url) in [
+            ("postgres.url", &self.postgres.url),
+            ("postgres.migrate_url", &self.postgres.migrate_url),
+        ] {
+            if url.parse::<tokio_postgres::Config>().is_err() {
+                return bad(key, "is not a PostgreSQL connection URL");
+            }
+        }
+        if !is_sql_identifier(&self.postgres.app_role) {
+            return bad("postgres.app_role", "must match ^[a-z_][a-z0-9_]{0,62}$");
+        }
+        if self.postgres.pool_max_size == 0 {
+            return bad("postgres.pool_max_size", "must be at least 1");
+        }
+        if redis::Client::open(self.redis.url.as_str()).is_err() {
+            return bad("redis.url", "is not a Redis URL");
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers", "must name at least one broker");
+        }
+        if !self
+            .kafka
+            .topic_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || self.kafka.topic_prefix.len() > 100
+        {
+            return bad("kafka.topic_prefix", "may contain only [A-Za-z0-9._-]");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return bad("kafka.group_id", "must not be empty");
+        }
+        if self.kafka.topic_partitions != 1 {
+            return bad(
+                "kafka.topic_partitions",
+                "must be 1: a tenant's events are totally ordered on one partition",
+            );
+        }
+        if self.kafka.replication_factor < 1 {
+            return bad("kafka.replication_factor", "must be at least 1");
+        }
+        if self.http.operator_token.len() < 16 {
+            return bad("http.operator_token", "must be at least 16 characters");
+        }
+        let p = &self.pipeline;
+        if p.max_batch_events == 0 {
+            return bad("pipeline.max_batch_events", "must be at least 1");
+        }
+        if p.low_water_messages >= p.high_water_messages {
+            return bad(
+                "pipeline.low_water_messages",
+                "must be below pipeline.high_water_messages",
+            );
+        }
+        if p.max_message_bytes == 0 || p.outbox_batch == 0 {
+            return bad("pipeline", "max_message_bytes and outbox_batch must be positive");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "must be text or json");
+        }
+        Ok(())
+    }
+
+    pub fn pipeline_settings(&self) -> PipelineSettings {
+        let p = &self.pipeline;
+        PipelineSettings {
+            max_batch_events: p.max_batch_events,
+            batch_linger: Duration::from_millis(p.batch_linger_ms),
+            high_water: p.high_water_messages,
+            low_water: p.low_water_messages,
+            max_message_bytes: p.max_message_bytes,
+            outbox_batch: p.outbox_batch,
+            outbox_retry: Duration::from_millis(p.outbox_retry_ms),
+        }
+    }
+
+    pub fn supervisor_settings(&self) -> SupervisorSettings {
+        let s = &self.supervisor;
+        SupervisorSettings {
+            restart_backoff_initial: Duration::from_millis(s.restart_backoff_initial_ms),
+            restart_backoff_max: Duration::from_millis(s.restart_backoff_max_ms),
+            max_consecutive_failures: s.max_consecutive_failures,
+            park_duration: Duration::from_secs(s.park_duration_s),
+            healthy_after: Duration::from_secs(s.healthy_after_s),
+            drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+        }
+    }
+}
+
+pub fn is_sql_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_config_toml_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../config.toml");
+        let from_file = Config::from_sources(text, "config.toml", env(&[])).unwrap();
+        assert_eq!(
+            toml::to_string(&from_file).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn environment_overrides_any_key_with_the_right_type() {
+        let c = Config::from_sources(
+            "[kafka]\nbrokers = \"a:1\"\n",
+            "t",
+            env(&[
+                ("ENABLEMENT__POSTGRES__URL", "postgres://x@db:5432/e"),
+                ("ENABLEMENT__KAFKA__TOPIC_PREFIX", "prod."),
+                ("ENABLEMENT__PIPELINE__MAX_BATCH_EVENTS", "42"),
+                ("ENABLEMENT__HTTP__OPERATOR_TOKEN", "1234567890123456789"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.postgres.url, "postgres://x@db:5432/e");
+        assert_eq!(c.kafka.brokers, "a:1");
+        assert_eq!(c.kafka.topic_prefix, "prod.");
+        assert_eq!(c.pipeline.max_batch_events, 42);
+        assert_eq!(c.http.operator_token, "1234567890123456789");
+    }
+
+    fn key_of(text: &str, vars: &[(&str, &str)]) -> String {
+        match Config::from_sources(text, "t", env(vars)).unwrap_err() {
+            ConfigError::Key { key, .. } => key,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        assert_eq!(key_of("[kafka]\nbrokerz = \"x\"\n", &[]), "kafka");
+        let e = Config::from_sources("[kafka]\nbrokerz = \"x\"\n", "t", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("brokerz"), "{e}");
+        assert_eq!(key_of("[nope]\n", &[]), "");
+        assert!(Config::from_sources("[nope]\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
+        assert_eq!(key_of("[http]\nlisten = \"not an addr\"\n", &[]), "http.listen");
+        assert_eq!(
+            key_of("", &[("ENABLEMENT__PIPELINE__MAX_BATCH_EVENTS", "lots")]),
+            "pipeline.max_batch_events"
+        );
+        assert_eq!(
+            key_of("[pipeline]\nlow_water_messages = 5000\n", &[]),
+            "pipeline.low_water_messages"
+        );
+        assert_eq!(key_of("[postgres]\napp_role = \"x; drop\"\n", &[]), "postgres.app_role");
+        assert_eq!(key_of("[kafka]\ntopic_prefix = \"a b\"\n", &[]), "kafka.topic_prefix");
+        assert!(matches!(
+            Config::from_sources("", "t", env(&[("ENABLEMENT__KAFKA", "x")])),
+            Err(ConfigError::Env { .. })
+        ));
+    }
+}

@@ -1,0 +1,159 @@
+//! `enablement migrate`: applies the embedded `migrations/*.sql` in order as the owner role.
+//!
+//! Safe to run twice and from two processes at once: everything happens under a
+//! session-level advisory lock, each migration commits atomically with its record in
+//! `schema_migrations`, and an applied migration whose text changed is refused.
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::NoTls;
+
+use crate::config::{is_sql_identifier, PostgresConfig};
+
+/// The migrations, embedded at build time so the binary needs no files at run time.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_tenant_pipeline.sql",
+    include_str!("../../migrations/0001_tenant_pipeline.sql"),
+)];
+
+/// Key of the advisory lock that serialises migrators (arbitrary, fixed).
+const MIGRATION_LOCK_KEY: i64 = 0x656e_6162_6c65;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot connect with postgres.migrate_url: {0}")]
+    Connect(String),
+    #[error("postgres.app_role is not a plain SQL identifier")]
+    RoleName,
+    #[error("migration {name} was changed after it was applied (checksum mismatch)")]
+    Changed { name: String },
+    #[error("migration {name} failed: {message}")]
+    Failed { name: String, message: String },
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+#[derive(Debug, Default)]
+pub struct MigrationReport {
+    pub applied: Vec<String>,
+    pub already_applied: Vec<String>,
+}
+
+fn db(e: tokio_postgres::Error) -> MigrateError {
+    MigrateError::Db(e.to_string())
+}
+
+pub async fn migrate(cfg: &PostgresConfig) -> Result<MigrationReport, MigrateError> {
+    if !is_sql_identifier(&cfg.app_role) {
+        return Err(MigrateError::RoleName);
+    }
+    let (mut client, conn) = tokio_postgres::connect(&cfg.migrate_url, NoTls)
+        .await
+        .map_err(|e| MigrateError::Connect(super::redact(e)))?;
+    let conn_task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "migration connection ended");
+        }
+    });
+    client
+        .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(db)?;
+    let result = apply_all(&mut client, cfg).await;
+    let _ = client
+        .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    drop(client);
+    let _ = conn_task.await;
+    result
+}
+
+async fn apply_all(
+    client: &mut tokio_postgres::Client,
+    cfg: &PostgresConfig,
+) -> Result<MigrationReport, MigrateError> {
+    let role = format!("\"{}\"", cfg.app_role);
+    client
+        .batch_execute(
+            "create table if not exists schema_migrations (
+                 version    integer primary key,
+                 name       text not null,
+                 checksum   text not null,
+                 applied_at timestamptz not null default now())",
+        )
+        .await
+        .map_err(db)?;
+    // The service role: may log in, owns nothing, cannot bypass RLS. Re-asserted on every
+    // run so a role created by hand with more rights is brought back to least privilege.
+    let exists = client
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&cfg.app_role])
+        .await
+        .map_err(db)?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("create role {role} login"))
+            .await
+            .map_err(db)?;
+    }
+    client
+        .batch_execute(&format!(
+            "alter role {role} login nosuperuser nobypassrls nocreatedb nocreaterole noreplication noinherit"
+        ))
+        .await
+        .map_err(db)?;
+    let dbname: String = client
+        .query_one("select current_database()", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "grant connect on database \"{}\" to {role}",
+            dbname.replace('"', "\"\"")
+        ))
+        .await
+        .map_err(db)?;
+
+    let mut report = MigrationReport::default();
+    for (version, name, sql) in MIGRATIONS {
+        let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+        let row = client
+            .query_opt(
+                "select checksum from schema_migrations where version = $1",
+                &[version],
+            )
+            .await
+            .map_err(db)?;
+        if let Some(row) = row {
+            let stored: String = row.get(0);
+            if stored != checksum {
+                return Err(MigrateError::Changed {
+                    name: name.to_string(),
+                });
+            }
+            report.already_applied.push(name.to_string());
+            continue;
+        }
+        let tx = client.transaction().await.map_err(db)?;
+        tx.batch_execute(&sql.replace("__APP_ROLE__", &role))
+            .await
+            .map_err(|e| MigrateError::Failed {
+                name: name.to_string(),
+                message: e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string()),
+            })?;
+        tx.execute(
+            "insert into schema_migrations (version, name, checksum) values ($1, $2, $3)",
+            &[version, name, &checksum],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        tracing::info!(migration = name, "applied");
+        report.applied.push(name.to_string());
+    }
+    Ok(report)
+}

@@ -1,0 +1,58 @@
+//! PostgreSQL: migrations, the tenant registry and the RLS-scoped store.
+//!
+//! The service connects as an unprivileged role; every tenant table forces row-level
+//! security keyed on the transaction-local setting `app.tenant_id`. [`TenantScopedStore`]
+//! is the only code that sets it, and always inside the transaction that does the work.
+
+mod migrate;
+mod registry;
+mod store;
+
+pub use migrate::{migrate, MigrateError, MigrationReport};
+pub use registry::{Registry, RegistryError, TenantRecord};
+pub use store::TenantScopedStore;
+
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::NoTls;
+
+use crate::config::PostgresConfig;
+
+pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid postgres url: {0}")]
+    Url(String),
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+}
+
+/// Opens the service role's pool. Connections are created lazily but one is tried now so
+/// a wrong URL or a stopped database fails the start with a clear message.
+pub async fn connect_pool(cfg: &PostgresConfig) -> Result<PgPool, DbError> {
+    let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| DbError::Url(redact(e)))?;
+    pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+    pg.application_name("enablement");
+    let manager = PostgresConnectionManager::new(pg, NoTls);
+    let pool = bb8::Pool::builder()
+        .max_size(cfg.pool_max_size)
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .build(manager)
+        .await
+        .map_err(|e| DbError::Connect(redact(e)))?;
+    pool.get()
+        .await
+        .map_err(|e| DbError::Connect(redact(e)))?;
+    Ok(pool)
+}
+
+/// Database errors rarely carry secrets, but URLs can: keep only the message text.
+pub(crate) fn redact(e: impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    match s.find("://") {
+        Some(_) => "connection error (details withheld: they may contain credentials)".into(),
+        None => s,
+    }
+}

@@ -1,0 +1,134 @@
+//! The tenant registry: the global, non-secret list of tenants, plus registration, which
+//! writes the tenant's secrets inside that tenant's own RLS scope.
+
+use tokio_postgres::error::SqlState;
+
+use super::{redact, PgPool};
+use crate::actors::TenantId;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TenantRecord {
+    pub tenant_id: TenantId,
+    pub display_name: String,
+    pub status: String,
+    pub rate_limit_per_min: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("tenant {0} already exists")]
+    Exists(TenantId),
+    #[error("display name must be 1 to 200 characters")]
+    DisplayName,
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+fn db(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Db(redact(e))
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    pool: PgPool,
+}
+
+impl Registry {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Registers a tenant with the SHA-256 of its API token. Fails without changing
+    /// anything when the tenant exists.
+    pub async fn add(
+        &self,
+        tenant: &TenantId,
+        display_name: &str,
+        token_sha256: &[u8; 32],
+    ) -> Result<TenantRecord, RegistryError> {
+        let name = display_name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(RegistryError::DisplayName);
+        }
+        let mut conn = self.pool.get().await.map_err(db)?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let inserted = tx
+            .execute(
+                "insert into tenants (tenant_id, display_name) values ($1, $2)",
+                &[&tenant.as_str(), &name],
+            )
+            .await;
+        if let Err(e) = inserted {
+            return Err(if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                RegistryError::Exists(tenant.clone())
+            } else {
+                db(e)
+            });
+        }
+        tx.execute(
+            "select set_config('app.tenant_id', $1, true)",
+            &[&tenant.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "insert into tenant_secrets (tenant_id, api_token_sha256) values ($1, $2)",
+            &[&tenant.as_str(), &token_sha256.as_slice()],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(TenantRecord {
+            tenant_id: tenant.clone(),
+            display_name: name.to_owned(),
+            status: "active".into(),
+            rate_limit_per_min: None,
+        })
+    }
+
+    pub async fn exists(&self, tenant: &TenantId) -> Result<bool, RegistryError> {
+        let conn = self.pool.get().await.map_err(db)?;
+        let row = conn
+            .query_opt(
+                "select 1 from tenants where tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.is_some())
+    }
+
+    /// Every tenant. Rows that fail validation (impossible given the CHECK) are skipped.
+    pub async fn list(&self) -> Result<Vec<TenantRecord>, RegistryError> {
+        let conn = self.pool.get().await.map_err(db)?;
+        let rows = conn
+            .query(
+                "select tenant_id, display_name, status, rate_limit_per_min
+                   from tenants order by tenant_id",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(TenantRecord {
+                    tenant_id: TenantId::parse(r.get::<_, &str>(0)).ok()?,
+                    display_name: r.get(1),
+                    status: r.get(2),
+                    rate_limit_per_min: r.get(3),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn active(&self) -> Result<Vec<TenantId>, RegistryError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|t| t.status == "active")
+            .map(|t| t.tenant_id)
+            .collect())
+    }
+}

@@ -1,0 +1,305 @@
+//! [`TenantScopedStore`]: every tenant query runs inside a transaction whose first
+//! statement is `set_config('app.tenant_id', <tenant>, true)`.
+//!
+//! The setting is transaction-local, so a pooled connection never carries one tenant's
+//! scope into another tenant's work, and a connection with no setting sees no rows (the
+//! policies compare against `nullif(current_setting(..., true), '')`, which is NULL).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Transaction;
+
+use super::PgPool;
+use crate::actors::ports::{BatchReport, OutboxRecord, ScimBatch, StoreError, TenantStore};
+use crate::actors::scim::{plan_batch, Role, StoredUser};
+use crate::actors::{TenantId, TopicKind};
+
+/// Work run inside a tenant's transaction.
+pub type TxWork<'t, R> = Pin<Box<dyn Future<Output = Result<R, tokio_postgres::Error>> + Send + 't>>;
+
+#[derive(Clone)]
+pub struct TenantScopedStore {
+    pool: PgPool,
+}
+
+pub(crate) fn store_error(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+            tracing::error!(error = %e, "security event: row-level security refused a write");
+            metrics::counter!(crate::actors::metric_names::SECURITY_EVENTS_TOTAL,
+                "kind" => "rls_violation")
+            .increment(1);
+            StoreError::PolicyViolation(e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default())
+        }
+        _ if e.is_closed() => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Query(
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| e.to_string()),
+        ),
+    }
+}
+
+impl TenantScopedStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `work` in a transaction scoped to `tenant` and commits it. The only way the
+    /// service reaches tenant rows.
+    pub async fn scoped<R, F>(&self, tenant: &TenantId, work: F) -> Result<R, StoreError>
+    where
+        R: Send,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> TxWork<'t, R> + Send,
+    {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(super::redact(e)))?;
+        let tx = conn.transaction().await.map_err(store_error)?;
+        tx.execute(
+            "select set_config('app.tenant_id', $1, true)",
+            &[&tenant.as_str()],
+        )
+        .await
+        .map_err(store_error)?;
+        let out = work(&tx).await.map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(out)
+    }
+
+    /// True when `token_sha256` is the tenant's API token hash (constant-time compare).
+    pub async fn token_matches(
+        &self,
+        tenant: &TenantId,
+        token_sha256: [u8; 32],
+    ) -> Result<bool, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let stored: Option<Vec<u8>> = self
+            .scoped(tenant, move |tx| {
+                Box::pin(async move {
+                    Ok(tx
+                        .query_opt(
+                            "select api_token_sha256 from tenant_secrets where tenant_id = $1",
+                            &[&t],
+                        )
+                        .await?
+                        .map(|r| r.get(0)))
+                })
+            })
+            .await?;
+        Ok(stored.is_some_and(|s| crate::tokens::constant_time_eq(&s, &token_sha256)))
+    }
+}
+
+fn row_to_user(r: &tokio_postgres::Row) -> StoredUser {
+    StoredUser {
+        user_id: r.get("user_id"),
+        user_name: r.get("user_name"),
+        email: r.get("email"),
+        role: Role::parse(r.get("role")).unwrap_or(Role::Rep),
+        external_id: r.get("external_id"),
+        manager_id: r.get("manager_id"),
+        active: r.get("active"),
+        resource: r.get("scim"),
+        version: r.get("version"),
+        occurred_at: r.get("source_occurred_at"),
+        last_event_id: r.get("source_event_id"),
+    }
+}
+
+async fn apply_batch_tx(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    batch: &ScimBatch,
+) -> Result<BatchReport, tokio_postgres::Error> {
+    let mut report = BatchReport::default();
+    if !batch.events.is_empty() {
+        // 1. Idempotency records: ids returned are new; the rest were applied before.
+        let ids: Vec<&str> = batch.events.iter().map(|e| e.event_id.as_str()).collect();
+        let fresh: HashSet<String> = tx
+            .query(
+                "insert into processed_events (tenant_id, event_id)
+                 select $1, unnest($2::text[]) on conflict do nothing returning event_id",
+                &[&tenant, &ids],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let seen: HashSet<String> = ids
+            .iter()
+            .filter(|id| !fresh.contains(**id))
+            .map(|id| id.to_string())
+            .collect();
+        // 2. Current state of the users involved, locked for this transaction.
+        let mut user_ids: Vec<&str> = batch.events.iter().map(|e| e.user.id.as_str()).collect();
+        user_ids.sort_unstable();
+        user_ids.dedup();
+        let current: HashMap<String, StoredUser> = tx
+            .query(
+                "select user_id, user_name, email, role, external_id, manager_id, active, scim,
+                        version, source_occurred_at, source_event_id
+                   from users where tenant_id = $1 and user_id = any($2::text[])
+                  order by user_id for update",
+                &[&tenant, &user_ids],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                let u = row_to_user(r);
+                (u.user_id.clone(), u)
+            })
+            .collect();
+        // 3. The pure rules decide; this function only writes their plan.
+        let plan = plan_batch(current, &seen, &batch.events);
+        for (_, outcome) in &plan.outcomes {
+            report.count(*outcome);
+        }
+        if !plan.upserts.is_empty() {
+            let mut c_id = Vec::new();
+            let mut c_name = Vec::new();
+            let mut c_email: Vec<Option<String>> = Vec::new();
+            let mut c_role = Vec::new();
+            let mut c_ext: Vec<Option<String>> = Vec::new();
+            let mut c_mgr: Vec<Option<String>> = Vec::new();
+            let mut c_active = Vec::new();
+            let mut c_scim: Vec<Value> = Vec::new();
+            let mut c_version = Vec::new();
+            let mut c_at: Vec<OffsetDateTime> = Vec::new();
+            let mut c_event = Vec::new();
+            for u in plan.upserts {
+                c_id.push(u.user_id);
+                c_name.push(u.user_name);
+                c_email.push(u.email);
+                c_role.push(u.role.as_str());
+                c_ext.push(u.external_id);
+                c_mgr.push(u.manager_id);
+                c_active.push(u.active);
+                c_scim.push(u.resource);
+                c_version.push(u.version);
+                c_at.push(u.occurred_at);
+                c_event.push(u.last_event_id);
+            }
+            tx.execute(
+                "insert into users (tenant_id, user_id, user_name, email, role, external_id,
+                                    manager_id, active, scim, version, source_occurred_at,
+                                    source_event_id)
+                 select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::text[],
+                                          $6::text[], $7::text[], $8::bool[], $9::jsonb[],
+                                          $10::int8[], $11::timestamptz[], $12::text[])
+                 on conflict (tenant_id, user_id) do update set
+                     user_name = excluded.user_name, email = excluded.email,
+                     role = excluded.role, external_id = excluded.external_id,
+                     manager_id = excluded.manager_id, active = excluded.active,
+                     scim = excluded.scim, version = excluded.version,
+                     source_occurred_at = excluded.source_occurred_at,
+                     source_event_id = excluded.source_event_id, updated_at = now()",
+                &[
+                    &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active,
+                    &c_scim, &c_version, &c_at, &c_event,
+                ],
+            )
+            .await?;
+        }
+        if !plan.changes.is_empty() {
+            let keys: Vec<&str> = plan.changes.iter().map(|c| c.user_id.as_str()).collect();
+            let payloads: Vec<Value> = plan
+                .changes
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .collect();
+            tx.execute(
+                "insert into outbox (tenant_id, topic, message_key, payload)
+                 select $1, 'user_changed', k, p
+                   from unnest($2::text[], $3::jsonb[]) with ordinality as x(k, p, n)
+                  order by n",
+                &[&tenant, &keys, &payloads],
+            )
+            .await?;
+        }
+    }
+    for sec in &batch.security_events {
+        tx.execute(
+            "insert into security_events (tenant_id, kind, detail) values ($1, $2, $3)",
+            &[&tenant, &sec.kind, &sec.detail],
+        )
+        .await?;
+    }
+    Ok(report)
+}
+
+#[async_trait]
+impl TenantStore for TenantScopedStore {
+    async fn apply_scim_batch(
+        &self,
+        tenant: &TenantId,
+        batch: &ScimBatch,
+    ) -> Result<BatchReport, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let batch = batch.clone();
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move { apply_batch_tx(tx, &t, &batch).await })
+        })
+        .await
+    }
+
+    async fn pending_outbox(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let limit = limit as i64;
+        let rows = self
+            .scoped(tenant, move |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        "select id, topic, message_key, payload::text from outbox
+                          where tenant_id = $1 and sent_at is null order by id limit $2",
+                        &[&t, &limit],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(OutboxRecord {
+                    id: r.get(0),
+                    topic: TopicKind::parse(r.get(1))?,
+                    key: r.get(2),
+                    payload: r.get::<_, String>(3).into_bytes(),
+                })
+            })
+            .collect())
+    }
+
+    async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError> {
+        let t = tenant.as_str().to_owned();
+        let ids = ids.to_vec();
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "update outbox set sent_at = now() where tenant_id = $1 and id = any($2)",
+                    &[&t, &ids],
+                )
+                .await
+            })
+        })
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! The HTTP control endpoint (axum): health, readiness, metrics and tenant registration.
+//!
+//! Errors are JSON `{"error": {"code", "message"}}` with a stable code; they never echo a
+//! token, a connection string or another tenant's data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use ractor::ActorRef;
+use serde_json::{json, Value};
+
+use crate::actors::supervisor::ActorStatus;
+use crate::actors::{SupervisorMsg, TenantId};
+use crate::cache::RedisCache;
+use crate::config::Config;
+use crate::db::{PgPool, Registry, RegistryError};
+use crate::tenants::{register, RegisterError};
+use crate::tokens;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub registry: Registry,
+    pub cache: Arc<RedisCache>,
+    pub supervisor: Option<ActorRef<SupervisorMsg>>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// An error answer with a stable code.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.http.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/tenants", post(add_tenant))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn check<F, E>(f: F) -> Value
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(Duration::from_secs(4), f).await {
+        Ok(Ok(())) => json!({"ok": true}),
+        Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
+        Err(_) => json!({"ok": false, "error": "timed out"}),
+    }
+}
+
+/// Ready when PostgreSQL, Redis and the broker answer and every tenant actor is running.
+async fn readyz(State(s): State<AppState>) -> Response {
+    let pg = check(async {
+        let conn = s.pool.get().await.map_err(crate::db::redact)?;
+        conn.simple_query("select 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let redis = check(s.cache.ping()).await;
+    let kafka = check(crate::kafka::broker_reachable(&s.config.kafka)).await;
+    let mut ready = [&pg, &redis, &kafka].iter().all(|c| c["ok"] == true);
+    let mut body = json!({"checks": {"postgres": pg, "redis": redis, "kafka": kafka}});
+    if let Some(sup) = &s.supervisor {
+        match ractor::call_t!(sup, SupervisorMsg::Health, 3_000) {
+            Ok(tenants) => {
+                let not_running: Vec<_> = tenants
+                    .iter()
+                    .filter(|t| t.status != ActorStatus::Running)
+                    .collect();
+                let ok = not_running.is_empty();
+                ready &= ok;
+                body["checks"]["tenant_actors"] = json!({
+                    "ok": ok,
+                    "running": tenants.len() - not_running.len(),
+                    "not_running": not_running,
+                });
+            }
+            Err(_) => {
+                ready = false;
+                body["checks"]["tenant_actors"] = json!({"ok": false, "error": "supervisor not answering"});
+            }
+        }
+    }
+    body["ready"] = Value::Bool(ready);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(h) => (
+            [("content-type", "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics disabled").into_response(),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn require_operator(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let ok = bearer(headers).is_some_and(|t| {
+        tokens::constant_time_eq(
+            &tokens::hash(t),
+            &tokens::hash(&s.config.http.operator_token),
+        )
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid operator bearer token is required",
+        ))
+    }
+}
+
+/// `POST /api/tenants` `{"tenantId": "acme", "displayName": "Acme Corp"}` (operator token).
+async fn add_tenant(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_operator(&s, &headers)?;
+    let v: Value = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "body must be a JSON object")
+    })?;
+    let field = |name: &'static str| -> Result<&str, ApiError> {
+        v.get(name).and_then(Value::as_str).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("{name} is required and must be a string"),
+            )
+        })
+    };
+    let tenant = TenantId::parse(field("tenantId")?).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_tenant_id", format!("tenantId: {e}"))
+    })?;
+    let name = field("displayName")?;
+    match register(&s.registry, &s.config.kafka, &tenant, name).await {
+        Ok(r) => Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "tenant": r.tenant,
+                "topics": r.topics,
+                "apiToken": r.api_token,
+            })),
+        )
+            .into_response()),
+        Err(RegisterError::Registry(RegistryError::Exists(_))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_exists",
+            "tenant already exists",
+        )),
+        Err(RegisterError::Registry(RegistryError::DisplayName)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "displayName must be 1 to 200 characters",
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "tenant registration failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "registration failed; retry later",
+            ))
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `enablement events push|tail`: poke a tenant's topics from the shell.
+//!
+//! Debian's `kcat` links a librdkafka too old for some brokers; these use the bundled one.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use super::{base_client_config, KafkaPublisher};
+use crate::actors::ports::{EventPublisher, OutboundRecord};
+use crate::actors::{TenantId, TopicKind};
+use crate::config::KafkaConfig;
+
+/// Produces every non-empty line of `input` to the tenant's inbound topic, unvalidated
+/// (the service validates; pushing malformed lines is how the DLQ is exercised). The key
+/// is `user.id` when the line parses. Returns the number of records acknowledged.
+pub async fn push_events<R: AsyncBufRead + Unpin>(
+    cfg: &KafkaConfig,
+    tenant: &TenantId,
+    input: R,
+) -> Result<usize, String> {
+    let publisher = KafkaPublisher::new(cfg).map_err(|e| e.to_string())?;
+    let mut lines = input.lines();
+    let mut batch = Vec::new();
+    let mut total = 0;
+    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let key = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["user"]["id"].as_str().map(|s| s.as_bytes().to_vec()));
+        batch.push(OutboundRecord {
+            topic: TopicKind::Scim,
+            key,
+            payload: line.into_bytes(),
+            headers: vec![],
+        });
+        if batch.len() >= 1000 {
+            total += batch.len();
+            publisher
+                .publish(tenant, std::mem::take(&mut batch))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    total += batch.len();
+    publisher
+        .publish(tenant, batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(total)
+}
+
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    pub from_beginning: bool,
+    /// Stop at the end of the partition instead of waiting for more.
+    pub exit_at_end: bool,
+    /// Stop after this many records.
+    pub limit: Option<usize>,
+}
+
+/// Prints the records of one tenant topic as JSON lines (offset, key, headers, payload)
+/// through `emit`. Reads without a consumer group, so it never moves the service's offsets.
+pub fn tail_topic(
+    cfg: &KafkaConfig,
+    tenant: &TenantId,
+    kind: TopicKind,
+    opts: &TailOptions,
+    mut emit: impl FnMut(Value),
+) -> Result<usize, String> {
+    let topic = tenant.topic(&cfg.topic_prefix, kind);
+    let consumer: BaseConsumer = base_client_config(cfg)
+        .set("group.id", "enablement-tail")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    let start = if opts.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
+    tpl.add_partition_offset(&topic, 0, start)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut seen = 0;
+    loop {
+        if opts.limit.is_some_and(|l| seen >= l) {
+            return Ok(seen);
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                if opts.exit_at_end {
+                    return Ok(seen);
+                }
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(m)) => {
+                seen += 1;
+                let headers: serde_json::Map<String, Value> = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let v = h
+                                    .value
+                                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                                    .map_or(Value::Null, Value::String);
+                                (h.key.to_owned(), v)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let payload = m.payload().map_or(Value::Null, |p| {
+                    serde_json::from_slice(p)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(p).into_owned()))
+                });
+                emit(json!({
+                    "topic": topic,
+                    "offset": m.offset(),
+                    "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    "headers": headers,
+                    "payload": payload,
+                }));
+            }
+        }
+    }
+}

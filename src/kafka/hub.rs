@@ -1,0 +1,395 @@
+//! [`KafkaHub`]: one group consumer per process, one split partition queue per tenant.
+//!
+//! - Before a tenant's topic is subscribed its partition queue is split off the main queue,
+//!   so its records flow only to that tenant's actor, pulled at the actor's own pace.
+//!   A record that still arrives on the main queue is routed to its tenant's feed.
+//! - The subscription is the explicit list of active tenants' inbound topics, re-read from
+//!   the registry every `tenant_refresh_ms`: a new tenant is picked up without restart, a
+//!   suspended one is revoked (and a stray topic matching the naming scheme is never read).
+//! - Assignment spawns actors; revocation drains them (batch in flight committed, offsets
+//!   stored) and commits synchronously before the partitions are released.
+//! - Offsets are stored by the actors only after their transaction committed and are
+//!   committed by librdkafka's auto-commit (`enable.auto.offset.store=false`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ractor::ActorRef;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::base_client_config;
+use crate::actors::metric_names as m;
+use crate::actors::ports::{FeedError, FeedSource, InboundRecord, PartitionFeed};
+use crate::actors::{SupervisorMsg, TenantId, TopicKind};
+use crate::config::KafkaConfig;
+use crate::db::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+enum HubEvent {
+    Assigned(Vec<TenantId>),
+}
+
+/// Rebalance hooks. They run on the thread polling the main queue.
+pub struct HubContext {
+    prefix: String,
+    events: mpsc::UnboundedSender<HubEvent>,
+    supervisor: OnceLock<ActorRef<SupervisorMsg>>,
+    drain_timeout: Duration,
+}
+
+impl HubContext {
+    fn tenants_of(&self, tpl: &TopicPartitionList) -> Vec<TenantId> {
+        let set: BTreeSet<TenantId> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| TenantId::from_scim_topic(&self.prefix, e.topic()))
+            .collect();
+        set.into_iter().collect()
+    }
+}
+
+impl ClientContext for HubContext {}
+
+impl ConsumerContext for HubContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let tenants = self.tenants_of(tpl);
+            tracing::info!(count = tenants.len(), "partitions revoked; draining tenant actors");
+            if let Some(sup) = self.supervisor.get() {
+                let sup = sup.clone();
+                let timeout = self.drain_timeout + Duration::from_secs(5);
+                // The group waits for us: drain synchronously, then commit, then release.
+                let drained = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(async move {
+                        sup.call(|r| SupervisorMsg::Revoke(tenants, r), Some(timeout))
+                            .await
+                    })
+                });
+                if drained.is_err() {
+                    tracing::warn!("draining revoked tenants did not complete");
+                }
+            }
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "commit on revoke");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let tenants = self.tenants_of(tpl);
+            tracing::info!(count = tenants.len(), "partitions assigned");
+            let _ = self.events.send(HubEvent::Assigned(tenants));
+        }
+    }
+}
+
+type HubConsumer = StreamConsumer<HubContext>;
+
+/// The per-tenant end of the shared consumer.
+struct TenantQueue {
+    topic: String,
+    queue: StreamPartitionQueue<HubContext>,
+    strays_tx: mpsc::UnboundedSender<InboundRecord>,
+    strays_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundRecord>>,
+    /// Next offset whose effects are not known committed (-1: none stored yet).
+    next_offset: AtomicI64,
+    opened: AtomicBool,
+}
+
+pub struct KafkaHub {
+    consumer: Arc<HubConsumer>,
+    prefix: String,
+    queues: Mutex<HashMap<TenantId, Arc<TenantQueue>>>,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<HubEvent>>,
+    refresh: Duration,
+}
+
+fn to_record(m: &BorrowedMessage<'_>) -> InboundRecord {
+    InboundRecord {
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+impl KafkaHub {
+    pub fn new(cfg: &KafkaConfig, drain_timeout: Duration) -> Result<Arc<Self>, HubError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let context = HubContext {
+            prefix: cfg.topic_prefix.clone(),
+            events: tx,
+            supervisor: OnceLock::new(),
+            drain_timeout,
+        };
+        let consumer: HubConsumer = base_client_config(cfg)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", cfg.auto_commit_interval_ms.to_string())
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("fetch.message.max.bytes", cfg.fetch_max_bytes_per_partition.to_string())
+            .set(
+                "queued.max.messages.kbytes",
+                cfg.queued_max_kbytes_per_partition.to_string(),
+            )
+            .set("queued.min.messages", "1000")
+            .set("enable.partition.eof", "false")
+            .create_with_context(context)?;
+        Ok(Arc::new(Self {
+            consumer: Arc::new(consumer),
+            prefix: cfg.topic_prefix.clone(),
+            queues: Mutex::new(HashMap::new()),
+            events: tokio::sync::Mutex::new(rx),
+            refresh: Duration::from_millis(cfg.tenant_refresh_ms),
+        }))
+    }
+
+    /// Connects the rebalance hooks to the supervisor (set once, before [`Self::run`]).
+    pub fn attach_supervisor(&self, sup: ActorRef<SupervisorMsg>) {
+        let _ = self.consumer.context().supervisor.set(sup);
+    }
+
+    fn ensure_split(&self, tenant: &TenantId) -> bool {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if queues.contains_key(tenant) {
+            return true;
+        }
+        let topic = tenant.topic(&self.prefix, TopicKind::Scim);
+        let Some(queue) = self.consumer.split_partition_queue(&topic, 0) else {
+            tracing::warn!(tenant = %tenant, "cannot split partition queue");
+            return false;
+        };
+        let (strays_tx, strays_rx) = mpsc::unbounded_channel();
+        queues.insert(
+            tenant.clone(),
+            Arc::new(TenantQueue {
+                topic,
+                queue,
+                strays_tx,
+                strays_rx: tokio::sync::Mutex::new(strays_rx),
+                next_offset: AtomicI64::new(-1),
+                opened: AtomicBool::new(false),
+            }),
+        );
+        true
+    }
+
+    fn subscribe(&self, tenants: &BTreeSet<TenantId>) -> Result<(), HubError> {
+        for t in tenants {
+            self.ensure_split(t);
+        }
+        if tenants.is_empty() {
+            self.consumer.unsubscribe();
+            return Ok(());
+        }
+        let topics: Vec<String> = tenants
+            .iter()
+            .map(|t| t.topic(&self.prefix, TopicKind::Scim))
+            .collect();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&refs)?;
+        Ok(())
+    }
+
+    /// Serves the group (rebalances, stray records) and follows the registry until
+    /// `shutdown` is cancelled.
+    pub async fn run(
+        self: Arc<Self>,
+        registry: Registry,
+        supervisor: ActorRef<SupervisorMsg>,
+        shutdown: CancellationToken,
+    ) {
+        let mut subscribed: Option<BTreeSet<TenantId>> = None;
+        let mut tick = tokio::time::interval(self.refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = self.events.lock().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => match registry.active().await {
+                    Ok(active) => {
+                        let active: BTreeSet<TenantId> = active.into_iter().collect();
+                        if subscribed.as_ref() != Some(&active) {
+                            match self.subscribe(&active) {
+                                Ok(()) => {
+                                    tracing::info!(tenants = active.len(), "subscription updated");
+                                    subscribed = Some(active);
+                                }
+                                Err(e) => tracing::warn!(error = %e, "subscribe failed"),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the tenant registry failed"),
+                },
+                Some(ev) = events.recv() => match ev {
+                    HubEvent::Assigned(tenants) => {
+                        let ready: Vec<TenantId> =
+                            tenants.into_iter().filter(|t| self.ensure_split(t)).collect();
+                        let _ = supervisor.cast(SupervisorMsg::Assign(ready));
+                    }
+                },
+                msg = self.consumer.recv() => match msg {
+                    Ok(msg) => self.route_stray(&msg),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "consumer").increment(1);
+                    }
+                },
+            }
+        }
+    }
+
+    /// A record delivered on the main queue (fetched before its queue was split).
+    fn route_stray(&self, msg: &BorrowedMessage<'_>) {
+        let tenant = TenantId::from_scim_topic(&self.prefix, msg.topic());
+        let queue = tenant.and_then(|t| {
+            self.queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&t)
+                .cloned()
+        });
+        match queue {
+            Some(q) => {
+                let _ = q.strays_tx.send(to_record(msg));
+            }
+            None => {
+                // Not a tenant topic we split: leave its offset uncommitted so it is
+                // re-read once the tenant's queue exists.
+                tracing::warn!(topic = msg.topic(), "record for an unknown tenant topic");
+            }
+        }
+    }
+
+    /// Commits every stored offset now (shutdown).
+    pub fn commit_now(&self) -> Result<(), HubError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::error::RDKafkaErrorCode::NoOffset,
+            )) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn committed_offset(&self, topic: &str) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        let got = tokio::task::block_in_place(|| {
+            self.consumer
+                .committed_offsets(tpl, Duration::from_secs(5))
+        })
+        .ok()?;
+        match got.find_partition(topic, 0)?.offset() {
+            Offset::Offset(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl FeedSource for KafkaHub {
+    async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError> {
+        let q = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+            .ok_or(FeedError::NotAssigned)?;
+        if q.opened.swap(true, Ordering::SeqCst) {
+            // A restart: rewind to the first record not known committed. What the previous
+            // actor fetched beyond that is discarded by the seek and read again.
+            let stored = q.next_offset.load(Ordering::SeqCst);
+            let target = if stored >= 0 {
+                Offset::Offset(stored)
+            } else {
+                self.committed_offset(&q.topic)
+                    .map_or(Offset::Beginning, Offset::Offset)
+            };
+            let mut strays = q.strays_rx.lock().await;
+            while strays.try_recv().is_ok() {}
+            drop(strays);
+            self.consumer
+                .seek(&q.topic, 0, target, Duration::from_secs(5))
+                .map_err(|e| FeedError::Broker(e.to_string()))?;
+            tracing::info!(tenant = %tenant, offset = ?target, "feed rewound for restarted actor");
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&q.topic, 0);
+        let _ = self.consumer.resume(&tpl);
+        Ok(Arc::new(KafkaFeed {
+            consumer: self.consumer.clone(),
+            q,
+        }))
+    }
+}
+
+struct KafkaFeed {
+    consumer: Arc<HubConsumer>,
+    q: Arc<TenantQueue>,
+}
+
+impl KafkaFeed {
+    fn tpl(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.q.topic, 0);
+        tpl
+    }
+}
+
+#[async_trait]
+impl PartitionFeed for KafkaFeed {
+    async fn recv(&self) -> Result<InboundRecord, FeedError> {
+        tokio::select! {
+            m = self.q.queue.recv() => m.map(|m| to_record(&m)).map_err(|e| FeedError::Broker(e.to_string())),
+            Some(r) = async { self.q.strays_rx.lock().await.recv().await } => Ok(r),
+        }
+    }
+
+    fn pause(&self) -> Result<(), FeedError> {
+        self.consumer
+            .pause(&self.tpl())
+            .map_err(|e| FeedError::Broker(e.to_string()))
+    }
+
+    fn resume(&self) -> Result<(), FeedError> {
+        self.consumer
+            .resume(&self.tpl())
+            .map_err(|e| FeedError::Broker(e.to_string()))
+    }
+
+    fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {
+        self.q.next_offset.fetch_max(next_offset, Ordering::SeqCst);
+        // librdkafka stores `offset + 1`: hand it the last processed offset.
+        self.consumer
+            .store_offset(&self.q.topic, 0, next_offset - 1)
+            .map_err(|e| FeedError::Broker(e.to_string()))
+    }
+}

@@ -1,0 +1,23 @@
+//! The enablement service: adapters for the ports of [`enablement_actors`], the HTTP control
+//! endpoint, configuration, metrics and the command line.
+//!
+//! Dependency points one way: this crate uses `enablement_actors`, never the reverse.
+//! - [`config`]: the TOML file plus `ENABLEMENT__<SECTION>__<KEY>` overrides, validated.
+//! - [`db`]: migrations, the tenant registry and the RLS-scoped [`db::TenantScopedStore`].
+//! - [`kafka`]: topic administration, the shared group consumer with one partition queue per
+//!   tenant, the producer and the developer tools (`events push|tail`).
+//! - [`cache`]: the per-tenant Redis namespace.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics` and tenant registration.
+//! - [`service`]: wiring for `serve`, and graceful shutdown.
+
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod kafka;
+pub mod service;
+pub mod telemetry;
+pub mod tenants;
+pub mod tokens;
+
+pub use enablement_actors as actors;
