@@ -70,7 +70,11 @@ impl ConsumerContext for HubContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let tenants = self.tenants_of(tpl);
             tracing::info!(count = tenants.len(), "partitions revoked; draining tenant actors");
-            if let Some(sup) = self.supervisor.get() {
+            let live = self
+                .supervisor
+                .get()
+                .filter(|s| s.get_status() == ractor::ActorStatus::Running);
+            if let Some(sup) = live {
                 let sup = sup.clone();
                 let timeout = self.drain_timeout + Duration::from_secs(5);
                 // The group waits for us: drain synchronously, then commit, then release.

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Brings up what the service and its tests need, on loopback only, installing only what is
+# missing: build dependencies of the bundled librdkafka, PostgreSQL 15, Redis 7, and the
+# Kafka-compatible development broker (tansu, from crates.io) with durable SQLite storage.
+# Then creates the `enablement` database. Safe to run again: everything is checked first.
+#
+# Environment: ENABLEMENT_DEV_DIR (default ./.dev) holds the broker's data and logs;
+# ENABLEMENT_BROKER_STORAGE overrides the broker storage URL (e.g. memory://tansu/).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dev_dir="${ENABLEMENT_DEV_DIR:-$root/.dev}"
+mkdir -p "$dev_dir"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '[dev-services] %s\n' "$*" >&2; }
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 what=$2 i
+  for i in $(seq 1 120); do
+    port_open "$port" && return 0
+    sleep 0.5
+  done
+  log "$what did not open 127.0.0.1:$port"; return 1
+}
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  if [ $apt_updated -eq 0 ]; then sudo_ apt-get update -qq; apt_updated=1; fi
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# 1. Build dependencies of rdkafka's bundled librdkafka (cmake-build feature).
+apt_install cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config g++ make
+
+# 2. PostgreSQL on 127.0.0.1:5432.
+if ! port_open 5432; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+    # A fresh development install: trust loopback connections, as the default config
+    # expects (never do this on a shared host).
+    hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -1)
+    sudo_ sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  fi
+  log "starting PostgreSQL"
+  sudo_ pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  wait_port 5432 PostgreSQL
+fi
+
+# 3. Redis on 127.0.0.1:6379.
+if ! port_open 6379; then
+  command -v redis-server >/dev/null || apt_install redis-server
+  log "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "$dev_dir" --logfile "$dev_dir/redis.log"
+  wait_port 6379 Redis
+fi
+
+# 4. The development broker on 127.0.0.1:9092.
+if ! port_open 9092; then
+  if ! command -v tansu >/dev/null; then
+    log "installing the tansu broker from crates.io (one time, about 17 minutes)"
+    cargo install --locked tansu --version 0.6.0 --features libsql,dynostore >"$dev_dir/tansu-install.log" 2>&1 \
+      || { tail -20 "$dev_dir/tansu-install.log" >&2; exit 1; }
+  fi
+  # tansu resolves sqlite:// paths against its working directory.
+  storage="${ENABLEMENT_BROKER_STORAGE:-sqlite://tansu.db}"
+  log "starting tansu ($storage in $dev_dir)"
+  cd "$dev_dir"
+  nohup tansu broker --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine "$storage" >"$dev_dir/tansu.log" 2>&1 &
+  echo $! >"$dev_dir/tansu.pid"
+  cd "$root"
+  wait_port 9092 tansu || { tail -5 "$dev_dir/tansu.log" >&2; exit 1; }
+fi
+
+# 5. The database.
+if ! psql -h 127.0.0.1 -U postgres -tAc "select 1 from pg_database where datname = 'enablement'" postgres | grep -q 1; then
+  log "creating database enablement"
+  psql -h 127.0.0.1 -U postgres -qc "create database enablement" postgres
+fi
+log "PostgreSQL, Redis and the broker are up on 127.0.0.1"

@@ -1,0 +1,301 @@
+//! Shared harness of the integration tests: real PostgreSQL, Redis, broker and binary.
+//!
+//! Each test gets its own database (migrated by the real `migrate`), its own tenant ids
+//! and its own consumer group, so tests run in parallel without seeing each other.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use enablement::actors::{TenantId, TopicKind};
+use enablement::config::Config;
+use enablement::db::{connect_pool, migrate, PgPool, Registry};
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique suffix: process id, counter and clock, all lowercase alphanumerics.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0xfffff)
+}
+
+pub fn tenant(prefix: &str) -> TenantId {
+    TenantId::parse(&unique(prefix)).expect("valid generated tenant id")
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let cut = base.rfind('/').expect("url has a path");
+    let mut out = format!("{}/{db}", &base[..cut]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Waits until `probe` returns `Some`, polling; panics with `what` at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One test's world: a fresh migrated database and the config pointing at it.
+pub struct TestEnv {
+    pub config: Config,
+    pub db_name: String,
+    pub owner: tokio_postgres::Client,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+        let mut config = Config::load(std::path::Path::new(path)).expect("config.toml loads");
+        let db_name = unique("t").replace('-', "_");
+        let (admin, conn) = tokio_postgres::connect(&config.postgres.migrate_url, NoTls)
+            .await
+            .expect("owner connects (is PostgreSQL up? run scripts/dev-services.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("create database {db_name}"))
+            .await
+            .expect("create test database");
+        config.postgres.url = with_database(&config.postgres.url, &db_name);
+        config.postgres.migrate_url = with_database(&config.postgres.migrate_url, &db_name);
+        config.kafka.group_id = unique("g");
+        config.kafka.tenant_refresh_ms = 300;
+        migrate(&config.postgres).await.expect("migrate");
+        let (owner, conn) = tokio_postgres::connect(&config.postgres.migrate_url, NoTls)
+            .await
+            .expect("owner connects to test db");
+        tokio::spawn(conn);
+        Self {
+            config,
+            db_name,
+            owner,
+        }
+    }
+
+    pub async fn app_pool(&self) -> PgPool {
+        connect_pool(&self.config.postgres).await.expect("service role pool")
+    }
+
+    /// Registers a tenant through the same code as `enablement tenant add`.
+    pub async fn add_tenant(&self, tenant: &TenantId) -> String {
+        let registry = Registry::new(self.app_pool().await);
+        enablement::tenants::register(&registry, &self.config.kafka, tenant, "Test Org")
+            .await
+            .expect("register tenant")
+            .api_token
+    }
+
+    pub async fn count(&self, sql: &str, tenant: &TenantId) -> i64 {
+        self.owner
+            .query_one(sql, &[&tenant.as_str()])
+            .await
+            .expect("count query")
+            .get(0)
+    }
+
+    pub async fn processed(&self, tenant: &TenantId) -> i64 {
+        self.count(
+            "select count(*) from processed_events where tenant_id = $1",
+            tenant,
+        )
+        .await
+    }
+
+    /// Environment for a service process using this world.
+    pub fn service_env(&self, listen: &str) -> Vec<(String, String)> {
+        let c = &self.config;
+        vec![
+            ("ENABLEMENT__POSTGRES__URL".into(), c.postgres.url.clone()),
+            ("ENABLEMENT__POSTGRES__MIGRATE_URL".into(), c.postgres.migrate_url.clone()),
+            ("ENABLEMENT__KAFKA__GROUP_ID".into(), c.kafka.group_id.clone()),
+            ("ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(), c.kafka.tenant_refresh_ms.to_string()),
+            ("ENABLEMENT__HTTP__LISTEN".into(), listen.into()),
+        ]
+    }
+}
+
+/// SCIM envelope for tests.
+pub fn scim_event(tenant: &str, event_id: &str, op: &str, user: &str, seq: u64, email: &str) -> String {
+    let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000) + time::Duration::milliseconds(seq as i64);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    json!({
+        "eventId": event_id, "tenantId": tenant, "operation": op, "occurredAt": at,
+        "user": {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "id": user, "userName": format!("{user}@{tenant}.test"),
+            "emails": [{"value": email, "primary": true}],
+            "roles": [{"value": "rep"}], "active": true
+        }
+    })
+    .to_string()
+}
+
+pub async fn push(config: &Config, tenant: &TenantId, lines: &[String]) {
+    let text = lines.join("\n");
+    let n = enablement::kafka::push_events(&config.kafka, tenant, text.as_bytes())
+        .await
+        .expect("push events");
+    assert_eq!(n, lines.len());
+}
+
+/// Every record of a tenant topic, from the beginning to the current end.
+pub async fn read_topic(config: &Config, tenant: &TenantId, kind: TopicKind) -> Vec<Value> {
+    let cfg = config.kafka.clone();
+    let tenant = tenant.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let opts = enablement::kafka::TailOptions {
+            from_beginning: true,
+            exit_at_end: true,
+            limit: None,
+        };
+        enablement::kafka::tail_topic(&cfg, &tenant, kind, &opts, |v| out.push(v))
+            .expect("tail topic");
+        out
+    })
+    .await
+    .expect("join")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The real `enablement serve` binary.
+pub struct Service {
+    child: Option<Child>,
+    pub base_url: String,
+    pub log_path: std::path::PathBuf,
+}
+
+impl Service {
+    pub fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let log_path = std::env::temp_dir().join(format!("{}.log", unique("svc")));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_enablement"));
+        cmd.arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+            .arg("serve")
+            .envs(env.service_env(&listen))
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn enablement serve");
+        Self {
+            child: Some(child),
+            base_url: format!("http://{listen}"),
+            log_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("{}{path}", self.base_url)).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    }
+
+    /// Waits until `/readyz` answers 200 with every tenant in `tenants` running.
+    pub async fn wait_ready(&self, tenants: &[&TenantId]) {
+        let want: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+        eventually("service ready", Duration::from_secs(60), || async {
+            let (status, body) = self.get("/readyz").await?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            let running = v["checks"]["tenant_actors"]["running"].as_u64()? as usize;
+            (status == 200 && running >= want.len()).then_some(())
+        })
+        .await;
+    }
+
+    /// Parses `/metrics` into `name{labels} -> value`.
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let (_, text) = self.get("/metrics").await.unwrap_or((0, String::new()));
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        self.metrics()
+            .await
+            .get(name_and_labels)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("service did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,285 @@
+//! Row-level security and the tenant-scoped store, against the real PostgreSQL, connected
+//! as the unprivileged service role exactly as the service connects.
+
+mod common;
+
+use common::{tenant, TestEnv};
+use enablement::actors::ports::{ScimBatch, TenantStore};
+use enablement::actors::scim::parse_event;
+use enablement::actors::TenantId;
+use enablement::db::{migrate, TenantScopedStore};
+
+async fn seed_user(store: &TenantScopedStore, t: &TenantId, user: &str) {
+    let line = common::scim_event(t.as_str(), &common::unique("e"), "CREATE", user, 1, "a@b.test");
+    let ev = parse_event(t, line.as_bytes(), 1 << 20).expect("valid event");
+    store
+        .apply_scim_batch(t, &ScimBatch { events: vec![ev], security_events: vec![] })
+        .await
+        .expect("apply");
+}
+
+async fn visible_users(store: &TenantScopedStore, scope: &TenantId) -> Vec<(String, String)> {
+    store
+        .scoped(scope, |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query("select tenant_id, user_id from users order by 1, 2", &[])
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect())
+            })
+        })
+        .await
+        .expect("scoped select")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
+    let env = TestEnv::new().await;
+    let (a, b) = (tenant("rls-a"), tenant("rls-b"));
+    env.add_tenant(&a).await;
+    env.add_tenant(&b).await;
+    let store = TenantScopedStore::new(env.app_pool().await);
+    seed_user(&store, &a, "shared-id").await;
+    seed_user(&store, &b, "shared-id").await;
+    seed_user(&store, &b, "only-b").await;
+
+    assert_eq!(visible_users(&store, &a).await, vec![(a.to_string(), "shared-id".to_string())]);
+    assert_eq!(visible_users(&store, &b).await.len(), 2);
+
+    // Inserting a row that names another tenant is refused by the policy's WITH CHECK.
+    let b_id = b.to_string();
+    let err = store
+        .scoped(&a, move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "insert into processed_events (tenant_id, event_id) values ($1, 'x')",
+                    &[&b_id],
+                )
+                .await
+            })
+        })
+        .await
+        .expect_err("cross-tenant insert must fail");
+    assert!(err.to_string().contains("row-level security"), "{err}");
+
+    // Re-labelling one's own row as another tenant's is refused too.
+    let b_id = b.to_string();
+    let err = store
+        .scoped(&a, move |tx| {
+            Box::pin(async move {
+                tx.execute("update users set tenant_id = $1", &[&b_id]).await
+            })
+        })
+        .await
+        .expect_err("moving a row to another tenant must fail");
+    assert!(err.to_string().contains("row-level security"), "{err}");
+
+    // Updating another tenant's rows by id silently matches nothing.
+    let b_id = b.to_string();
+    let touched = store
+        .scoped(&a, move |tx| {
+            Box::pin(async move {
+                tx.execute("update users set active = false where tenant_id = $1", &[&b_id])
+                    .await
+            })
+        })
+        .await
+        .expect("update runs");
+    assert_eq!(touched, 0);
+    assert_eq!(
+        env.count("select count(*) from users where tenant_id = $1 and active", &b).await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_setting_sees_nothing_and_the_setting_never_leaks_between_pooled_transactions() {
+    let mut env = TestEnv::new().await;
+    env.config.postgres.pool_max_size = 1; // one connection: every transaction reuses it
+    let (a, b) = (tenant("leak-a"), tenant("leak-b"));
+    env.add_tenant(&a).await;
+    env.add_tenant(&b).await;
+    let pool = env.app_pool().await;
+    let store = TenantScopedStore::new(pool.clone());
+    seed_user(&store, &a, "ua").await;
+    seed_user(&store, &b, "ub").await;
+
+    // Without a scope: no rows, no error, and the connection stays usable.
+    {
+        let conn = pool.get().await.expect("conn");
+        let rows = conn.query("select * from users", &[]).await.expect("unscoped select works");
+        assert!(rows.is_empty(), "an unset tenant must see no rows");
+        let secrets = conn
+            .query("select * from tenant_secrets", &[])
+            .await
+            .expect("unscoped select works");
+        assert!(secrets.is_empty(), "secrets are invisible without a scope");
+        let setting: Option<String> = conn
+            .query_one("select current_setting('app.tenant_id', true)", &[])
+            .await
+            .expect("setting")
+            .get(0);
+        assert!(setting.unwrap_or_default().is_empty());
+    }
+    // A then B on the same pooled connection: each sees only itself.
+    assert_eq!(visible_users(&store, &a).await, vec![(a.to_string(), "ua".into())]);
+    assert_eq!(visible_users(&store, &b).await, vec![(b.to_string(), "ub".into())]);
+    // After a scoped transaction the connection carries no tenant.
+    let conn = pool.get().await.expect("conn");
+    let setting: Option<String> = conn
+        .query_one("select current_setting('app.tenant_id', true)", &[])
+        .await
+        .expect("setting")
+        .get(0);
+    assert_eq!(setting.unwrap_or_default(), "", "transaction-local setting must not leak");
+    assert!(conn.query("select * from users", &[]).await.expect("select").is_empty());
+    drop(conn);
+    // A failed transaction does not poison the connection for the next tenant either.
+    let _ = store
+        .scoped(&a, |tx| Box::pin(async move { tx.execute("select 1/0", &[]).await }))
+        .await
+        .expect_err("division by zero");
+    assert_eq!(visible_users(&store, &b).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_role_is_least_privileged_and_cannot_touch_policies() {
+    let env = TestEnv::new().await;
+    let role = &env.config.postgres.app_role;
+    let row = env
+        .owner
+        .query_one(
+            "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles where rolname = $1",
+            &[role],
+        )
+        .await
+        .expect("role exists");
+    let flags: (bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(flags, (false, false, false, false));
+    let owned: i64 = env
+        .owner
+        .query_one(
+            "select count(*) from pg_class c join pg_roles r on r.oid = c.relowner where r.rolname = $1",
+            &[role],
+        )
+        .await
+        .expect("ownership")
+        .get(0);
+    assert_eq!(owned, 0, "the service role owns nothing");
+    // Every tenant table has RLS enabled and forced.
+    let rows = env
+        .owner
+        .query(
+            "select relname, relrowsecurity, relforcerowsecurity from pg_class
+              where relname = any($1) order by relname",
+            &[&vec!["tenant_secrets", "users", "processed_events", "outbox", "security_events"]],
+        )
+        .await
+        .expect("pg_class");
+    assert_eq!(rows.len(), 5);
+    for r in rows {
+        let (name, on, forced): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+        assert!(on && forced, "{name} must enable and force RLS");
+    }
+    let pool = env.app_pool().await;
+    let conn = pool.get().await.expect("conn");
+    for ddl in [
+        "alter table users disable row level security",
+        "alter table users no force row level security",
+        "drop policy tenant_isolation on users",
+        "create policy open_all on users using (true)",
+        "alter role current_user bypassrls",
+        "set session authorization postgres",
+        "delete from processed_events",
+        "create table sneaky (x int)",
+    ] {
+        let err = conn.batch_execute(ddl).await.expect_err(ddl);
+        let code = err.code().map(|c| c.code().to_owned()).unwrap_or_default();
+        assert!(code == "42501" || code == "42P01", "{ddl}: {err} ({code})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_readable_only_in_their_tenants_scope_and_the_registry_holds_none() {
+    let env = TestEnv::new().await;
+    let (a, b) = (tenant("sec-a"), tenant("sec-b"));
+    let token_a = env.add_tenant(&a).await;
+    env.add_tenant(&b).await;
+    let store = TenantScopedStore::new(env.app_pool().await);
+    assert!(store.token_matches(&a, enablement::tokens::hash(&token_a)).await.unwrap());
+    assert!(
+        !store.token_matches(&b, enablement::tokens::hash(&token_a)).await.unwrap(),
+        "tenant A's token must not open tenant B"
+    );
+    let b_str = b.to_string();
+    let seen: i64 = store
+        .scoped(&a, move |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query_one("select count(*) from tenant_secrets where tenant_id = $1", &[&b_str])
+                    .await?
+                    .get(0))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 0, "A's scope cannot read B's secrets");
+    // The registry columns hold nothing secret, and the token is stored only hashed.
+    let cols: Vec<String> = env
+        .owner
+        .query(
+            "select column_name::text from information_schema.columns where table_name = 'tenants' order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        cols,
+        ["created_at", "display_name", "rate_limit_per_min", "status", "tenant_id", "updated_at"]
+    );
+    let stored: Vec<u8> = env
+        .owner
+        .query_one("select api_token_sha256 from tenant_secrets where tenant_id = $1", &[&a.as_str()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, enablement::tokens::hash(&token_a).to_vec());
+    assert!(!String::from_utf8_lossy(&stored).contains(&token_a));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_safe_from_two_processes_at_once() {
+    let env = TestEnv::new().await; // applied once already
+    let cfg = env.config.postgres.clone();
+    let (r1, r2) = tokio::join!(migrate(&cfg), migrate(&cfg));
+    for r in [r1, r2] {
+        let r = r.expect("concurrent migrate succeeds");
+        assert!(r.applied.is_empty());
+        assert_eq!(r.already_applied.len(), 1);
+    }
+    // Two fresh databases migrated concurrently by two real processes.
+    let fresh = common::unique("m").replace('-', "_");
+    env.owner.batch_execute(&format!("create database {fresh}")).await.unwrap();
+    let url = env.config.postgres.migrate_url.replace(&env.db_name, &fresh);
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_enablement"))
+            .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"), "migrate"])
+            .env("ENABLEMENT__POSTGRES__MIGRATE_URL", &url)
+            .output()
+            .expect("run migrate")
+    };
+    let (o1, o2) = std::thread::scope(|s| {
+        let h1 = s.spawn(run);
+        let h2 = s.spawn(run);
+        (h1.join().unwrap(), h2.join().unwrap())
+    });
+    assert!(o1.status.success() && o2.status.success(), "{o1:?} {o2:?}");
+    let outs = [o1, o2].map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    assert!(outs.iter().any(|o| o.contains("applied: 1;")), "{outs:?}");
+    assert!(outs.iter().any(|o| o.contains("applied: 0;")), "{outs:?}");
+}
