@@ -93,6 +93,11 @@ pub struct KafkaConfig {
     /// Prepended to every topic name (`<prefix>tenant.<id>.scim`).
     pub topic_prefix: String,
     pub group_id: String,
+    /// Static group membership id of this instance (`group.instance.id`); empty means
+    /// `enablement-<hostname>`. A restarted instance with the same id takes its partitions
+    /// back at once instead of waiting for the group to expire the crashed member. Give
+    /// every instance its own (e.g. the pod name).
+    pub group_instance_id: String,
     pub topic_partitions: i32,
     pub replication_factor: i32,
     pub session_timeout_ms: u64,
@@ -104,6 +109,8 @@ pub struct KafkaConfig {
     /// How often the registry is read for added or suspended tenants.
     pub tenant_refresh_ms: u64,
     pub produce_timeout_ms: u64,
+    /// librdkafka debug contexts (e.g. `cgrp,fetch`); empty for none.
+    pub librdkafka_debug: String,
 }
 
 impl Default for KafkaConfig {
@@ -112,6 +119,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic_prefix: String::new(),
             group_id: "enablement".into(),
+            group_instance_id: String::new(),
             topic_partitions: 1,
             replication_factor: 1,
             session_timeout_ms: 10_000,
@@ -120,6 +128,7 @@ impl Default for KafkaConfig {
             auto_commit_interval_ms: 1_000,
             tenant_refresh_ms: 2_000,
             produce_timeout_ms: 30_000,
+            librdkafka_debug: String::new(),
         }
     }
 }
@@ -379,6 +388,20 @@ impl Config {
             return bad("log.format", "must be text or json");
         }
         Ok(())
+    }
+
+    /// The effective `group.instance.id`.
+    pub fn group_instance_id(&self) -> String {
+        if !self.kafka.group_instance_id.is_empty() {
+            return self.kafka.group_instance_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("enablement-{host}")
     }
 
     pub fn pipeline_settings(&self) -> PipelineSettings {

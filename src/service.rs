@@ -55,7 +55,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let cache = Arc::new(RedisCache::new(&config.redis).map_err(startup)?);
     let publisher = KafkaPublisher::new(&config.kafka).map_err(startup)?;
     let supervisor_settings = config.supervisor_settings();
-    let hub = KafkaHub::new(&config.kafka, supervisor_settings.drain_timeout).map_err(startup)?;
+    let hub = KafkaHub::new(
+        &config.kafka,
+        &config.group_instance_id(),
+        supervisor_settings.drain_timeout,
+    )
+    .map_err(startup)?;
 
     let deps = TenantDeps {
         store: Arc::new(store),

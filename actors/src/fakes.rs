@@ -2,7 +2,7 @@
 //! runs the real [`crate::scim::plan_batch`] rules, and recording publisher and cache.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,8 +18,6 @@ pub struct FakeLog {
     pub appended: Notify,
     /// Next offset to consume, as stored by the actor ("committed").
     pub stored: Mutex<i64>,
-    pub paused: AtomicBool,
-    pub pauses: AtomicUsize,
     pub max_buffered_seen: AtomicUsize,
 }
 
@@ -66,15 +64,6 @@ impl PartitionFeed for FakeFeed {
             }
             notified.await;
         }
-    }
-    fn pause(&self) -> Result<(), FeedError> {
-        self.log.paused.store(true, Ordering::SeqCst);
-        self.log.pauses.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn resume(&self) -> Result<(), FeedError> {
-        self.log.paused.store(false, Ordering::SeqCst);
-        Ok(())
     }
     fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {
         let mut s = self.log.stored.lock().unwrap();

@@ -30,13 +30,13 @@ pub enum FeedError {
 }
 
 /// A tenant's inbound partition, pulled at the actor's own pace.
+///
+/// Backpressure is the caller not calling `recv`: an adapter must then stop fetching once
+/// its own bounded prefetch is full, leaving the backlog in the broker's log.
 #[async_trait]
 pub trait PartitionFeed: Send + Sync + 'static {
     /// Waits for the next record. Cancellation safe.
     async fn recv(&self) -> Result<InboundRecord, FeedError>;
-    /// Stops fetching from the broker (the backlog stays in the broker's log).
-    fn pause(&self) -> Result<(), FeedError>;
-    fn resume(&self) -> Result<(), FeedError>;
     /// Records that every record before `next_offset` has its effects committed.
     fn store_offset(&self, next_offset: i64) -> Result<(), FeedError>;
 }

@@ -554,7 +554,6 @@ mod tests {
             flood_log.stored()
         );
         wait_for("flood applied", || flood_log.stored() == 5_000).await;
-        assert!(flood_log.pauses.load(Ordering::SeqCst) > 0, "partition was paused");
         let peak = flood_log.max_buffered_seen.load(Ordering::SeqCst);
         assert!(peak <= 200 + 50 + 1, "buffer bounded by high water + batch: {peak}");
         assert_eq!(h.store.users(&flood).len(), 100);

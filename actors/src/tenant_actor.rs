@@ -5,8 +5,11 @@
 //! cancelled when the actor's state drops) reads the tenant's partition into a bounded
 //! buffer and hands the actor one micro-batch at a time with a request/reply call, so:
 //! - at most one batch per tenant is in flight and the next is fetched meanwhile;
-//! - when the buffer reaches `high_water` the partition is paused in the broker and resumed
-//!   at `low_water`: a flood stays in the tenant's own log, memory stays bounded;
+//! - when the buffer reaches `high_water` the feeder pauses (stops pulling the partition)
+//!   and resumes at `low_water`; the adapter's bounded prefetch then stops fetching, so a
+//!   flood stays in the tenant's own log and memory stays bounded. (Not `rd_kafka_pause`:
+//!   it purges the prefetch and refetches mid-batch, which some brokers answer from the
+//!   next batch, silently skipping records.)
 //! - offsets are stored only after the actor replied, i.e. after the batch's transaction
 //!   committed (its DLQ records acknowledged, its outbox rows durable).
 //!
@@ -308,6 +311,8 @@ impl Feeder {
         let mut in_flight: Option<(InFlight, usize)> = None;
         let mut paused = false;
         let mut draining = false;
+        // Offset of the next record we expect; anything below it is a re-delivery.
+        let mut next_expected: Option<i64> = None;
         // When the oldest buffered record arrived while no batch was in flight.
         let mut linger_until: Option<Instant> = None;
         loop {
@@ -333,7 +338,8 @@ impl Feeder {
                     in_flight = Some((fut, n));
                     linger_until = None;
                     if paused && buffer.len() <= self.settings.low_water {
-                        self.set_paused(&mut paused, false);
+                        tracing::debug!(tenant = %self.tenant, "resuming below low water");
+                        paused = false;
                     }
                     continue;
                 }
@@ -359,13 +365,26 @@ impl Feeder {
                 _ = async { tokio::time::sleep_until(linger.expect("guarded")).await },
                     if linger.is_some() && in_flight.is_none() => {}
                 rec = self.feed.recv(), if !paused && !draining => match rec {
+                    Ok(rec) if next_expected.is_some_and(|n| rec.offset < n) => {
+                        // Re-delivered after a reposition: already buffered or handed over.
+                        tracing::trace!(tenant = %self.tenant, offset = rec.offset, "re-delivery dropped");
+                    }
                     Ok(rec) => {
+                        if next_expected.is_some_and(|n| rec.offset > n) {
+                            // Legitimate with transaction markers or compaction; otherwise a
+                            // broker skipped records. Visible, never silent.
+                            tracing::warn!(tenant = %self.tenant, offset = rec.offset,
+                                expected = ?next_expected, "offset gap in tenant partition");
+                            metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "offset_gap").increment(1);
+                        }
+                        next_expected = Some(rec.offset + 1);
                         buffer.push_back(rec);
                         if linger_until.is_none() && in_flight.is_none() {
                             linger_until = Some(Instant::now() + self.settings.batch_linger);
                         }
                         if !paused && buffer.len() >= self.settings.high_water {
-                            self.set_paused(&mut paused, true);
+                            tracing::debug!(tenant = %self.tenant, "pausing at high water");
+                            paused = true;
                             metrics::counter!(m::TENANT_PARTITION_PAUSES_TOTAL, "tenant" => label.clone())
                                 .increment(1);
                         }
@@ -380,13 +399,5 @@ impl Feeder {
         }
         backlog.set(0.0);
         let _ = self.drained.send(true);
-    }
-
-    fn set_paused(&self, paused: &mut bool, want: bool) {
-        let result = if want { self.feed.pause() } else { self.feed.resume() };
-        match result {
-            Ok(()) => *paused = want,
-            Err(e) => tracing::warn!(tenant = %self.tenant, error = %e, "pause/resume failed"),
-        }
     }
 }

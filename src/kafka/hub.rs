@@ -141,7 +141,11 @@ fn to_record(m: &BorrowedMessage<'_>) -> InboundRecord {
 }
 
 impl KafkaHub {
-    pub fn new(cfg: &KafkaConfig, drain_timeout: Duration) -> Result<Arc<Self>, HubError> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        group_instance_id: &str,
+        drain_timeout: Duration,
+    ) -> Result<Arc<Self>, HubError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let context = HubContext {
             prefix: cfg.topic_prefix.clone(),
@@ -149,22 +153,25 @@ impl KafkaHub {
             supervisor: OnceLock::new(),
             drain_timeout,
         };
-        let consumer: HubConsumer = base_client_config(cfg)
+        let mut client = base_client_config(cfg);
+        client
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", cfg.auto_commit_interval_ms.to_string())
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", "roundrobin")
             .set("fetch.message.max.bytes", cfg.fetch_max_bytes_per_partition.to_string())
             .set(
                 "queued.max.messages.kbytes",
                 cfg.queued_max_kbytes_per_partition.to_string(),
             )
             .set("queued.min.messages", "1000")
-            .set("enable.partition.eof", "false")
-            .create_with_context(context)?;
+            .set("fetch.wait.max.ms", "50")
+            .set("enable.partition.eof", "false");
+        client.set("group.instance.id", group_instance_id);
+        let consumer: HubConsumer = client.create_with_context(context)?;
         Ok(Arc::new(Self {
             consumer: Arc::new(consumer),
             prefix: cfg.topic_prefix.clone(),
@@ -255,6 +262,7 @@ impl KafkaHub {
                     HubEvent::Assigned(tenants) => {
                         let ready: Vec<TenantId> =
                             tenants.into_iter().filter(|t| self.ensure_split(t)).collect();
+                        self.forget_positions(&ready);
                         let _ = supervisor.cast(SupervisorMsg::Assign(ready));
                     }
                 },
@@ -265,6 +273,18 @@ impl KafkaHub {
                         metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "consumer").increment(1);
                     }
                 },
+            }
+        }
+    }
+
+    /// A fresh assignment starts from the group's committed offsets: forget what a previous
+    /// assignment stored so the next actor does not seek back to it.
+    fn forget_positions(&self, tenants: &[TenantId]) {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tenants {
+            if let Some(q) = queues.get(t) {
+                q.opened.store(false, Ordering::SeqCst);
+                q.next_offset.store(-1, Ordering::SeqCst);
             }
         }
     }
@@ -345,9 +365,6 @@ impl FeedSource for KafkaHub {
                 .map_err(|e| FeedError::Broker(e.to_string()))?;
             tracing::info!(tenant = %tenant, offset = ?target, "feed rewound for restarted actor");
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&q.topic, 0);
-        let _ = self.consumer.resume(&tpl);
         Ok(Arc::new(KafkaFeed {
             consumer: self.consumer.clone(),
             q,
@@ -360,14 +377,6 @@ struct KafkaFeed {
     q: Arc<TenantQueue>,
 }
 
-impl KafkaFeed {
-    fn tpl(&self) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.q.topic, 0);
-        tpl
-    }
-}
-
 #[async_trait]
 impl PartitionFeed for KafkaFeed {
     async fn recv(&self) -> Result<InboundRecord, FeedError> {
@@ -375,18 +384,6 @@ impl PartitionFeed for KafkaFeed {
             m = self.q.queue.recv() => m.map(|m| to_record(&m)).map_err(|e| FeedError::Broker(e.to_string())),
             Some(r) = async { self.q.strays_rx.lock().await.recv().await } => Ok(r),
         }
-    }
-
-    fn pause(&self) -> Result<(), FeedError> {
-        self.consumer
-            .pause(&self.tpl())
-            .map_err(|e| FeedError::Broker(e.to_string()))
-    }
-
-    fn resume(&self) -> Result<(), FeedError> {
-        self.consumer
-            .resume(&self.tpl())
-            .map_err(|e| FeedError::Broker(e.to_string()))
     }
 
     fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {

@@ -24,6 +24,9 @@ pub(crate) fn base_client_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("client.id", "enablement")
         .set("log_level", "4")
         .set("socket.keepalive.enable", "true");
+    if !cfg.librdkafka_debug.is_empty() {
+        c.set("debug", &cfg.librdkafka_debug);
+    }
     c
 }
 
