@@ -5,6 +5,7 @@
 //! `schema_migrations`, and an applied migration whose text changed is refused.
 
 use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::config::{is_sql_identifier, PostgresConfig};
@@ -85,23 +86,40 @@ async fn apply_all(
         .map_err(db)?;
     // The service role: may log in, owns nothing, cannot bypass RLS. Re-asserted on every
     // run so a role created by hand with more rights is brought back to least privilege.
-    let exists = client
-        .query_opt("select 1 from pg_roles where rolname = $1", &[&cfg.app_role])
-        .await
-        .map_err(db)?
-        .is_some();
-    if !exists {
-        client
-            .batch_execute(&format!("create role {role} login"))
-            .await
-            .map_err(db)?;
-    }
-    client
-        .batch_execute(&format!(
-            "alter role {role} login nosuperuser nobypassrls nocreatedb nocreaterole noreplication noinherit"
-        ))
+    // Roles are cluster-wide while the advisory lock is per database, so both steps
+    // tolerate a migrator of another database doing the same at the same moment.
+    let attrs = client
+        .query_opt(
+            "select rolsuper or rolbypassrls or rolcreatedb or rolcreaterole or rolreplication
+                    or rolinherit or not rolcanlogin
+               from pg_roles where rolname = $1",
+            &[&cfg.app_role],
+        )
         .await
         .map_err(db)?;
+    let needs_restrict = match attrs {
+        None => {
+            match client.batch_execute(&format!("create role {role} login")).await {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+                Err(e) => return Err(db(e)),
+            }
+            true
+        }
+        Some(row) => row.get::<_, bool>(0),
+    };
+    if needs_restrict {
+        let restrict = format!(
+            "alter role {role} login nosuperuser nobypassrls nocreatedb nocreaterole noreplication noinherit"
+        );
+        if let Err(e) = client.batch_execute(&restrict).await {
+            // "tuple concurrently updated": another migrator just applied the same change.
+            if e.code() != Some(&SqlState::T_R_SERIALIZATION_FAILURE) && e.code() != Some(&SqlState::INTERNAL_ERROR) {
+                return Err(db(e));
+            }
+            client.batch_execute(&restrict).await.map_err(db)?;
+        }
+    }
     let dbname: String = client
         .query_one("select current_database()", &[])
         .await
