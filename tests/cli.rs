@@ -1,0 +1,109 @@
+//! The command line as an operator uses it: `tenant add`, `events push`, `events tail`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{scim_event, TestEnv};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+fn cli(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_enablement"));
+    cmd.arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .args(args)
+        .envs(env.service_env("127.0.0.1:1"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn cli");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("cli output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_add_creates_topics_prints_the_token_once_and_refuses_duplicates() {
+    let env = TestEnv::new().await;
+    let id = common::unique("cli");
+    let out = cli(&env, &["tenant", "add", &id, "--name", "CLI Org"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("ent_"), "{token}");
+    let stored: Vec<u8> = env
+        .owner
+        .query_one("select api_token_sha256 from tenant_secrets where tenant_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, enablement::tokens::hash(&token).to_vec());
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.config.kafka.brokers)
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let names: Vec<&str> = md.topics().iter().map(|t| t.name()).collect();
+    for suffix in ["scim", "user_changed", "events", "scim.dlq"] {
+        let topic = format!("tenant.{id}.{suffix}");
+        assert!(names.contains(&topic.as_str()), "{topic} missing");
+    }
+
+    // A second add fails and changes nothing.
+    let again = cli(&env, &["tenant", "add", &id, "--name", "Other Name"], None);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert!(again.stdout.is_empty(), "no token printed");
+    let row = env
+        .owner
+        .query_one(
+            "select t.display_name, s.api_token_sha256 from tenants t join tenant_secrets s using (tenant_id) where tenant_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "CLI Org");
+    assert_eq!(row.get::<_, Vec<u8>>(1), stored);
+
+    for bad in ["a*", "UPPER", "a.b", "a_b"] {
+        let out = cli(&env, &["tenant", "add", bad, "--name", "x"], None);
+        assert!(!out.status.success(), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid tenant id"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_push_and_tail_round_trip_through_the_broker() {
+    let env = TestEnv::new().await;
+    let t = common::tenant("cli");
+    env.add_tenant(&t).await;
+    let lines = [
+        scim_event(t.as_str(), "e1", "CREATE", "u1", 1, "a@x.test"),
+        "not json at all".to_string(),
+    ];
+    let out = cli(&env, &["events", "push", "--tenant", t.as_str()], Some(&lines.join("\n")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        &env,
+        &["events", "tail", "--tenant", t.as_str(), "--topic", "scim", "--from-beginning", "--exit"],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0]["key"], "u1");
+    assert_eq!(recs[0]["payload"]["eventId"], "e1");
+    assert_eq!(recs[1]["payload"], "not json at all");
+    let out = cli(&env, &["events", "tail", "--tenant", t.as_str(), "--topic", "nope", "--exit"], None);
+    assert!(!out.status.success());
+}
