@@ -109,6 +109,8 @@ pub struct KafkaConfig {
     /// How often the registry is read for added or suspended tenants.
     pub tenant_refresh_ms: u64,
     pub produce_timeout_ms: u64,
+    /// How often librdkafka reports statistics (per-tenant lag gauge); 0 disables.
+    pub statistics_interval_ms: u64,
     /// librdkafka debug contexts (e.g. `cgrp,fetch`); empty for none.
     pub librdkafka_debug: String,
 }
@@ -128,6 +130,7 @@ impl Default for KafkaConfig {
             auto_commit_interval_ms: 1_000,
             tenant_refresh_ms: 2_000,
             produce_timeout_ms: 30_000,
+            statistics_interval_ms: 5_000,
             librdkafka_debug: String::new(),
         }
     }

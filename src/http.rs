@@ -21,6 +21,7 @@ use crate::actors::{SupervisorMsg, TenantId};
 use crate::cache::RedisCache;
 use crate::config::Config;
 use crate::db::{PgPool, Registry, RegistryError};
+use crate::kafka::KafkaPublisher;
 use crate::tenants::{register, RegisterError};
 use crate::tokens;
 
@@ -30,6 +31,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub registry: Registry,
     pub cache: Arc<RedisCache>,
+    pub publisher: KafkaPublisher,
     pub supervisor: Option<ActorRef<SupervisorMsg>>,
     pub metrics: Option<PrometheusHandle>,
 }
@@ -102,7 +104,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     })
     .await;
     let redis = check(s.cache.ping()).await;
-    let kafka = check(crate::kafka::broker_reachable(&s.config.kafka)).await;
+    let kafka = check(s.publisher.broker_reachable()).await;
     let mut ready = [&pg, &redis, &kafka].iter().all(|c| c["ok"] == true);
     let mut body = json!({"checks": {"postgres": pg, "redis": redis, "kafka": kafka}});
     if let Some(sup) = &s.supervisor {

@@ -97,6 +97,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         pool: pool.clone(),
         registry,
         cache,
+        publisher: publisher.clone(),
         supervisor: Some(supervisor.clone()),
         metrics: Some(metrics),
     });

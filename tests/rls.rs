@@ -63,6 +63,15 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
         .await
         .expect_err("cross-tenant insert must fail");
     assert!(err.to_string().contains("row-level security"), "{err}");
+    assert_eq!(
+        env.count(
+            "select count(*) from security_events where tenant_id = $1 and kind = 'rls_violation'",
+            &a
+        )
+        .await,
+        1,
+        "the refused write is recorded as a security event of the acting tenant"
+    );
 
     // Re-labelling one's own row as another tenant's is refused too.
     let b_id = b.to_string();

@@ -11,6 +11,8 @@ pub const SCIM_BATCH_DURATION_SECONDS: &str = "enablement_scim_batch_duration_se
 pub const SCIM_BATCH_SIZE_EVENTS: &str = "enablement_scim_batch_size_events";
 /// Gauge {tenant}: records fetched from the broker but not yet committed by the actor.
 pub const TENANT_BACKLOG_MESSAGES: &str = "enablement_tenant_backlog_messages";
+/// Gauge {tenant}: records in the tenant's inbound partition not yet consumed (broker lag).
+pub const TENANT_LAG_MESSAGES: &str = "enablement_tenant_lag_messages";
 /// Counter {tenant}: times the tenant's partition was paused at the high-water mark.
 pub const TENANT_PARTITION_PAUSES_TOTAL: &str = "enablement_tenant_partition_pauses_total";
 /// Counter {tenant}: tenant actor restarts after a failure.

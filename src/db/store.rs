@@ -74,9 +74,46 @@ impl TenantScopedStore {
         )
         .await
         .map_err(store_error)?;
-        let out = work(&tx).await.map_err(store_error)?;
+        let out = match work(&tx).await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = store_error(e);
+                drop(tx);
+                drop(conn);
+                if let StoreError::PolicyViolation(detail) = &err {
+                    self.record_violation(tenant, detail).await;
+                }
+                return Err(err);
+            }
+        };
         tx.commit().await.map_err(store_error)?;
         Ok(out)
+    }
+
+    /// Records a refused cross-tenant write in the tenant's own `security_events`
+    /// (best effort: the refusal itself already happened and was logged and counted).
+    async fn record_violation(&self, tenant: &TenantId, detail: &str) {
+        let Ok(mut conn) = self.pool.get().await else {
+            return;
+        };
+        let Ok(tx) = conn.transaction().await else {
+            return;
+        };
+        let detail = serde_json::json!({ "source": "database", "detail": detail });
+        let ok = tx
+            .execute("select set_config('app.tenant_id', $1, true)", &[&tenant.as_str()])
+            .await
+            .is_ok()
+            && tx
+                .execute(
+                    "insert into security_events (tenant_id, kind, detail) values ($1, 'rls_violation', $2)",
+                    &[&tenant.as_str(), &detail],
+                )
+                .await
+                .is_ok();
+        if ok {
+            let _ = tx.commit().await;
+        }
     }
 
     /// True when `token_sha256` is the tenant's API token hash (constant-time compare).

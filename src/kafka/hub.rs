@@ -63,7 +63,22 @@ impl HubContext {
     }
 }
 
-impl ClientContext for HubContext {}
+impl ClientContext for HubContext {
+    /// Broker-side lag per tenant partition, from librdkafka's periodic statistics.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (name, topic) in &statistics.topics {
+            let Some(tenant) = TenantId::from_scim_topic(&self.prefix, name) else {
+                continue;
+            };
+            if let Some(p) = topic.partitions.get(&0) {
+                if p.consumer_lag >= 0 {
+                    metrics::gauge!(m::TENANT_LAG_MESSAGES, "tenant" => tenant.as_str().to_owned())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for HubContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -169,7 +184,8 @@ impl KafkaHub {
             )
             .set("queued.min.messages", "1000")
             .set("fetch.wait.max.ms", "50")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", cfg.statistics_interval_ms.to_string());
         client.set("group.instance.id", group_instance_id);
         let consumer: HubConsumer = client.create_with_context(context)?;
         Ok(Arc::new(Self {

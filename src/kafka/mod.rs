@@ -30,19 +30,3 @@ pub(crate) fn base_client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// Probes the broker with a metadata request (for `/readyz`).
-pub async fn broker_reachable(cfg: &KafkaConfig) -> Result<(), String> {
-    let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer: rdkafka::consumer::BaseConsumer = base_client_config(&cfg)
-            .create()
-            .map_err(|e| e.to_string())?;
-        use rdkafka::consumer::Consumer;
-        consumer
-            .fetch_metadata(None, std::time::Duration::from_secs(3))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}

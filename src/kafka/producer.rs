@@ -39,6 +39,20 @@ impl KafkaPublisher {
         &self.producer
     }
 
+    /// Probes the broker with a metadata request on the producer's connection (`/readyz`).
+    pub async fn broker_reachable(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// Waits for delivery reports until the producer's queue is empty.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
