@@ -264,10 +264,12 @@ impl Config {
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+        let mut doc: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: e.message().to_owned(),
+                })?;
         let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Key {
             key: "<defaults>".into(),
             message: e.to_string(),
@@ -313,10 +315,12 @@ impl Config {
             };
             table.insert(key.clone(), value);
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(doc))
-            .map_err(|e| ConfigError::Key {
-                key: e.path().to_string(),
-                message: e.inner().to_string(),
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                ConfigError::Key {
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
             })?;
         config.validate()?;
         Ok(config)
@@ -385,7 +389,10 @@ impl Config {
             );
         }
         if p.max_message_bytes == 0 || p.outbox_batch == 0 {
-            return bad("pipeline", "max_message_bytes and outbox_batch must be positive");
+            return bad(
+                "pipeline",
+                "max_message_bytes and outbox_batch must be positive",
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be text or json");
@@ -495,8 +502,14 @@ mod tests {
     fn unknown_keys_and_bad_values_name_the_key() {
         assert_eq!(key_of("[kafka]\nbrokerz = \"x\"\n", &[]), "kafka.brokerz");
         assert_eq!(key_of("[nope]\n", &[]), "nope");
-        assert_eq!(key_of("", &[("ENABLEMENT__REDIS__URLL", "x")]), "redis.urll");
-        assert_eq!(key_of("[http]\nlisten = \"not an addr\"\n", &[]), "http.listen");
+        assert_eq!(
+            key_of("", &[("ENABLEMENT__REDIS__URLL", "x")]),
+            "redis.urll"
+        );
+        assert_eq!(
+            key_of("[http]\nlisten = \"not an addr\"\n", &[]),
+            "http.listen"
+        );
         assert_eq!(
             key_of("", &[("ENABLEMENT__PIPELINE__MAX_BATCH_EVENTS", "lots")]),
             "pipeline.max_batch_events"
@@ -505,8 +518,14 @@ mod tests {
             key_of("[pipeline]\nlow_water_messages = 5000\n", &[]),
             "pipeline.low_water_messages"
         );
-        assert_eq!(key_of("[postgres]\napp_role = \"x; drop\"\n", &[]), "postgres.app_role");
-        assert_eq!(key_of("[kafka]\ntopic_prefix = \"a b\"\n", &[]), "kafka.topic_prefix");
+        assert_eq!(
+            key_of("[postgres]\napp_role = \"x; drop\"\n", &[]),
+            "postgres.app_role"
+        );
+        assert_eq!(
+            key_of("[kafka]\ntopic_prefix = \"a b\"\n", &[]),
+            "kafka.topic_prefix"
+        );
         assert!(matches!(
             Config::from_sources("", "t", env(&[("ENABLEMENT__KAFKA", "x")])),
             Err(ConfigError::Env { .. })

@@ -70,9 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/api/tenants", post(add_tenant))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-        })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -124,7 +122,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
             }
             Err(_) => {
                 ready = false;
-                body["checks"]["tenant_actors"] = json!({"ok": false, "error": "supervisor not answering"});
+                body["checks"]["tenant_actors"] =
+                    json!({"ok": false, "error": "supervisor not answering"});
             }
         }
     }
@@ -139,12 +138,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
     match &s.metrics {
-        Some(h) => (
-            [("content-type", "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics disabled").into_response(),
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics disabled").into_response()
+        }
     }
 }
 
@@ -183,7 +180,11 @@ async fn add_tenant(
 ) -> Result<Response, ApiError> {
     require_operator(&s, &headers)?;
     let v: Value = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "body must be a JSON object")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "body must be a JSON object",
+        )
     })?;
     let field = |name: &'static str| -> Result<&str, ApiError> {
         v.get(name).and_then(Value::as_str).ok_or_else(|| {
@@ -195,7 +196,11 @@ async fn add_tenant(
         })
     };
     let tenant = TenantId::parse(field("tenantId")?).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_tenant_id", format!("tenantId: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant_id",
+            format!("tenantId: {e}"),
+        )
     })?;
     let name = field("displayName")?;
     match register(&s.registry, &s.config.kafka, &tenant, name).await {

@@ -10,7 +10,11 @@ use enablement::db::{connect_pool, migrate, Registry};
 use enablement::kafka::{push_events, tail_topic, TailOptions};
 
 #[derive(Parser)]
-#[command(name = "enablement", version, about = "Multi-tenant SCIM and MindTickle enablement service")]
+#[command(
+    name = "enablement",
+    version,
+    about = "Multi-tenant SCIM and MindTickle enablement service"
+)]
 struct Cli {
     /// Configuration file (every key overridable as ENABLEMENT__<SECTION>__<KEY>).
     #[arg(long, global = true, default_value = "config.toml")]
@@ -123,17 +127,18 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
                     let r = enablement::tenants::register(&registry, &config.kafka, &tenant, &name)
                         .await
                         .map_err(|e| e.to_string())?;
-                    eprintln!("tenant {} registered; topics: {}", tenant, r.topics.join(", "));
+                    eprintln!(
+                        "tenant {} registered; topics: {}",
+                        tenant,
+                        r.topics.join(", ")
+                    );
                     eprintln!("API token (shown once, store it now):");
                     println!("{}", r.api_token);
                     Ok(())
                 }
                 TenantCommand::List => {
                     for t in registry.list().await.map_err(|e| e.to_string())? {
-                        println!(
-                            "{}",
-                            serde_json::to_string(&t).map_err(|e| e.to_string())?
-                        );
+                        println!("{}", serde_json::to_string(&t).map_err(|e| e.to_string())?);
                     }
                     Ok(())
                 }
@@ -147,7 +152,10 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
                 let tenant = tenant_arg(&tenant)?;
                 let stdin = tokio::io::BufReader::new(tokio::io::stdin());
                 let n = push_events(&config.kafka, &tenant, stdin).await?;
-                eprintln!("pushed {n} records to {}", tenant.topic(&config.kafka.topic_prefix, TopicKind::Scim));
+                eprintln!(
+                    "pushed {n} records to {}",
+                    tenant.topic(&config.kafka.topic_prefix, TopicKind::Scim)
+                );
                 Ok(())
             }
             EventsCommand::Tail {

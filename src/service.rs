@@ -90,7 +90,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
-        .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", config.http.listen)))?;
+        .map_err(|e| {
+            ServeError::Startup(format!("cannot listen on {}: {e}", config.http.listen))
+        })?;
     tracing::info!(listen = %config.http.listen, "serving");
     let app = router(AppState {
         config: config.clone(),
@@ -113,9 +115,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     shutdown.cancel();
     let grace = Duration::from_millis(config.shutdown.grace_period_ms);
     let drained = tokio::time::timeout(grace, async {
-        let _ = supervisor
-            .call(SupervisorMsg::Shutdown, Some(grace))
-            .await;
+        let _ = supervisor.call(SupervisorMsg::Shutdown, Some(grace)).await;
         let _ = hub_task.await;
         if let Err(e) = hub.commit_now() {
             tracing::warn!(error = %e, "final offset commit failed");

@@ -22,7 +22,12 @@ fn cli(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> Output {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn cli");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("cli output")
@@ -33,12 +38,19 @@ async fn tenant_add_creates_topics_prints_the_token_once_and_refuses_duplicates(
     let env = TestEnv::new().await;
     let id = common::unique("cli");
     let out = cli(&env, &["tenant", "add", &id, "--name", "CLI Org"], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(token.starts_with("ent_"), "{token}");
     let stored: Vec<u8> = env
         .owner
-        .query_one("select api_token_sha256 from tenant_secrets where tenant_id = $1", &[&id])
+        .query_one(
+            "select api_token_sha256 from tenant_secrets where tenant_id = $1",
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
@@ -48,7 +60,9 @@ async fn tenant_add_creates_topics_prints_the_token_once_and_refuses_duplicates(
         .set("bootstrap.servers", &env.config.kafka.brokers)
         .create()
         .unwrap();
-    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
     let names: Vec<&str> = md.topics().iter().map(|t| t.name()).collect();
     for suffix in ["scim", "user_changed", "events", "scim.dlq"] {
         let topic = format!("tenant.{id}.{suffix}");
@@ -87,14 +101,35 @@ async fn events_push_and_tail_round_trip_through_the_broker() {
         scim_event(t.as_str(), "e1", "CREATE", "u1", 1, "a@x.test"),
         "not json at all".to_string(),
     ];
-    let out = cli(&env, &["events", "push", "--tenant", t.as_str()], Some(&lines.join("\n")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = cli(
         &env,
-        &["events", "tail", "--tenant", t.as_str(), "--topic", "scim", "--from-beginning", "--exit"],
+        &["events", "push", "--tenant", t.as_str()],
+        Some(&lines.join("\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(
+        &env,
+        &[
+            "events",
+            "tail",
+            "--tenant",
+            t.as_str(),
+            "--topic",
+            "scim",
+            "--from-beginning",
+            "--exit",
+        ],
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -104,6 +139,18 @@ async fn events_push_and_tail_round_trip_through_the_broker() {
     assert_eq!(recs[0]["key"], "u1");
     assert_eq!(recs[0]["payload"]["eventId"], "e1");
     assert_eq!(recs[1]["payload"], "not json at all");
-    let out = cli(&env, &["events", "tail", "--tenant", t.as_str(), "--topic", "nope", "--exit"], None);
+    let out = cli(
+        &env,
+        &[
+            "events",
+            "tail",
+            "--tenant",
+            t.as_str(),
+            "--topic",
+            "nope",
+            "--exit",
+        ],
+        None,
+    );
     assert!(!out.status.success());
 }

@@ -53,15 +53,23 @@ async fn assert_exactly_once(
     last: &HashMap<String, String>,
 ) {
     let n = event_ids.len();
-    assert_eq!(env.processed(t).await, n as i64, "{t}: every event processed once");
     assert_eq!(
-        env.count("select count(*) from outbox where tenant_id = $1", t).await,
+        env.processed(t).await,
+        n as i64,
+        "{t}: every event processed once"
+    );
+    assert_eq!(
+        env.count("select count(*) from outbox where tenant_id = $1", t)
+            .await,
         n as i64,
         "{t}: one outbox row per effective change, none twice"
     );
     let rows = env
         .owner
-        .query("select user_id, email from users where tenant_id = $1", &[&t.as_str()])
+        .query(
+            "select user_id, email from users where tenant_id = $1",
+            &[&t.as_str()],
+        )
         .await
         .unwrap();
     let got: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -69,7 +77,10 @@ async fn assert_exactly_once(
     // Every change reached tenant.<id>.user_changed (duplicates allowed, loss not).
     let ids = eventually("outbox fully relayed", Duration::from_secs(60), || async {
         let unsent = env
-            .count("select count(*) from outbox where tenant_id = $1 and sent_at is null", t)
+            .count(
+                "select count(*) from outbox where tenant_id = $1 and sent_at is null",
+                t,
+            )
             .await;
         if unsent > 0 {
             return None;
@@ -82,7 +93,10 @@ async fn assert_exactly_once(
         (ids.len() >= n).then_some(ids)
     })
     .await;
-    assert_eq!(&ids, event_ids, "{t}: exactly the applied events were announced");
+    assert_eq!(
+        &ids, event_ids,
+        "{t}: exactly the applied events were announced"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,15 +142,18 @@ async fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
             (env.processed(t).await == N as i64).then_some(())
         })
         .await;
-        assert!(done.is_some(), "{t}: not all events applied after restart ({} of {N})\n{}",
-            env.processed(t).await, svc.log());
+        assert!(
+            done.is_some(),
+            "{t}: not all events applied after restart ({} of {N})\n{}",
+            env.processed(t).await,
+            svc.log()
+        );
     }
     for (t, (_, last)) in tenants.iter().zip(&loads) {
         assert_exactly_once(&env, t, &ids_of(t, N), last).await;
     }
     drop(svc);
 }
-
 
 fn committed_offset(env: &TestEnv, t: &TenantId) -> Option<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -147,7 +164,9 @@ fn committed_offset(env: &TestEnv, t: &TenantId) -> Option<i64> {
     let topic = t.topic(&env.config.kafka.topic_prefix, TopicKind::Scim);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&topic, 0);
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
     match got.find_partition(&topic, 0)?.offset() {
         Offset::Offset(n) => Some(n),
         _ => None,
@@ -171,12 +190,28 @@ async fn sigterm_drains_commits_and_exits_zero_so_nothing_is_reapplied() {
     let status = svc.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}\n{}", svc.log());
     assert!(svc.log().contains("shutdown complete"));
-    assert_eq!(committed_offset(&env, &t), Some(N as i64), "offsets committed on SIGTERM");
+    assert_eq!(
+        committed_offset(&env, &t),
+        Some(N as i64),
+        "offsets committed on SIGTERM"
+    );
 
     // A new process starts from the committed offset: nothing is seen twice.
     let svc = Service::start(&env, &[]);
     svc.wait_ready(&[&t]).await;
-    push(&env.config, &t, &[scim_event(t.as_str(), "after", "UPDATE", "u1", 10_000, "after@x.test")]).await;
+    push(
+        &env.config,
+        &t,
+        &[scim_event(
+            t.as_str(),
+            "after",
+            "UPDATE",
+            "u1",
+            10_000,
+            "after@x.test",
+        )],
+    )
+    .await;
     eventually("new event applied", Duration::from_secs(30), || async {
         (env.processed(&t).await == N as i64 + 1).then_some(())
     })
@@ -188,7 +223,11 @@ async fn sigterm_drains_commits_and_exits_zero_so_nothing_is_reapplied() {
     })
     .await;
     assert_eq!(applied, 1.0);
-    assert_eq!(svc.metric(&label("duplicate")).await, 0.0, "nothing re-read after restart");
+    assert_eq!(
+        svc.metric(&label("duplicate")).await,
+        0.0,
+        "nothing re-read after restart"
+    );
     let mut last = last;
     last.insert("u1".into(), "after@x.test".into());
     let mut ids = ids_of(&t, N);
@@ -219,7 +258,16 @@ async fn one_tenants_flood_never_stalls_another() {
     })
     .await;
     let quiet_lines: Vec<String> = (0..10)
-        .map(|i| scim_event(quiet.as_str(), &format!("q{i}"), "CREATE", &format!("q{i}"), i, "q@q.test"))
+        .map(|i| {
+            scim_event(
+                quiet.as_str(),
+                &format!("q{i}"),
+                "CREATE",
+                &format!("q{i}"),
+                i,
+                "q@q.test",
+            )
+        })
         .collect();
     push(&env.config, &quiet, &quiet_lines).await;
     eventually("quiet tenant applied", Duration::from_secs(60), || async {
@@ -236,18 +284,28 @@ async fn one_tenants_flood_never_stalls_another() {
     })
     .await;
     let pauses = format!("enablement_tenant_partition_pauses_total{{tenant=\"{flood}\"}}");
-    assert!(svc.metric(&pauses).await >= 1.0, "the flooded partition was paused at high water");
+    assert!(
+        svc.metric(&pauses).await >= 1.0,
+        "the flooded partition was paused at high water"
+    );
 }
 
 #[test]
 fn a_bad_config_stops_the_start_naming_the_key() {
     let run = |vars: &[(&str, &str)]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_enablement"))
-            .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"), "serve"])
+            .args([
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+                "serve",
+            ])
             .envs(vars.iter().copied())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, err) = run(&[("ENABLEMENT__KAFKA__BROKERZ", "x")]);
     assert_eq!(code, Some(2));

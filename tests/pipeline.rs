@@ -30,26 +30,53 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
         scim_event(a, "e1", "CREATE", "u1", 1, "one@acme.test"), // replay: no-op
         scim_event(a, "e5", "UPDATE", "u1", 2, "stale@acme.test"), // older than e3: no-op
     ];
-    let mut missing_user_name: Value = serde_json::from_str(&scim_event(a, "b3", "CREATE", "u9", 9, "x@acme.test")).unwrap();
-    missing_user_name["user"].as_object_mut().unwrap().remove("userName");
-    let mut missing_id: Value = serde_json::from_str(&scim_event(a, "b4", "CREATE", "u9", 9, "x@acme.test")).unwrap();
+    let mut missing_user_name: Value =
+        serde_json::from_str(&scim_event(a, "b3", "CREATE", "u9", 9, "x@acme.test")).unwrap();
+    missing_user_name["user"]
+        .as_object_mut()
+        .unwrap()
+        .remove("userName");
+    let mut missing_id: Value =
+        serde_json::from_str(&scim_event(a, "b4", "CREATE", "u9", 9, "x@acme.test")).unwrap();
     missing_id["user"].as_object_mut().unwrap().remove("id");
-    let mut wrong_type: Value = serde_json::from_str(&scim_event(a, "b5", "CREATE", "u9", 9, "x@acme.test")).unwrap();
+    let mut wrong_type: Value =
+        serde_json::from_str(&scim_event(a, "b5", "CREATE", "u9", 9, "x@acme.test")).unwrap();
     wrong_type["user"]["active"] = Value::String("yes".into());
-    let bad = vec![
+    let bad = [
         ("invalid_json", "this is not json".to_string()),
         ("invalid_field", wrong_type.to_string()),
         ("missing_field", missing_user_name.to_string()),
         ("missing_field", missing_id.to_string()),
-        ("unknown_operation", scim_event(a, "b6", "MERGE", "u9", 9, "x@acme.test")),
-        ("oversized", format!("{{\"pad\": \"{}\"}}", "x".repeat(5000))),
-        ("tenant_mismatch", scim_event(globex.as_str(), "b8", "CREATE", "spy", 9, "spy@globex.test")),
+        (
+            "unknown_operation",
+            scim_event(a, "b6", "MERGE", "u9", 9, "x@acme.test"),
+        ),
+        (
+            "oversized",
+            format!("{{\"pad\": \"{}\"}}", "x".repeat(5000)),
+        ),
+        (
+            "tenant_mismatch",
+            scim_event(globex.as_str(), "b8", "CREATE", "spy", 9, "spy@globex.test"),
+        ),
     ];
     let mut lines = good.clone();
     lines.extend(bad.iter().map(|(_, l)| l.clone()));
     push(&env.config, &acme, &lines).await;
     // The other tenant's traffic is independent.
-    push(&env.config, &globex, &[scim_event(globex.as_str(), "g1", "CREATE", "u1", 1, "g@globex.test")]).await;
+    push(
+        &env.config,
+        &globex,
+        &[scim_event(
+            globex.as_str(),
+            "g1",
+            "CREATE",
+            "u1",
+            1,
+            "g@globex.test",
+        )],
+    )
+    .await;
 
     eventually("acme's events applied", Duration::from_secs(30), || async {
         (env.processed(&acme).await == 5).then_some(())
@@ -70,8 +97,20 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
     assert_eq!(
         got,
         vec![
-            ("u1".into(), "one.new@acme.test".into(), true, 2, "true".into()),
-            ("u2".into(), "two@acme.test".into(), false, 2, "false".into()),
+            (
+                "u1".into(),
+                "one.new@acme.test".into(),
+                true,
+                2,
+                "true".into()
+            ),
+            (
+                "u2".into(),
+                "two@acme.test".into(),
+                false,
+                2,
+                "false".into()
+            ),
         ]
     );
 
@@ -81,11 +120,18 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
         (recs.len() >= 4).then_some(recs)
     })
     .await;
-    let ids: Vec<&str> = changed.iter().map(|r| r["payload"]["eventId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = changed
+        .iter()
+        .map(|r| r["payload"]["eventId"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["e1", "e2", "e3", "e4"]);
     assert_eq!(changed[3]["payload"]["active"], Value::Bool(false));
     assert_eq!(
-        env.count("select count(*) from outbox where tenant_id = $1 and sent_at is null", &acme).await,
+        env.count(
+            "select count(*) from outbox where tenant_id = $1 and sent_at is null",
+            &acme
+        )
+        .await,
         0
     );
 
@@ -98,7 +144,10 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
     assert_eq!(dlq.len(), bad.len());
     for (i, ((reason, original), rec)) in bad.iter().zip(&dlq).enumerate() {
         assert_eq!(header(rec, "dlq.reason"), *reason, "record {i}");
-        assert_eq!(header(rec, "dlq.source.offset"), (good.len() + i).to_string());
+        assert_eq!(
+            header(rec, "dlq.source.offset"),
+            (good.len() + i).to_string()
+        );
         assert!(!header(rec, "dlq.detail").is_empty());
         let payload = match &rec["payload"] {
             Value::String(s) => s.clone(),
@@ -116,7 +165,8 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
         1
     );
     assert_eq!(
-        env.count("select count(*) from users where tenant_id = $1", &globex).await,
+        env.count("select count(*) from users where tenant_id = $1", &globex)
+            .await,
         1,
         "the spoofed event never reached globex"
     );
@@ -129,12 +179,25 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
             .map(|(_, v)| *v)
             .sum()
     };
-    assert_eq!(metric("enablement_scim_events_total", "outcome=\"applied\""), 4.0);
-    assert_eq!(metric("enablement_scim_events_total", "outcome=\"duplicate\""), 1.0);
-    assert_eq!(metric("enablement_scim_events_total", "outcome=\"stale\""), 1.0);
+    assert_eq!(
+        metric("enablement_scim_events_total", "outcome=\"applied\""),
+        4.0
+    );
+    assert_eq!(
+        metric("enablement_scim_events_total", "outcome=\"duplicate\""),
+        1.0
+    );
+    assert_eq!(
+        metric("enablement_scim_events_total", "outcome=\"stale\""),
+        1.0
+    );
     assert_eq!(metric("enablement_scim_dlq_total", ""), bad.len() as f64);
-    assert!(m.keys().any(|k| k.starts_with("enablement_tenant_backlog_messages") && k.contains(&label)));
-    assert!(m.keys().any(|k| k.starts_with("enablement_scim_batch_duration_seconds_bucket")));
+    assert!(m
+        .keys()
+        .any(|k| k.starts_with("enablement_tenant_backlog_messages") && k.contains(&label)));
+    assert!(m
+        .keys()
+        .any(|k| k.starts_with("enablement_scim_batch_duration_seconds_bucket")));
     assert!(m.contains_key("enablement_actors_running"));
 }
 
@@ -158,10 +221,24 @@ async fn health_readiness_and_a_tenant_added_while_running() {
     let late = tenant("late");
     let added = std::time::Instant::now();
     env.add_tenant(&late).await;
-    push(&env.config, &late, &[scim_event(late.as_str(), "l1", "CREATE", "u1", 1, "l@late.test")]).await;
-    eventually("late tenant's event applied", Duration::from_secs(10), || async {
-        (env.processed(&late).await == 1).then_some(())
-    })
+    push(
+        &env.config,
+        &late,
+        &[scim_event(
+            late.as_str(),
+            "l1",
+            "CREATE",
+            "u1",
+            1,
+            "l@late.test",
+        )],
+    )
+    .await;
+    eventually(
+        "late tenant's event applied",
+        Duration::from_secs(10),
+        || async { (env.processed(&late).await == 1).then_some(()) },
+    )
     .await;
     assert!(added.elapsed() < Duration::from_secs(10));
     svc.wait_ready(&[&first, &late]).await;
@@ -197,25 +274,50 @@ async fn a_failing_tenant_is_restarted_and_counted_while_others_keep_flowing() {
         ],
     );
     svc.wait_ready(&[&sick, &healthy]).await;
-    let mut poison: Value = serde_json::from_str(&scim_event(sick.as_str(), "p1", "CREATE", "u1", 1, "p@sick.test")).unwrap();
+    let mut poison: Value = serde_json::from_str(&scim_event(
+        sick.as_str(),
+        "p1",
+        "CREATE",
+        "u1",
+        1,
+        "p@sick.test",
+    ))
+    .unwrap();
     poison["user"]["userName"] = Value::String("poison-pill".into());
     push(&env.config, &sick, &[poison.to_string()]).await;
 
     let restarts = format!("enablement_actor_restarts_total{{tenant=\"{sick}\"}}");
-    eventually("sick tenant restarted twice", Duration::from_secs(30), || async {
-        (svc.metric(&restarts).await >= 2.0).then_some(())
-    })
+    eventually(
+        "sick tenant restarted twice",
+        Duration::from_secs(30),
+        || async { (svc.metric(&restarts).await >= 2.0).then_some(()) },
+    )
     .await;
     // Meanwhile the healthy tenant flows.
     let lines: Vec<String> = (0..20)
-        .map(|i| scim_event(healthy.as_str(), &format!("h{i}"), "CREATE", &format!("u{i}"), i, "h@h.test"))
+        .map(|i| {
+            scim_event(
+                healthy.as_str(),
+                &format!("h{i}"),
+                "CREATE",
+                &format!("u{i}"),
+                i,
+                "h@h.test",
+            )
+        })
         .collect();
     push(&env.config, &healthy, &lines).await;
-    eventually("healthy tenant applied", Duration::from_secs(30), || async {
-        (env.processed(&healthy).await == 20).then_some(())
-    })
+    eventually(
+        "healthy tenant applied",
+        Duration::from_secs(30),
+        || async { (env.processed(&healthy).await == 20).then_some(()) },
+    )
     .await;
-    assert_eq!(env.processed(&sick).await, 0, "the failing batch never committed");
+    assert_eq!(
+        env.processed(&sick).await,
+        0,
+        "the failing batch never committed"
+    );
     let (status, body) = svc.get("/readyz").await.unwrap();
     let healthy_restarts = format!("enablement_actor_restarts_total{{tenant=\"{healthy}\"}}");
     assert_eq!(svc.metric(&healthy_restarts).await, 0.0);
@@ -223,7 +325,10 @@ async fn a_failing_tenant_is_restarted_and_counted_while_others_keep_flowing() {
     assert!(status == 503 || body.contains("running"), "{body}");
 
     // The fault clears: the next restart replays the batch and the tenant recovers.
-    env.owner.batch_execute("drop trigger poison on users").await.unwrap();
+    env.owner
+        .batch_execute("drop trigger poison on users")
+        .await
+        .unwrap();
     eventually("sick tenant recovered", Duration::from_secs(30), || async {
         (env.processed(&sick).await == 1).then_some(())
     })
@@ -242,16 +347,34 @@ async fn tenant_registration_over_http_needs_the_operator_token() {
     let body = serde_json::json!({"tenantId": id, "displayName": "Over HTTP"});
     let r = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = client.post(&url).bearer_auth("wrong-token-wrong-token").json(&body).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let op = env.config.http.operator_token.clone();
-    let r = client.post(&url).bearer_auth(&op).json(&body).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth(&op)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     let token = v["apiToken"].as_str().unwrap().to_owned();
     assert!(token.starts_with("ent_"));
     assert_eq!(v["topics"].as_array().unwrap().len(), 4);
-    let r = client.post(&url).bearer_auth(&op).json(&body).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth(&op)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "tenant_exists");
@@ -268,9 +391,21 @@ async fn tenant_registration_over_http_needs_the_operator_token() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "invalid_tenant_id");
     }
-    let r = client.post(&url).bearer_auth(&op).body("{").send().await.unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth(&op)
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let big = "x".repeat(env.config.http.max_body_bytes + 1);
-    let r = client.post(&url).bearer_auth(&op).body(big).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth(&op)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
 }

@@ -10,10 +10,23 @@ use enablement::actors::TenantId;
 use enablement::db::{migrate, TenantScopedStore};
 
 async fn seed_user(store: &TenantScopedStore, t: &TenantId, user: &str) {
-    let line = common::scim_event(t.as_str(), &common::unique("e"), "CREATE", user, 1, "a@b.test");
+    let line = common::scim_event(
+        t.as_str(),
+        &common::unique("e"),
+        "CREATE",
+        user,
+        1,
+        "a@b.test",
+    );
     let ev = parse_event(t, line.as_bytes(), 1 << 20).expect("valid event");
     store
-        .apply_scim_batch(t, &ScimBatch { events: vec![ev], security_events: vec![] })
+        .apply_scim_batch(
+            t,
+            &ScimBatch {
+                events: vec![ev],
+                security_events: vec![],
+            },
+        )
         .await
         .expect("apply");
 }
@@ -45,7 +58,10 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
     seed_user(&store, &b, "shared-id").await;
     seed_user(&store, &b, "only-b").await;
 
-    assert_eq!(visible_users(&store, &a).await, vec![(a.to_string(), "shared-id".to_string())]);
+    assert_eq!(
+        visible_users(&store, &a).await,
+        vec![(a.to_string(), "shared-id".to_string())]
+    );
     assert_eq!(visible_users(&store, &b).await.len(), 2);
 
     // Inserting a row that names another tenant is refused by the policy's WITH CHECK.
@@ -78,7 +94,8 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
     let err = store
         .scoped(&a, move |tx| {
             Box::pin(async move {
-                tx.execute("update users set tenant_id = $1", &[&b_id]).await
+                tx.execute("update users set tenant_id = $1", &[&b_id])
+                    .await
             })
         })
         .await
@@ -90,15 +107,22 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
     let touched = store
         .scoped(&a, move |tx| {
             Box::pin(async move {
-                tx.execute("update users set active = false where tenant_id = $1", &[&b_id])
-                    .await
+                tx.execute(
+                    "update users set active = false where tenant_id = $1",
+                    &[&b_id],
+                )
+                .await
             })
         })
         .await
         .expect("update runs");
     assert_eq!(touched, 0);
     assert_eq!(
-        env.count("select count(*) from users where tenant_id = $1 and active", &b).await,
+        env.count(
+            "select count(*) from users where tenant_id = $1 and active",
+            &b
+        )
+        .await,
         2
     );
 }
@@ -118,7 +142,10 @@ async fn no_setting_sees_nothing_and_the_setting_never_leaks_between_pooled_tran
     // Without a scope: no rows, no error, and the connection stays usable.
     {
         let conn = pool.get().await.expect("conn");
-        let rows = conn.query("select * from users", &[]).await.expect("unscoped select works");
+        let rows = conn
+            .query("select * from users", &[])
+            .await
+            .expect("unscoped select works");
         assert!(rows.is_empty(), "an unset tenant must see no rows");
         let secrets = conn
             .query("select * from tenant_secrets", &[])
@@ -133,8 +160,14 @@ async fn no_setting_sees_nothing_and_the_setting_never_leaks_between_pooled_tran
         assert!(setting.unwrap_or_default().is_empty());
     }
     // A then B on the same pooled connection: each sees only itself.
-    assert_eq!(visible_users(&store, &a).await, vec![(a.to_string(), "ua".into())]);
-    assert_eq!(visible_users(&store, &b).await, vec![(b.to_string(), "ub".into())]);
+    assert_eq!(
+        visible_users(&store, &a).await,
+        vec![(a.to_string(), "ua".into())]
+    );
+    assert_eq!(
+        visible_users(&store, &b).await,
+        vec![(b.to_string(), "ub".into())]
+    );
     // After a scoped transaction the connection carries no tenant.
     let conn = pool.get().await.expect("conn");
     let setting: Option<String> = conn
@@ -142,12 +175,22 @@ async fn no_setting_sees_nothing_and_the_setting_never_leaks_between_pooled_tran
         .await
         .expect("setting")
         .get(0);
-    assert_eq!(setting.unwrap_or_default(), "", "transaction-local setting must not leak");
-    assert!(conn.query("select * from users", &[]).await.expect("select").is_empty());
+    assert_eq!(
+        setting.unwrap_or_default(),
+        "",
+        "transaction-local setting must not leak"
+    );
+    assert!(conn
+        .query("select * from users", &[])
+        .await
+        .expect("select")
+        .is_empty());
     drop(conn);
     // A failed transaction does not poison the connection for the next tenant either.
     let _ = store
-        .scoped(&a, |tx| Box::pin(async move { tx.execute("select 1/0", &[]).await }))
+        .scoped(&a, |tx| {
+            Box::pin(async move { tx.execute("select 1/0", &[]).await })
+        })
         .await
         .expect_err("division by zero");
     assert_eq!(visible_users(&store, &b).await.len(), 1);
@@ -183,7 +226,13 @@ async fn the_service_role_is_least_privileged_and_cannot_touch_policies() {
         .query(
             "select relname, relrowsecurity, relforcerowsecurity from pg_class
               where relname = any($1) order by relname",
-            &[&vec!["tenant_secrets", "users", "processed_events", "outbox", "security_events"]],
+            &[&vec![
+                "tenant_secrets",
+                "users",
+                "processed_events",
+                "outbox",
+                "security_events",
+            ]],
         )
         .await
         .expect("pg_class");
@@ -217,9 +266,15 @@ async fn secrets_are_readable_only_in_their_tenants_scope_and_the_registry_holds
     let token_a = env.add_tenant(&a).await;
     env.add_tenant(&b).await;
     let store = TenantScopedStore::new(env.app_pool().await);
-    assert!(store.token_matches(&a, enablement::tokens::hash(&token_a)).await.unwrap());
+    assert!(store
+        .token_matches(&a, enablement::tokens::hash(&token_a))
+        .await
+        .unwrap());
     assert!(
-        !store.token_matches(&b, enablement::tokens::hash(&token_a)).await.unwrap(),
+        !store
+            .token_matches(&b, enablement::tokens::hash(&token_a))
+            .await
+            .unwrap(),
         "tenant A's token must not open tenant B"
     );
     let b_str = b.to_string();
@@ -227,7 +282,10 @@ async fn secrets_are_readable_only_in_their_tenants_scope_and_the_registry_holds
         .scoped(&a, move |tx| {
             Box::pin(async move {
                 Ok(tx
-                    .query_one("select count(*) from tenant_secrets where tenant_id = $1", &[&b_str])
+                    .query_one(
+                        "select count(*) from tenant_secrets where tenant_id = $1",
+                        &[&b_str],
+                    )
                     .await?
                     .get(0))
             })
@@ -249,11 +307,21 @@ async fn secrets_are_readable_only_in_their_tenants_scope_and_the_registry_holds
         .collect();
     assert_eq!(
         cols,
-        ["created_at", "display_name", "rate_limit_per_min", "status", "tenant_id", "updated_at"]
+        [
+            "created_at",
+            "display_name",
+            "rate_limit_per_min",
+            "status",
+            "tenant_id",
+            "updated_at"
+        ]
     );
     let stored: Vec<u8> = env
         .owner
-        .query_one("select api_token_sha256 from tenant_secrets where tenant_id = $1", &[&a.as_str()])
+        .query_one(
+            "select api_token_sha256 from tenant_secrets where tenant_id = $1",
+            &[&a.as_str()],
+        )
         .await
         .unwrap()
         .get(0);
@@ -273,11 +341,22 @@ async fn migrate_is_idempotent_and_safe_from_two_processes_at_once() {
     }
     // Two fresh databases migrated concurrently by two real processes.
     let fresh = common::unique("m").replace('-', "_");
-    env.owner.batch_execute(&format!("create database {fresh}")).await.unwrap();
-    let url = env.config.postgres.migrate_url.replace(&env.db_name, &fresh);
+    env.owner
+        .batch_execute(&format!("create database {fresh}"))
+        .await
+        .unwrap();
+    let url = env
+        .config
+        .postgres
+        .migrate_url
+        .replace(&env.db_name, &fresh);
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_enablement"))
-            .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"), "migrate"])
+            .args([
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+                "migrate",
+            ])
             .env("ENABLEMENT__POSTGRES__MIGRATE_URL", &url)
             .output()
             .expect("run migrate")

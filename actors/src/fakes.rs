@@ -155,6 +155,13 @@ impl TenantStore for FakeStore {
             if batch.events.iter().any(|e| e.user.user_name == p) {
                 return Err(StoreError::Query("poisoned".into()));
             }
+            if batch
+                .events
+                .iter()
+                .any(|e| e.user.user_name == format!("{p}-panic"))
+            {
+                panic!("injected panic in the store");
+            }
         }
         self.batches.fetch_add(1, Ordering::SeqCst);
         let mut all = self.data.lock().unwrap();

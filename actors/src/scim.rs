@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 use crate::tenant::TenantId;
 
 pub const CORE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
-pub const ENTERPRISE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+pub const ENTERPRISE_USER_SCHEMA: &str =
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 const MAX_ID_LEN: usize = 256;
 
 /// What an event asks for.
@@ -216,12 +217,7 @@ pub fn parse_event(
         )
     })?;
     let user = match field(&env, "user") {
-        None => {
-            return Err(Rejection::new(
-                RejectCode::MissingField,
-                "user is required",
-            ))
-        }
+        None => return Err(Rejection::new(RejectCode::MissingField, "user is required")),
         Some(Value::Object(u)) => parse_user(u, operation)?,
         Some(_) => {
             return Err(Rejection::new(
@@ -502,7 +498,10 @@ pub fn plan_batch(
 }
 
 /// Applies one event to one user's state. Returns the new state when it must be written.
-pub fn apply_event(prev: Option<&StoredUser>, ev: &ScimEvent) -> (EventOutcome, Option<StoredUser>) {
+pub fn apply_event(
+    prev: Option<&StoredUser>,
+    ev: &ScimEvent,
+) -> (EventOutcome, Option<StoredUser>) {
     if let Some(p) = prev {
         if ev.occurred_at < p.occurred_at {
             return (EventOutcome::Stale, None);
@@ -582,7 +581,14 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_a_full_envelope() {
-        let ev = parse(&envelope("e1", "CREATE", "u1", "2026-01-01T00:00:00Z", "a@acme.test")).unwrap();
+        let ev = parse(&envelope(
+            "e1",
+            "CREATE",
+            "u1",
+            "2026-01-01T00:00:00Z",
+            "a@acme.test",
+        ))
+        .unwrap();
         assert_eq!(ev.operation, Operation::Create);
         assert_eq!(ev.user.id, "u1");
         assert_eq!(ev.user.role, Role::Manager);
@@ -597,9 +603,14 @@ pub(crate) mod tests {
     }
 
     fn mutate(f: impl FnOnce(&mut Value)) -> Vec<u8> {
-        let mut v: Value =
-            serde_json::from_slice(&envelope("e1", "CREATE", "u1", "2026-01-01T00:00:00Z", "a@b.c"))
-                .unwrap();
+        let mut v: Value = serde_json::from_slice(&envelope(
+            "e1",
+            "CREATE",
+            "u1",
+            "2026-01-01T00:00:00Z",
+            "a@b.c",
+        ))
+        .unwrap();
         f(&mut v);
         v.to_string().into_bytes()
     }
@@ -609,21 +620,57 @@ pub(crate) mod tests {
         assert_eq!(code_of(b"not json"), RejectCode::InvalidJson);
         assert_eq!(code_of(b"[1,2]"), RejectCode::InvalidJson);
         assert_eq!(
-            code_of(&mutate(|v| v["user"].as_object_mut().unwrap().remove("userName").map(|_| ()).unwrap())),
+            code_of(&mutate(|v| v["user"]
+                .as_object_mut()
+                .unwrap()
+                .remove("userName")
+                .map(|_| ())
+                .unwrap())),
             RejectCode::MissingField
         );
         assert_eq!(
-            code_of(&mutate(|v| v["user"].as_object_mut().unwrap().remove("id").map(|_| ()).unwrap())),
+            code_of(&mutate(|v| v["user"]
+                .as_object_mut()
+                .unwrap()
+                .remove("id")
+                .map(|_| ())
+                .unwrap())),
             RejectCode::MissingField
         );
-        assert_eq!(code_of(&mutate(|v| v["user"]["id"] = 42.into())), RejectCode::InvalidField);
-        assert_eq!(code_of(&mutate(|v| v["user"]["active"] = "yes".into())), RejectCode::InvalidField);
-        assert_eq!(code_of(&mutate(|v| v["operation"] = "PATCHY".into())), RejectCode::UnknownOperation);
-        assert_eq!(code_of(&mutate(|v| v["tenantId"] = "globex".into())), RejectCode::TenantMismatch);
-        assert_eq!(code_of(&mutate(|v| v["tenantId"] = "a*".into())), RejectCode::InvalidField);
-        assert_eq!(code_of(&mutate(|v| v["occurredAt"] = "yesterday".into())), RejectCode::InvalidField);
-        assert_eq!(code_of(&mutate(|v| v["user"]["schemas"] = serde_json::json!(["x"]))), RejectCode::InvalidField);
-        assert_eq!(code_of(&mutate(|v| v["user"]["roles"] = serde_json::json!([{"value": "ceo"}]))), RejectCode::InvalidField);
+        assert_eq!(
+            code_of(&mutate(|v| v["user"]["id"] = 42.into())),
+            RejectCode::InvalidField
+        );
+        assert_eq!(
+            code_of(&mutate(|v| v["user"]["active"] = "yes".into())),
+            RejectCode::InvalidField
+        );
+        assert_eq!(
+            code_of(&mutate(|v| v["operation"] = "PATCHY".into())),
+            RejectCode::UnknownOperation
+        );
+        assert_eq!(
+            code_of(&mutate(|v| v["tenantId"] = "globex".into())),
+            RejectCode::TenantMismatch
+        );
+        assert_eq!(
+            code_of(&mutate(|v| v["tenantId"] = "a*".into())),
+            RejectCode::InvalidField
+        );
+        assert_eq!(
+            code_of(&mutate(|v| v["occurredAt"] = "yesterday".into())),
+            RejectCode::InvalidField
+        );
+        assert_eq!(
+            code_of(&mutate(|v| v["user"]["schemas"] = serde_json::json!(["x"]))),
+            RejectCode::InvalidField
+        );
+        assert_eq!(
+            code_of(&mutate(
+                |v| v["user"]["roles"] = serde_json::json!([{"value": "ceo"}])
+            )),
+            RejectCode::InvalidField
+        );
         let big = vec![b' '; 70 * 1024];
         assert_eq!(code_of(&big), RejectCode::Oversized);
     }
@@ -667,7 +714,13 @@ pub(crate) mod tests {
         let first = plan_batch(
             HashMap::new(),
             &HashSet::new(),
-            &[ev("e1", "UPDATE", "u1", "2026-01-05T00:00:00Z", "new@acme.test")],
+            &[ev(
+                "e1",
+                "UPDATE",
+                "u1",
+                "2026-01-05T00:00:00Z",
+                "new@acme.test",
+            )],
         );
         let stored: HashMap<_, _> = first
             .upserts
@@ -679,8 +732,20 @@ pub(crate) mod tests {
             stored,
             &seen,
             &[
-                ev("e0", "CREATE", "u1", "2026-01-01T00:00:00Z", "old@acme.test"),
-                ev("e1", "UPDATE", "u1", "2026-01-05T00:00:00Z", "new@acme.test"),
+                ev(
+                    "e0",
+                    "CREATE",
+                    "u1",
+                    "2026-01-01T00:00:00Z",
+                    "old@acme.test",
+                ),
+                ev(
+                    "e1",
+                    "UPDATE",
+                    "u1",
+                    "2026-01-05T00:00:00Z",
+                    "new@acme.test",
+                ),
             ],
         );
         assert_eq!(
@@ -696,16 +761,32 @@ pub(crate) mod tests {
         let plan = plan_batch(
             HashMap::new(),
             &HashSet::new(),
-            &[ev("e9", "DELETE", "u9", "2026-01-05T00:00:00Z", "x@acme.test")],
+            &[ev(
+                "e9",
+                "DELETE",
+                "u9",
+                "2026-01-05T00:00:00Z",
+                "x@acme.test",
+            )],
         );
         assert_eq!(plan.upserts.len(), 1);
         assert!(!plan.upserts[0].active);
         // A CREATE older than the tombstone cannot resurrect the user.
-        let stored = plan.upserts.into_iter().map(|u| (u.user_id.clone(), u)).collect();
+        let stored = plan
+            .upserts
+            .into_iter()
+            .map(|u| (u.user_id.clone(), u))
+            .collect();
         let again = plan_batch(
             stored,
             &HashSet::new(),
-            &[ev("e8", "CREATE", "u9", "2026-01-01T00:00:00Z", "x@acme.test")],
+            &[ev(
+                "e8",
+                "CREATE",
+                "u9",
+                "2026-01-01T00:00:00Z",
+                "x@acme.test",
+            )],
         );
         assert_eq!(again.outcomes[0].1, EventOutcome::Stale);
     }

@@ -275,7 +275,11 @@ impl Supervisor {
                 metrics::counter!(m::ACTOR_RESTARTS_TOTAL, "tenant" => tenant.as_str().to_owned())
                     .increment(1);
                 let parked = slot.failures_in_row > self.settings.max_consecutive_failures;
-                slot.phase = if parked { Phase::Parked } else { Phase::Restarting };
+                slot.phase = if parked {
+                    Phase::Parked
+                } else {
+                    Phase::Restarting
+                };
                 let delay = if parked {
                     self.settings.park_duration
                 } else {
@@ -306,14 +310,15 @@ impl Supervisor {
             let actor = r.actor.clone();
             let tenant = tenant.clone();
             async move {
-                let drained = tokio::time::timeout(timeout, async {
-                    rx.wait_for(|d| *d).await.map(|_| ())
-                })
-                .await;
+                let drained =
+                    tokio::time::timeout(timeout, async { rx.wait_for(|d| *d).await.map(|_| ()) })
+                        .await;
                 if drained.is_err() {
                     tracing::warn!(tenant = %tenant, "drain timed out; stopping anyway");
                 }
-                let _ = actor.stop_and_wait(Some("drained".into()), Some(timeout)).await;
+                let _ = actor
+                    .stop_and_wait(Some("drained".into()), Some(timeout))
+                    .await;
             }
         });
         futures_join_all(waits).await;
@@ -420,7 +425,11 @@ mod tests {
             &format!("{tenant}-e{n}"),
             "UPDATE",
             user,
-            &format!("2026-01-01T00:00:{:02}.{:06}Z", n / 1_000_000 % 60, n % 1_000_000),
+            &format!(
+                "2026-01-01T00:00:{:02}.{:06}Z",
+                n / 1_000_000 % 60,
+                n % 1_000_000
+            ),
             &format!("{user}-{n}@x.test"),
         ))
         .unwrap();
@@ -452,7 +461,9 @@ mod tests {
         log.append(event("globex", 2, "u2", "eve")); // names another tenant
         log.append(event("acme", 3, "u1", "ada"));
         log.append(event("acme", 1, "u1", "ada")); // replayed event id
-        h.sup.cast(SupervisorMsg::Assign(vec![acme.clone()])).unwrap();
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
         wait_for("all offsets stored", || log.stored() == 5).await;
 
         let users = h.store.users(&acme);
@@ -468,7 +479,11 @@ mod tests {
             .collect();
         assert_eq!(reasons, ["invalid_json", "tenant_mismatch"]);
         assert_eq!(dlq[0].payload, b"{not json".to_vec(), "original bytes kept");
-        let (_, off) = dlq[1].headers.iter().find(|(k, _)| k == "dlq.source.offset").unwrap();
+        let (_, off) = dlq[1]
+            .headers
+            .iter()
+            .find(|(k, _)| k == "dlq.source.offset")
+            .unwrap();
         assert_eq!(off, b"2");
         h.store.with(&acme, |d| {
             assert_eq!(d.security.len(), 1);
@@ -479,7 +494,9 @@ mod tests {
             h.publisher.on(&acme, TopicKind::UserChanged).len() == 2
         })
         .await;
-        assert!(h.store.with(&acme, |d| d.outbox.iter().all(|(_, sent)| *sent)));
+        assert!(h
+            .store
+            .with(&acme, |d| d.outbox.iter().all(|(_, sent)| *sent)));
         assert!(!h.cache.invalidations.lock().unwrap().is_empty());
     }
 
@@ -501,18 +518,32 @@ mod tests {
             .unwrap();
         let started = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(600);
-        while !health(&h.sup).await.iter().any(|x| x.status == ActorStatus::Parked) {
-            assert!(Instant::now() < deadline, "timed out waiting for the tenant to park");
+        while !health(&h.sup)
+            .await
+            .iter()
+            .any(|x| x.status == ActorStatus::Parked)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the tenant to park"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // 3 restarts with backoff 100, 200, 400 ms (+ up to 25% jitter) before parking.
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(700), "backoff honoured: {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(700),
+            "backoff honoured: {elapsed:?}"
+        );
         let hs = health(&h.sup).await;
         let bad_h = hs.iter().find(|x| x.tenant == bad).unwrap();
         assert_eq!(bad_h.status, ActorStatus::Parked);
         assert_eq!(bad_h.restarts, 4);
-        assert_eq!(h.feeds.log(&bad).stored(), 0, "poison batch never committed");
+        assert_eq!(
+            h.feeds.log(&bad).stored(),
+            0,
+            "poison batch never committed"
+        );
         // The healthy tenant keeps flowing while the other is parked.
         let good_log = h.feeds.log(&good);
         for n in 0..50 {
@@ -520,8 +551,36 @@ mod tests {
         }
         wait_for("good tenant applied", || good_log.stored() == 50).await;
         assert_eq!(h.store.users(&good).len(), 50);
-        let g = health(&h.sup).await.into_iter().find(|x| x.tenant == good).unwrap();
+        let g = health(&h.sup)
+            .await
+            .into_iter()
+            .find(|x| x.tenant == good)
+            .unwrap();
         assert_eq!((g.status, g.restarts), (ActorStatus::Running, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_actor_is_restarted_and_replays_from_the_last_stored_offset() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        *h.store.poison_user_name.lock().unwrap() = Some("boom".into());
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        log.append(event("acme", 1, "u1", "fine"));
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("first event stored", || log.stored() == 1).await;
+        log.append(event("acme", 2, "u2", "boom-panic"));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while health(&h.sup).await.iter().all(|x| x.restarts == 0) {
+            assert!(Instant::now() < deadline, "no restart after a panic");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(log.stored(), 1, "the panicking batch was not committed");
+        // Fix the cause: the restarted actor replays offset 1 and carries on.
+        *h.store.poison_user_name.lock().unwrap() = None;
+        wait_for("replayed after restart", || log.stored() == 2).await;
+        assert_eq!(h.store.users(&acme).len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -555,7 +614,10 @@ mod tests {
         );
         wait_for("flood applied", || flood_log.stored() == 5_000).await;
         let peak = flood_log.max_buffered_seen.load(Ordering::SeqCst);
-        assert!(peak <= 200 + 50 + 1, "buffer bounded by high water + batch: {peak}");
+        assert!(
+            peak <= 200 + 50 + 1,
+            "buffer bounded by high water + batch: {peak}"
+        );
         assert_eq!(h.store.users(&flood).len(), 100);
     }
 
@@ -573,20 +635,26 @@ mod tests {
         for n in 0..30 {
             log.append(event("acme", n, &format!("u{n}"), "x"));
         }
-        h.sup.cast(SupervisorMsg::Assign(vec![acme.clone()])).unwrap();
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
         wait_for("first batch in flight", || {
             log.max_buffered_seen.load(Ordering::SeqCst) >= 10
         })
         .await;
         let sup = h.sup.clone();
-        let shutdown = tokio::spawn(async move {
-            ractor::call_t!(sup, SupervisorMsg::Shutdown, 60_000).unwrap()
-        });
+        let shutdown =
+            tokio::spawn(
+                async move { ractor::call_t!(sup, SupervisorMsg::Shutdown, 60_000).unwrap() },
+            );
         tokio::time::sleep(Duration::from_millis(50)).await;
         gate.add_permits(1000);
         shutdown.await.unwrap();
         let stored = log.stored();
-        assert_eq!(stored, 10, "exactly the batch in flight was committed and stored");
+        assert_eq!(
+            stored, 10,
+            "exactly the batch in flight was committed and stored"
+        );
         assert_eq!(h.store.batches.load(Ordering::SeqCst), 1);
         assert_eq!(h.store.users(&acme).len(), 10);
         assert!(health(&h.sup).await.is_empty());

@@ -190,7 +190,10 @@ mod tests {
     fn names_derive_from_the_id() {
         let t = TenantId::parse("acme").unwrap();
         assert_eq!(t.topic("", TopicKind::Scim), "tenant.acme.scim");
-        assert_eq!(t.topic("prod.", TopicKind::Dlq), "prod.tenant.acme.scim.dlq");
+        assert_eq!(
+            t.topic("prod.", TopicKind::Dlq),
+            "prod.tenant.acme.scim.dlq"
+        );
         assert_eq!(t.cache_key("roster"), "tenant:{acme}:roster");
         assert_eq!(t.cache_pattern(), "tenant:\\{acme\\}:*");
         assert_eq!(

@@ -278,10 +278,19 @@ impl TenantActor {
 /// The DLQ record: original bytes and key, original headers, plus the reason and source.
 fn dead_letter(rec: InboundRecord, rejection: &scim::Rejection) -> OutboundRecord {
     let mut headers = rec.headers;
-    headers.push(("dlq.reason".into(), rejection.code.as_str().as_bytes().to_vec()));
+    headers.push((
+        "dlq.reason".into(),
+        rejection.code.as_str().as_bytes().to_vec(),
+    ));
     headers.push(("dlq.detail".into(), rejection.detail.clone().into_bytes()));
-    headers.push(("dlq.source.topic".into(), TopicKind::Scim.suffix().as_bytes().to_vec()));
-    headers.push(("dlq.source.offset".into(), rec.offset.to_string().into_bytes()));
+    headers.push((
+        "dlq.source.topic".into(),
+        TopicKind::Scim.suffix().as_bytes().to_vec(),
+    ));
+    headers.push((
+        "dlq.source.offset".into(),
+        rec.offset.to_string().into_bytes(),
+    ));
     OutboundRecord {
         topic: TopicKind::Dlq,
         key: rec.key,
@@ -330,7 +339,10 @@ impl Feeder {
                     let batch: Vec<InboundRecord> = buffer.drain(..n).collect();
                     let actor = self.actor.clone();
                     let fut: InFlight = Box::pin(async move {
-                        match actor.call(|reply| TenantMsg::ProcessBatch(batch, reply), None).await {
+                        match actor
+                            .call(|reply| TenantMsg::ProcessBatch(batch, reply), None)
+                            .await
+                        {
                             Ok(ractor::rpc::CallResult::Success(next)) => Some(next),
                             _ => None,
                         }

@@ -99,7 +99,10 @@ async fn apply_all(
         .map_err(db)?;
     let needs_restrict = match attrs {
         None => {
-            match client.batch_execute(&format!("create role {role} login")).await {
+            match client
+                .batch_execute(&format!("create role {role} login"))
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
                 Err(e) => return Err(db(e)),
@@ -114,7 +117,9 @@ async fn apply_all(
         );
         if let Err(e) = client.batch_execute(&restrict).await {
             // "tuple concurrently updated": another migrator just applied the same change.
-            if e.code() != Some(&SqlState::T_R_SERIALIZATION_FAILURE) && e.code() != Some(&SqlState::INTERNAL_ERROR) {
+            if e.code() != Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                && e.code() != Some(&SqlState::INTERNAL_ERROR)
+            {
                 return Err(db(e));
             }
             client.batch_execute(&restrict).await.map_err(db)?;

@@ -42,9 +42,7 @@ pub async fn connect_pool(cfg: &PostgresConfig) -> Result<PgPool, DbError> {
         .build(manager)
         .await
         .map_err(|e| DbError::Connect(redact(e)))?;
-    pool.get()
-        .await
-        .map_err(|e| DbError::Connect(redact(e)))?;
+    pool.get().await.map_err(|e| DbError::Connect(redact(e)))?;
     Ok(pool)
 }
 

@@ -21,7 +21,8 @@ use crate::actors::scim::{plan_batch, Role, StoredUser};
 use crate::actors::{TenantId, TopicKind};
 
 /// Work run inside a tenant's transaction.
-pub type TxWork<'t, R> = Pin<Box<dyn Future<Output = Result<R, tokio_postgres::Error>> + Send + 't>>;
+pub type TxWork<'t, R> =
+    Pin<Box<dyn Future<Output = Result<R, tokio_postgres::Error>> + Send + 't>>;
 
 #[derive(Clone)]
 pub struct TenantScopedStore {
@@ -35,7 +36,11 @@ pub(crate) fn store_error(e: tokio_postgres::Error) -> StoreError {
             metrics::counter!(crate::actors::metric_names::SECURITY_EVENTS_TOTAL,
                 "kind" => "rls_violation")
             .increment(1);
-            StoreError::PolicyViolation(e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default())
+            StoreError::PolicyViolation(
+                e.as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_default(),
+            )
         }
         _ if e.is_closed() => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Query(
@@ -244,8 +249,8 @@ async fn apply_batch_tx(
                      source_occurred_at = excluded.source_occurred_at,
                      source_event_id = excluded.source_event_id, updated_at = now()",
                 &[
-                    &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active,
-                    &c_scim, &c_version, &c_at, &c_event,
+                    &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active, &c_scim,
+                    &c_version, &c_at, &c_event,
                 ],
             )
             .await?;

@@ -84,7 +84,10 @@ impl ConsumerContext for HubContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let tenants = self.tenants_of(tpl);
-            tracing::info!(count = tenants.len(), "partitions revoked; draining tenant actors");
+            tracing::info!(
+                count = tenants.len(),
+                "partitions revoked; draining tenant actors"
+            );
             let live = self
                 .supervisor
                 .get()
@@ -148,7 +151,12 @@ fn to_record(m: &BorrowedMessage<'_>) -> InboundRecord {
             .headers()
             .map(|hs| {
                 hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default(),
@@ -173,11 +181,17 @@ impl KafkaHub {
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", cfg.auto_commit_interval_ms.to_string())
+            .set(
+                "auto.commit.interval.ms",
+                cfg.auto_commit_interval_ms.to_string(),
+            )
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
             .set("partition.assignment.strategy", "roundrobin")
-            .set("fetch.message.max.bytes", cfg.fetch_max_bytes_per_partition.to_string())
+            .set(
+                "fetch.message.max.bytes",
+                cfg.fetch_max_bytes_per_partition.to_string(),
+            )
             .set(
                 "queued.max.messages.kbytes",
                 cfg.queued_max_kbytes_per_partition.to_string(),
@@ -185,7 +199,10 @@ impl KafkaHub {
             .set("queued.min.messages", "1000")
             .set("fetch.wait.max.ms", "50")
             .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", cfg.statistics_interval_ms.to_string());
+            .set(
+                "statistics.interval.ms",
+                cfg.statistics_interval_ms.to_string(),
+            );
         client.set("group.instance.id", group_instance_id);
         let consumer: HubConsumer = client.create_with_context(context)?;
         Ok(Arc::new(Self {
@@ -342,8 +359,7 @@ impl KafkaHub {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, 0);
         let got = tokio::task::block_in_place(|| {
-            self.consumer
-                .committed_offsets(tpl, Duration::from_secs(5))
+            self.consumer.committed_offsets(tpl, Duration::from_secs(5))
         })
         .ok()?;
         match got.find_partition(topic, 0)?.offset() {

@@ -29,4 +29,3 @@ pub(crate) fn base_client_config(cfg: &KafkaConfig) -> ClientConfig {
     }
     c
 }
-

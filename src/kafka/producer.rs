@@ -86,7 +86,9 @@ impl EventPublisher for KafkaPublisher {
                         value: Some(v.as_slice()),
                     });
                 }
-                let mut rec = FutureRecord::to(&topic).payload(&r.payload).headers(headers);
+                let mut rec = FutureRecord::to(&topic)
+                    .payload(&r.payload)
+                    .headers(headers);
                 if let Some(k) = &r.key {
                     rec = rec.key(k.as_slice());
                 }

@@ -98,7 +98,9 @@ impl TestEnv {
     }
 
     pub async fn app_pool(&self) -> PgPool {
-        connect_pool(&self.config.postgres).await.expect("service role pool")
+        connect_pool(&self.config.postgres)
+            .await
+            .expect("service role pool")
     }
 
     /// Registers a tenant through the same code as `enablement tenant add`.
@@ -131,17 +133,35 @@ impl TestEnv {
         let c = &self.config;
         vec![
             ("ENABLEMENT__POSTGRES__URL".into(), c.postgres.url.clone()),
-            ("ENABLEMENT__POSTGRES__MIGRATE_URL".into(), c.postgres.migrate_url.clone()),
-            ("ENABLEMENT__KAFKA__GROUP_ID".into(), c.kafka.group_id.clone()),
-            ("ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(), c.kafka.tenant_refresh_ms.to_string()),
+            (
+                "ENABLEMENT__POSTGRES__MIGRATE_URL".into(),
+                c.postgres.migrate_url.clone(),
+            ),
+            (
+                "ENABLEMENT__KAFKA__GROUP_ID".into(),
+                c.kafka.group_id.clone(),
+            ),
+            (
+                "ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(),
+                c.kafka.tenant_refresh_ms.to_string(),
+            ),
             ("ENABLEMENT__HTTP__LISTEN".into(), listen.into()),
         ]
     }
 }
 
 /// SCIM envelope for tests.
-pub fn scim_event(tenant: &str, event_id: &str, op: &str, user: &str, seq: u64, email: &str) -> String {
-    let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000) + time::Duration::milliseconds(seq as i64);
+pub fn scim_event(
+    tenant: &str,
+    event_id: &str,
+    op: &str,
+    user: &str,
+    seq: u64,
+    email: &str,
+) -> String {
+    let at = time::OffsetDateTime::UNIX_EPOCH
+        + time::Duration::days(20_000)
+        + time::Duration::milliseconds(seq as i64);
     let at = at
         .format(&time::format_description::well_known::Rfc3339)
         .expect("format");
@@ -229,7 +249,9 @@ impl Service {
     }
 
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let r = reqwest::get(format!("{}{path}", self.base_url)).await.ok()?;
+        let r = reqwest::get(format!("{}{path}", self.base_url))
+            .await
+            .ok()?;
         let status = r.status().as_u16();
         Some((status, r.text().await.ok()?))
     }
