@@ -16,6 +16,7 @@ pub mod db;
 pub mod http;
 pub mod kafka;
 pub mod service;
+pub mod simulator;
 pub mod telemetry;
 pub mod tenants;
 pub mod tokens;

@@ -21,6 +21,7 @@ pub mod scim;
 pub mod supervisor;
 pub mod tenant;
 pub mod tenant_actor;
+pub mod upstream;
 
 #[cfg(test)]
 mod fakes;
