@@ -38,7 +38,42 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub supervisor: SupervisorConfig,
     pub shutdown: ShutdownConfig,
+    pub mindtickle: MindTickleConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MindTickleConfig {
+    /// Base URL of the MindTickle REST API (the bundled simulator by default).
+    pub base_url: String,
+    pub request_timeout_ms: u64,
+    /// A token is refreshed when less than this is left of its lifetime.
+    pub token_refresh_margin_s: u64,
+    /// Default per-tenant quota (the registry's `rate_limit_per_min` overrides it).
+    pub requests_per_min: u32,
+    pub burst: u32,
+    /// Longest `Retry-After` honoured.
+    pub max_retry_after_s: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_attempts: u32,
+}
+
+impl Default for MindTickleConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:4010".into(),
+            request_timeout_ms: 10_000,
+            token_refresh_margin_s: 300,
+            requests_per_min: 60,
+            burst: 3,
+            max_retry_after_s: 120,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            max_attempts: 6,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +427,17 @@ impl Config {
             return bad(
                 "pipeline",
                 "max_message_bytes and outbox_batch must be positive",
+            );
+        }
+        if !(self.mindtickle.base_url.starts_with("http://")
+            || self.mindtickle.base_url.starts_with("https://"))
+        {
+            return bad("mindtickle.base_url", "must be an http(s) URL");
+        }
+        if self.mindtickle.requests_per_min == 0 || self.mindtickle.burst == 0 {
+            return bad(
+                "mindtickle.requests_per_min",
+                "quota and burst must be positive",
             );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -20,5 +20,6 @@ pub mod simulator;
 pub mod telemetry;
 pub mod tenants;
 pub mod tokens;
+pub mod upstream;
 
 pub use enablement_actors as actors;

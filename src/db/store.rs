@@ -121,6 +121,56 @@ impl TenantScopedStore {
         }
     }
 
+    /// The tenant's MindTickle credentials (client id, secret), if configured.
+    pub async fn upstream_credentials(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let t = tenant.as_str().to_owned();
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query_opt(
+                        "select upstream_client_id, upstream_client_secret from tenant_secrets
+                          where tenant_id = $1 and upstream_client_id is not null
+                            and upstream_client_secret is not null",
+                        &[&t],
+                    )
+                    .await?
+                    .map(|r| (r.get(0), r.get(1))))
+            })
+        })
+        .await
+    }
+
+    /// Stores the tenant's MindTickle credentials in its RLS-protected secrets row.
+    pub async fn set_upstream_credentials(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<bool, StoreError> {
+        let (t, id, secret) = (
+            tenant.as_str().to_owned(),
+            client_id.to_owned(),
+            secret.to_owned(),
+        );
+        let n = self
+            .scoped(tenant, move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "update tenant_secrets set upstream_client_id = $2,
+                                upstream_client_secret = $3, rotated_at = now()
+                          where tenant_id = $1",
+                        &[&t, &id, &secret],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
     /// True when `token_sha256` is the tenant's API token hash (constant-time compare).
     pub async fn token_matches(
         &self,

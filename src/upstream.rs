@@ -1,0 +1,220 @@
+//! [`MindTickleClient`]: the reqwest adapter behind the `MindTickleApi` port.
+//!
+//! Per-tenant credentials come from the tenant's RLS-protected secrets row; bearer tokens
+//! are cached per tenant and refreshed before expiry (and once on 401/403). Answers are
+//! typed; failures map to the small `UpstreamError` enum. Rate limiting is not done here:
+//! every call already holds a permit of the tenant's `TenantLimiter`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::actors::upstream::{
+    CatalogCourse, MindTickleApi, RosterUser, UpstreamCourse, UpstreamError,
+};
+use crate::actors::TenantId;
+use crate::config::MindTickleConfig;
+use crate::db::TenantScopedStore;
+
+struct CachedToken {
+    token: String,
+    refresh_at: Instant,
+}
+
+pub struct MindTickleClient {
+    http: reqwest::Client,
+    base: String,
+    store: TenantScopedStore,
+    margin: Duration,
+    tokens: Mutex<HashMap<TenantId, CachedToken>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: u64,
+}
+
+fn transport(e: reqwest::Error) -> UpstreamError {
+    if e.is_timeout() {
+        UpstreamError::Timeout
+    } else {
+        // Without the URL: it is configuration, but keep errors free of anything sensitive.
+        UpstreamError::Transport(e.without_url().to_string())
+    }
+}
+
+fn status_error(status: StatusCode, headers: &reqwest::header::HeaderMap) -> UpstreamError {
+    match status.as_u16() {
+        429 => UpstreamError::RateLimited {
+            retry_after: headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        },
+        401 | 403 => UpstreamError::Unauthorized,
+        404 => UpstreamError::NotFound,
+        s if s >= 500 => UpstreamError::Server { status: s },
+        s => UpstreamError::Invalid(format!("status {s}")),
+    }
+}
+
+impl MindTickleClient {
+    pub fn new(cfg: &MindTickleConfig, store: TenantScopedStore) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.request_timeout_ms))
+            .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            http,
+            base: cfg.base_url.trim_end_matches('/').to_owned(),
+            store,
+            margin: Duration::from_secs(cfg.token_refresh_margin_s),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn token(&self, tenant: &TenantId, fresh: bool) -> Result<String, UpstreamError> {
+        let mut tokens = self.tokens.lock().await;
+        if !fresh {
+            if let Some(t) = tokens.get(tenant) {
+                if Instant::now() < t.refresh_at {
+                    return Ok(t.token.clone());
+                }
+            }
+        }
+        let (client_id, secret) = self
+            .store
+            .upstream_credentials(tenant)
+            .await
+            .map_err(|e| UpstreamError::Transport(e.to_string()))?
+            .ok_or(UpstreamError::NoCredentials)?;
+        let resp = self
+            .http
+            .post(format!("{}/oauth/token", self.base))
+            .json(&serde_json::json!({"client_id": client_id, "client_secret": secret}))
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp.status(), resp.headers()));
+        }
+        let answer: TokenAnswer = resp
+            .json()
+            .await
+            .map_err(|_| UpstreamError::Invalid("token answer".into()))?;
+        let lifetime = Duration::from_secs(answer.expires_in);
+        let refresh_at = Instant::now() + lifetime.saturating_sub(self.margin.min(lifetime / 2));
+        tokens.insert(
+            tenant.clone(),
+            CachedToken {
+                token: answer.access_token.clone(),
+                refresh_at,
+            },
+        );
+        Ok(answer.access_token)
+    }
+
+    /// GET with the tenant's token; on 401/403 refreshes the token once and retries.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        tenant: &TenantId,
+        path: &str,
+    ) -> Result<T, UpstreamError> {
+        let mut fresh = false;
+        loop {
+            let token = self.token(tenant, fresh).await?;
+            let resp = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .map_err(transport)?;
+            let status = resp.status();
+            if status.is_success() {
+                return resp
+                    .json()
+                    .await
+                    .map_err(|e| UpstreamError::Invalid(e.without_url().to_string()));
+            }
+            let err = status_error(status, resp.headers());
+            if err == UpstreamError::Unauthorized && !fresh {
+                fresh = true;
+                continue;
+            }
+            return Err(err);
+        }
+    }
+}
+
+fn path_segment(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct CoursesAnswer {
+    courses: Vec<UpstreamCourse>,
+}
+
+#[derive(Deserialize)]
+struct CatalogAnswer {
+    courses: Vec<CatalogCourse>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RosterPage {
+    users: Vec<RosterUser>,
+    next_page: Option<u32>,
+}
+
+#[async_trait]
+impl MindTickleApi for MindTickleClient {
+    async fn user_courses(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<Vec<UpstreamCourse>, UpstreamError> {
+        let a: CoursesAnswer = self
+            .get(
+                tenant,
+                &format!("/v2/users/{}/courses", path_segment(user_id)),
+            )
+            .await?;
+        Ok(a.courses)
+    }
+
+    async fn catalog(&self, tenant: &TenantId) -> Result<Vec<CatalogCourse>, UpstreamError> {
+        let a: CatalogAnswer = self.get(tenant, "/v2/courses").await?;
+        Ok(a.courses)
+    }
+
+    async fn roster(&self, tenant: &TenantId) -> Result<Vec<RosterUser>, UpstreamError> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let p: RosterPage = self.get(tenant, &format!("/v2/users?page={page}")).await?;
+            out.extend(p.users);
+            match p.next_page {
+                Some(n) if n > page => page = n,
+                _ => return Ok(out),
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The MindTickle client against the bundled simulator, through the tenant's limiter.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{tenant, TestEnv};
+use enablement::actors::upstream::{
+    CourseStatus, LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError,
+};
+use enablement::config::MindTickleConfig;
+use enablement::db::TenantScopedStore;
+use enablement::simulator::{dev_secret, router, SimSettings};
+use enablement::upstream::MindTickleClient;
+use serde_json::Value;
+
+async fn start_sim(settings: SimSettings) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(settings)).await });
+    format!("http://{addr}")
+}
+
+async fn sim_stats(base: &str, org: &str) -> Value {
+    let v: Value = reqwest::get(format!("{base}/admin/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["organisations"][org].clone()
+}
+
+async fn client_for(env: &TestEnv, base: &str) -> (MindTickleClient, TenantScopedStore) {
+    let store = TenantScopedStore::new(env.app_pool().await);
+    let cfg = MindTickleConfig {
+        base_url: base.to_owned(),
+        ..Default::default()
+    };
+    (MindTickleClient::new(&cfg, store.clone()).unwrap(), store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_answers_token_reuse_refresh_and_bad_credentials() {
+    let env = TestEnv::new().await;
+    let (t, other) = (tenant("up"), tenant("up-nocred"));
+    env.add_tenant(&t).await;
+    env.add_tenant(&other).await;
+    // One simulated hour per real second: tokens expire quickly.
+    let base = start_sim(SimSettings {
+        clock_speed: 3600.0,
+        rate_per_min: 6000,
+        burst: 100,
+        ..Default::default()
+    })
+    .await;
+    let (client, store) = client_for(&env, &base).await;
+    assert_eq!(
+        client.catalog(&other).await.unwrap_err(),
+        UpstreamError::NoCredentials
+    );
+    assert!(store
+        .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
+        .await
+        .unwrap());
+
+    let courses = client.user_courses(&t, "u1").await.unwrap();
+    assert!(!courses.is_empty());
+    assert_eq!(
+        courses,
+        client.user_courses(&t, "u1").await.unwrap(),
+        "deterministic data"
+    );
+    for c in &courses {
+        assert_eq!(
+            c.completed_at.is_some(),
+            c.status == CourseStatus::Completed
+        );
+        if c.status == CourseStatus::NotStarted {
+            assert!(c.quiz_score.is_none());
+        }
+    }
+    assert_eq!(client.catalog(&t).await.unwrap().len(), 6);
+    assert_eq!(client.roster(&t).await.unwrap().len(), 20);
+    assert_eq!(
+        sim_stats(&base, t.as_str()).await["tokens_issued"],
+        1,
+        "token reused"
+    );
+
+    // The token's simulated hour passes; the client refreshes (before expiry or on 401).
+    common::eventually("token refreshed", Duration::from_secs(10), || async {
+        client.catalog(&t).await.unwrap();
+        (sim_stats(&base, t.as_str()).await["tokens_issued"].as_u64()? >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(sim_stats(&base, t.as_str()).await["limit_violations"], 0);
+
+    store
+        .set_upstream_credentials(&t, t.as_str(), "wrong-secret")
+        .await
+        .unwrap();
+    let (fresh_client, _) = client_for(&env, &base).await;
+    let err = fresh_client.catalog(&t).await.unwrap_err();
+    assert_eq!(err, UpstreamError::Unauthorized);
+    assert!(
+        !format!("{err:?}").contains("wrong-secret"),
+        "no secret in errors"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiter_keeps_a_tenant_within_the_platform_quota_and_429s_map_to_retry_after() {
+    let env = TestEnv::new().await;
+    let (t, paced) = (tenant("quota"), tenant("paced"));
+    env.add_tenant(&t).await;
+    env.add_tenant(&paced).await;
+    // 600/min with a burst of 4 at the simulator; the tenant's limiter allows 600/min, burst 3.
+    let base = start_sim(SimSettings {
+        rate_per_min: 600,
+        burst: 4,
+        ..Default::default()
+    })
+    .await;
+    let (client, store) = client_for(&env, &base).await;
+    for x in [&t, &paced] {
+        store
+            .set_upstream_credentials(x, x.as_str(), &dev_secret(x.as_str()))
+            .await
+            .unwrap();
+    }
+
+    // Without the limiter, a burst is refused by the platform.
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(e) = client.catalog(&t).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    match limited {
+        Some(UpstreamError::RateLimited {
+            retry_after: Some(_),
+        }) => {}
+        other => panic!("expected a 429 with Retry-After, got {other:?}"),
+    }
+    let before = sim_stats(&base, t.as_str()).await["limit_violations"]
+        .as_u64()
+        .unwrap();
+    assert!(before >= 1);
+
+    // Through the limiter (another organisation, so its platform bucket is full):
+    // 30 calls, no violation.
+    let limiter = TenantLimiter::new(LimiterSettings {
+        requests_per_min: 600,
+        burst: 3,
+        ..Default::default()
+    });
+    for _ in 0..30 {
+        limiter.run(|| client.catalog(&paced)).await.unwrap();
+    }
+    let after = sim_stats(&base, paced.as_str()).await;
+    assert_eq!(after["served"], 30);
+    assert_eq!(after["limit_violations"], 0, "{after}");
+}
