@@ -18,6 +18,7 @@ pub struct RedisCache {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
     timeout: Duration,
+    roster_ttl_s: u64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CacheError {
@@ -30,6 +31,7 @@ impl RedisCache {
             client: redis::Client::open(cfg.url.as_str()).map_err(unavailable)?,
             conn: Mutex::new(None),
             timeout: Duration::from_millis(cfg.timeout_ms),
+            roster_ttl_s: cfg.roster_ttl_s,
         })
     }
 
@@ -51,6 +53,29 @@ impl RedisCache {
         .map_err(unavailable)?;
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// The cached roster (JSON text), if present.
+    pub async fn get_roster(&self, tenant: &TenantId) -> Result<Option<String>, CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("GET")
+            .arg(tenant.cache_key("roster"))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Caches the roster for `redis.roster_ttl_s`.
+    pub async fn set_roster(&self, tenant: &TenantId, json: &str) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        redis::cmd("SET")
+            .arg(tenant.cache_key("roster"))
+            .arg(json)
+            .arg("EX")
+            .arg(self.roster_ttl_s)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {

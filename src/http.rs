@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,11 +16,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::ActorRef;
 use serde_json::{json, Value};
 
+use crate::actors::metric_names as m;
 use crate::actors::supervisor::ActorStatus;
 use crate::actors::{SupervisorMsg, TenantId};
 use crate::cache::RedisCache;
 use crate::config::Config;
-use crate::db::{PgPool, Registry, RegistryError};
+use crate::db::{PgPool, Registry, RegistryError, TenantScopedStore};
 use crate::kafka::KafkaPublisher;
 use crate::tenants::{register, RegisterError};
 use crate::tokens;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub registry: Registry,
     pub cache: Arc<RedisCache>,
+    pub store: TenantScopedStore,
     pub publisher: KafkaPublisher,
     pub supervisor: Option<ActorRef<SupervisorMsg>>,
     pub metrics: Option<PrometheusHandle>,
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/api/tenants", post(add_tenant))
+        .route("/api/tenants/{tenant}/users", get(list_users))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -232,4 +235,117 @@ async fn add_tenant(
             ))
         }
     }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such tenant or resource",
+    )
+}
+
+/// Authorises a request on `/api/tenants/{tenant}/...`: the operator token, or the tenant's
+/// own token. Another tenant's valid token gets 404 (no existence leak) and is recorded as
+/// a security event of the token's tenant; a missing or wrong token gets 401.
+pub async fn authorize_tenant(
+    s: &AppState,
+    headers: &HeaderMap,
+    raw_tenant: &str,
+) -> Result<TenantId, ApiError> {
+    let tenant = TenantId::parse(raw_tenant).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant_id",
+            format!("tenant id: {e}"),
+        )
+    })?;
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    };
+    let token = bearer(headers).ok_or_else(unauthorized)?;
+    if require_operator(s, headers).is_ok() {
+        return Ok(tenant);
+    }
+    let claimed = tokens::claimed_tenant(token).ok_or_else(unauthorized)?;
+    let valid = s
+        .store
+        .token_matches(&claimed, tokens::hash(token))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "retry later",
+            )
+        })?;
+    if !valid {
+        return Err(unauthorized());
+    }
+    if claimed != tenant {
+        tracing::error!(token_tenant = %claimed, path_tenant = %tenant,
+            "security event: tenant token used on another tenant's path");
+        metrics::counter!(m::SECURITY_EVENTS_TOTAL, "kind" => "cross_tenant_access").increment(1);
+        s.store
+            .record_security_event(
+                &claimed,
+                "cross_tenant_access",
+                json!({"source": "http", "pathTenant": tenant.as_str()}),
+            )
+            .await;
+        return Err(not_found());
+    }
+    Ok(tenant)
+}
+
+/// `GET /api/tenants/{t}/users`: the SCIM-provisioned roster, cached in Redis
+/// (`tenant:{<id>}:roster`, `redis.roster_ttl_s`), answered from PostgreSQL when Redis is
+/// down or the entry is missing.
+async fn list_users(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    let label = tenant.as_str().to_owned();
+    match s.cache.get_roster(&tenant).await {
+        Ok(Some(text)) => {
+            metrics::counter!(m::CACHE_HITS_TOTAL, "tenant" => label, "resource" => "roster")
+                .increment(1);
+            return Ok((
+                [("content-type", "application/json"), ("x-cache", "hit")],
+                text,
+            )
+                .into_response());
+        }
+        Ok(None) => {
+            metrics::counter!(m::CACHE_MISSES_TOTAL, "tenant" => label.clone(), "resource" => "roster").increment(1);
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %tenant, error = %e, "cache read failed; serving from PostgreSQL");
+            metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "get").increment(1);
+        }
+    }
+    let users = s.store.roster(&tenant).await.map_err(|e| {
+        tracing::error!(tenant = %tenant, error = %e, "roster query failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "retry later",
+        )
+    })?;
+    let text = json!({"tenantId": tenant.as_str(), "users": users}).to_string();
+    if let Err(e) = s.cache.set_roster(&tenant, &text).await {
+        tracing::warn!(tenant = %tenant, error = %e, "cache write failed");
+        metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "set").increment(1);
+    }
+    Ok((
+        [("content-type", "application/json"), ("x-cache", "miss")],
+        text,
+    )
+        .into_response())
 }

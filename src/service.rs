@@ -52,6 +52,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let pool = connect_pool(&config.postgres).await.map_err(startup)?;
     let registry = Registry::new(pool.clone());
     let store = TenantScopedStore::new(pool.clone());
+    let http_store = store.clone();
     let cache = Arc::new(RedisCache::new(&config.redis).map_err(startup)?);
     let publisher = KafkaPublisher::new(&config.kafka).map_err(startup)?;
     let supervisor_settings = config.supervisor_settings();
@@ -99,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         pool: pool.clone(),
         registry,
         cache,
+        store: http_store,
         publisher: publisher.clone(),
         supervisor: Some(supervisor.clone()),
         metrics: Some(metrics),

@@ -35,7 +35,7 @@ pub async fn register(
         return Err(RegistryError::Exists(tenant.clone()).into());
     }
     let topics = create_tenant_topics(kafka, tenant).await?;
-    let api_token = tokens::generate();
+    let api_token = tokens::generate(tenant);
     let record = registry
         .add(tenant, display_name, &tokens::hash(&api_token))
         .await?;

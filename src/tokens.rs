@@ -1,13 +1,28 @@
 //! API tokens: generated once, shown once, stored only as SHA-256.
+//!
+//! A tenant token names its tenant (`ent_<tenant>.<64 hex>`), so it is checked inside that
+//! tenant's own RLS scope: no global token table, and a token presented on another tenant's
+//! path is recognised as such (404 plus a security event) rather than as garbage (401).
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// A new random tenant API token (`ent_` + 64 hex characters, 256 bits).
-pub fn generate() -> String {
+use crate::actors::TenantId;
+
+/// A new random API token for `tenant` (256 random bits).
+pub fn generate(tenant: &TenantId) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("ent_{}", hex::encode(bytes))
+    format!("ent_{tenant}.{}", hex::encode(bytes))
+}
+
+/// The tenant a token claims to belong to (unverified).
+pub fn claimed_tenant(token: &str) -> Option<TenantId> {
+    let rest = token.strip_prefix("ent_")?;
+    let (tenant, secret) = rest.rsplit_once('.')?;
+    (secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| TenantId::parse(tenant).ok())
+        .flatten()
 }
 
 pub fn hash(token: &str) -> [u8; 32] {
@@ -27,10 +42,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_are_unique_and_hash_stably() {
-        let (a, b) = (generate(), generate());
+    fn tokens_are_unique_name_their_tenant_and_hash_stably() {
+        let t = TenantId::parse("acme").unwrap();
+        let (a, b) = (generate(&t), generate(&t));
         assert_ne!(a, b);
-        assert!(a.starts_with("ent_") && a.len() == 68);
+        assert!(a.starts_with("ent_acme.") && a.len() == 4 + 5 + 64);
+        assert_eq!(claimed_tenant(&a), Some(t));
+        assert_eq!(claimed_tenant("ent_a*.00"), None);
+        assert_eq!(claimed_tenant("garbage"), None);
         assert_eq!(hash(&a), hash(&a));
         assert!(constant_time_eq(&hash(&a), &hash(&a)));
         assert!(!constant_time_eq(&hash(&a), &hash(&b)));

@@ -27,6 +27,9 @@ pub const OUTBOX_PUBLISHED_TOTAL: &str = "enablement_outbox_published_total";
 pub const SECURITY_EVENTS_TOTAL: &str = "enablement_security_events_total";
 /// Counter {operation}: cache operations that failed (Redis down); the service carries on.
 pub const CACHE_ERRORS_TOTAL: &str = "enablement_cache_errors_total";
+/// Counter {tenant, resource}: cache hits and misses.
+pub const CACHE_HITS_TOTAL: &str = "enablement_cache_hits_total";
+pub const CACHE_MISSES_TOTAL: &str = "enablement_cache_misses_total";
 /// Counter {kind}: errors receiving from the broker.
 pub const FEED_ERRORS_TOTAL: &str = "enablement_feed_errors_total";
 /// Counter {route, status}: HTTP requests answered.

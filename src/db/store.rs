@@ -86,7 +86,9 @@ impl TenantScopedStore {
                 drop(tx);
                 drop(conn);
                 if let StoreError::PolicyViolation(detail) = &err {
-                    self.record_violation(tenant, detail).await;
+                    let detail = serde_json::json!({ "source": "database", "detail": detail });
+                    self.record_security_event(tenant, "rls_violation", detail)
+                        .await;
                 }
                 return Err(err);
             }
@@ -95,30 +97,55 @@ impl TenantScopedStore {
         Ok(out)
     }
 
-    /// Records a refused cross-tenant write in the tenant's own `security_events`
-    /// (best effort: the refusal itself already happened and was logged and counted).
-    async fn record_violation(&self, tenant: &TenantId, detail: &str) {
+    /// Records a security event in the tenant's own `security_events` (best effort: the
+    /// refusal itself already happened and was logged and counted).
+    pub async fn record_security_event(&self, tenant: &TenantId, kind: &str, detail: Value) {
         let Ok(mut conn) = self.pool.get().await else {
             return;
         };
         let Ok(tx) = conn.transaction().await else {
             return;
         };
-        let detail = serde_json::json!({ "source": "database", "detail": detail });
         let ok = tx
-            .execute("select set_config('app.tenant_id', $1, true)", &[&tenant.as_str()])
+            .execute(
+                "select set_config('app.tenant_id', $1, true)",
+                &[&tenant.as_str()],
+            )
             .await
             .is_ok()
             && tx
                 .execute(
-                    "insert into security_events (tenant_id, kind, detail) values ($1, 'rls_violation', $2)",
-                    &[&tenant.as_str(), &detail],
+                    "insert into security_events (tenant_id, kind, detail) values ($1, $2, $3)",
+                    &[&tenant.as_str(), &kind, &detail],
                 )
                 .await
                 .is_ok();
         if ok {
             let _ = tx.commit().await;
         }
+    }
+
+    /// The tenant's user roster as provisioned by SCIM (active and deactivated).
+    pub async fn roster(&self, tenant: &TenantId) -> Result<Vec<Value>, StoreError> {
+        let t = tenant.as_str().to_owned();
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query(
+                        "select json_build_object('id', user_id, 'userName', user_name,
+                                'email', email, 'role', role, 'externalId', external_id,
+                                'managerId', manager_id, 'active', active, 'version', version,
+                                'updatedAt', updated_at)
+                           from users where tenant_id = $1 order by user_id",
+                        &[&t],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<_, Value>(0))
+                    .collect())
+            })
+        })
+        .await
     }
 
     /// The tenant's MindTickle credentials (client id, secret), if configured.
