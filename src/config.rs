@@ -179,6 +179,8 @@ pub struct HttpConfig {
     /// environment (`ENABLEMENT__HTTP__OPERATOR_TOKEN`) outside development.
     pub operator_token: String,
     pub max_body_bytes: usize,
+    /// How long a request waits for upstream work before answering 202 with a place to poll.
+    pub request_deadline_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -187,6 +189,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             operator_token: "dev-operator-token-change-me".into(),
             max_body_bytes: 1_048_576,
+            request_deadline_ms: 10_000,
         }
     }
 }
@@ -470,6 +473,18 @@ impl Config {
             max_message_bytes: p.max_message_bytes,
             outbox_batch: p.outbox_batch,
             outbox_retry: Duration::from_millis(p.outbox_retry_ms),
+        }
+    }
+
+    pub fn limiter_settings(&self) -> crate::actors::upstream::LimiterSettings {
+        let m = &self.mindtickle;
+        crate::actors::upstream::LimiterSettings {
+            requests_per_min: m.requests_per_min,
+            burst: m.burst,
+            max_retry_after: Duration::from_secs(m.max_retry_after_s),
+            backoff_initial: Duration::from_millis(m.backoff_initial_ms),
+            backoff_max: Duration::from_millis(m.backoff_max_ms),
+            max_attempts: m.max_attempts,
         }
     }
 

@@ -73,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/tenants", post(add_tenant))
         .route("/api/tenants/{tenant}/users", get(list_users))
+        .route(
+            "/api/tenants/{tenant}/users/{user}/sync-progress",
+            post(sync_progress).get(last_progress),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -348,4 +352,99 @@ async fn list_users(
         text,
     )
         .into_response())
+}
+
+fn valid_user_id(raw: &str) -> Result<&str, ApiError> {
+    if raw.is_empty() || raw.len() > 256 || raw.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_user_id",
+            "user id must be 1 to 256 printable characters",
+        ));
+    }
+    Ok(raw)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "request failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "retry later",
+    )
+}
+
+/// `POST /api/tenants/{t}/users/{u}/sync-progress`: syncs through the tenant's actor (and
+/// its rate budget). Answers the progress, or 202 with `Location` when the budget cannot
+/// serve it within `http.request_deadline_ms` (the sync completes in the background).
+async fn sync_progress(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((raw, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    let user = valid_user_id(&user)?;
+    if !s
+        .store
+        .user_exists(&tenant, user)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+            "no such user in this tenant",
+        ));
+    }
+    let sup = s
+        .supervisor
+        .as_ref()
+        .ok_or_else(|| unavailable("no supervisor in this role"))?;
+    let actor = ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
+        .map_err(unavailable)?
+        .ok_or_else(|| unavailable("tenant actor not running on this instance"))?;
+    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
+    let call = actor.call(
+        |reply| crate::actors::TenantMsg::SyncProgress(user.to_owned(), reply),
+        None,
+    );
+    let location = format!("/api/tenants/{tenant}/users/{user}/sync-progress");
+    match tokio::time::timeout(deadline, call).await {
+        Err(_) => Ok((
+            StatusCode::ACCEPTED,
+            [("location", location.clone())],
+            Json(json!({"status": "queued", "location": location})),
+        )
+            .into_response()),
+        Ok(Ok(ractor::rpc::CallResult::Success(Ok(snapshot)))) => {
+            Ok(Json(snapshot).into_response())
+        }
+        Ok(Ok(ractor::rpc::CallResult::Success(Err(e)))) => {
+            tracing::warn!(tenant = %tenant, error = %e, "progress sync failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the platform did not answer; retry later",
+            ))
+        }
+        Ok(_) => Err(unavailable("tenant actor stopped")),
+    }
+}
+
+/// `GET /api/tenants/{t}/users/{u}/sync-progress`: the last synced progress.
+async fn last_progress(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((raw, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    let user = valid_user_id(&user)?;
+    match s.store.progress(&tenant, user).await.map_err(unavailable)? {
+        Some(p) => Ok(Json(p).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_synced",
+            "no progress synced for this user yet",
+        )),
+    }
 }

@@ -63,7 +63,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     )
     .map_err(startup)?;
 
+    let upstream = crate::upstream::MindTickleClient::new(&config.mindtickle, store.clone())
+        .map_err(startup)?;
     let deps = TenantDeps {
+        upstream: Arc::new(upstream),
+        limits: config.limiter_settings(),
         store: Arc::new(store),
         cache: cache.clone(),
         publisher: Arc::new(publisher.clone()),

@@ -206,6 +206,19 @@ impl TenantStore for FakeStore {
         }))
     }
 
+    async fn record_progress(
+        &self,
+        _tenant: &TenantId,
+        user_id: &str,
+        courses: &[crate::upstream::UpstreamCourse],
+    ) -> Result<ProgressSnapshot, StoreError> {
+        Ok(ProgressSnapshot {
+            user_id: user_id.to_owned(),
+            courses: courses.to_vec(),
+            synced_at: None,
+        })
+    }
+
     async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError> {
         let mut all = self.data.lock().unwrap();
         let data = all.entry(tenant.clone()).or_default();

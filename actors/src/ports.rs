@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::scim::{EventOutcome, ScimEvent};
 use crate::tenant::{TenantId, TopicKind};
+use crate::upstream::UpstreamCourse;
 
 /// One record read from a tenant's inbound partition.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +120,24 @@ pub trait TenantStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError>;
+    /// Replaces the user's synced course progress and writes `progress.synced` to the
+    /// outbox, in one transaction.
+    async fn record_progress(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        courses: &[UpstreamCourse],
+    ) -> Result<ProgressSnapshot, StoreError>;
+}
+
+/// A user's course progress as last synced.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressSnapshot {
+    pub user_id: String,
+    pub courses: Vec<UpstreamCourse>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub synced_at: Option<time::OffsetDateTime>,
 }
 
 /// A record to publish on one of the tenant's topics.

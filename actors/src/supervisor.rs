@@ -56,6 +56,8 @@ pub enum SupervisorMsg {
     Revoke(Vec<TenantId>, RpcReplyPort<()>),
     /// Backoff elapsed for a failed tenant (generation guards against stale timers).
     Restart(TenantId, u64),
+    /// The running actor of a tenant on this instance, if any.
+    Lookup(TenantId, RpcReplyPort<Option<ActorRef<TenantMsg>>>),
     /// Status of every tenant, for `/readyz`.
     Health(RpcReplyPort<Vec<TenantHealth>>),
     /// Drain and stop every tenant actor.
@@ -165,6 +167,13 @@ impl Actor for Supervisor {
                 let all: Vec<TenantId> = state.slots.keys().cloned().collect();
                 self.drain(state, &all).await;
                 let _ = reply.send(());
+            }
+            SupervisorMsg::Lookup(tenant, reply) => {
+                let actor = state.slots.get(&tenant).and_then(|s| match &s.phase {
+                    Phase::Running(r) => Some(r.actor.clone()),
+                    _ => None,
+                });
+                let _ = reply.send(actor);
             }
             SupervisorMsg::Health(reply) => {
                 let mut out: Vec<TenantHealth> = state
@@ -395,6 +404,8 @@ mod tests {
             cache: cache.clone(),
             publisher: publisher.clone(),
             feeds: feeds.clone(),
+            upstream: Arc::new(NoUpstream),
+            limits: Default::default(),
         };
         let (sup, _) = Actor::spawn(
             None,
@@ -413,6 +424,31 @@ mod tests {
             publisher,
             cache,
             sup,
+        }
+    }
+
+    struct NoUpstream;
+
+    #[async_trait::async_trait]
+    impl crate::upstream::MindTickleApi for NoUpstream {
+        async fn user_courses(
+            &self,
+            _: &TenantId,
+            _: &str,
+        ) -> Result<Vec<crate::upstream::UpstreamCourse>, crate::upstream::UpstreamError> {
+            Ok(vec![])
+        }
+        async fn catalog(
+            &self,
+            _: &TenantId,
+        ) -> Result<Vec<crate::upstream::CatalogCourse>, crate::upstream::UpstreamError> {
+            Ok(vec![])
+        }
+        async fn roster(
+            &self,
+            _: &TenantId,
+        ) -> Result<Vec<crate::upstream::RosterUser>, crate::upstream::UpstreamError> {
+            Ok(vec![])
         }
     }
 

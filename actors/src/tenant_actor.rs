@@ -26,12 +26,14 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::metric_names as m;
+use crate::ports::ProgressSnapshot;
 use crate::ports::{
     EventPublisher, FeedSource, InboundRecord, OutboundRecord, PartitionFeed, RosterCache,
     ScimBatch, SecurityEvent, TenantStore,
 };
 use crate::scim::{self, RejectCode};
 use crate::tenant::{TenantId, TopicKind};
+use crate::upstream::{LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError};
 
 /// The adapters every tenant actor works through.
 #[derive(Clone)]
@@ -40,6 +42,18 @@ pub struct TenantDeps {
     pub cache: Arc<dyn RosterCache>,
     pub publisher: Arc<dyn EventPublisher>,
     pub feeds: Arc<dyn FeedSource>,
+    pub upstream: Arc<dyn MindTickleApi>,
+    /// Default limits of each tenant's upstream budget.
+    pub limits: LimiterSettings,
+}
+
+/// Why a progress sync did not complete.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SyncError {
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("store: {0}")]
+    Store(String),
 }
 
 /// Tuning of the per-tenant pipeline (from `[pipeline]` in the config).
@@ -81,6 +95,9 @@ pub enum TenantMsg {
     ProcessBatch(Vec<InboundRecord>, RpcReplyPort<i64>),
     /// Relay unsent outbox rows to Kafka.
     FlushOutbox,
+    /// Fetch a user's course progress from MindTickle (under the tenant's limiter), store
+    /// it and announce `progress.synced`. Runs beside the SCIM pipeline, never blocking it.
+    SyncProgress(String, RpcReplyPort<Result<ProgressSnapshot, SyncError>>),
 }
 
 /// Configuration of one tenant actor; its [`TenantState`] is built in `pre_start`.
@@ -96,6 +113,8 @@ pub struct TenantActor {
 
 pub struct TenantState {
     feed: Arc<dyn PartitionFeed>,
+    /// The tenant's upstream budget: every MindTickle call of this tenant waits here.
+    limiter: Arc<TenantLimiter>,
     /// Stops the feeder when the state is dropped, including when the actor fails.
     _feeder_guard: DropGuard,
 }
@@ -127,6 +146,7 @@ impl Actor for TenantActor {
         tracing::info!(tenant = %self.tenant, "tenant actor started");
         Ok(TenantState {
             feed,
+            limiter: Arc::new(TenantLimiter::new(self.deps.limits.clone())),
             _feeder_guard: alive.drop_guard(),
         })
     }
@@ -144,6 +164,31 @@ impl Actor for TenantActor {
                 let _ = reply.send(next);
             }
             TenantMsg::FlushOutbox => self.flush_outbox(&myself).await,
+            TenantMsg::SyncProgress(user_id, reply) => {
+                // The permit wait can be long: run beside the mailbox, not in it.
+                let (tenant, deps, limiter) = (
+                    self.tenant.clone(),
+                    self.deps.clone(),
+                    state.limiter.clone(),
+                );
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let result = async {
+                        let courses = limiter
+                            .run(|| deps.upstream.user_courses(&tenant, &user_id))
+                            .await?;
+                        deps.store
+                            .record_progress(&tenant, &user_id, &courses)
+                            .await
+                            .map_err(|e| SyncError::Store(e.to_string()))
+                    }
+                    .await;
+                    if result.is_ok() {
+                        let _ = me.cast(TenantMsg::FlushOutbox);
+                    }
+                    let _ = reply.send(result);
+                });
+            }
         }
         Ok(())
     }

@@ -11,11 +11,18 @@ use tokio_postgres::NoTls;
 use crate::config::{is_sql_identifier, PostgresConfig};
 
 /// The migrations, embedded at build time so the binary needs no files at run time.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_tenant_pipeline.sql",
-    include_str!("../../migrations/0001_tenant_pipeline.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_tenant_pipeline.sql",
+        include_str!("../../migrations/0001_tenant_pipeline.sql"),
+    ),
+    (
+        2,
+        "0002_course_progress.sql",
+        include_str!("../../migrations/0002_course_progress.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).
 const MIGRATION_LOCK_KEY: i64 = 0x656e_6162_6c65;

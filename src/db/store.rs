@@ -16,8 +16,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
 use super::PgPool;
-use crate::actors::ports::{BatchReport, OutboxRecord, ScimBatch, StoreError, TenantStore};
+use crate::actors::ports::{
+    BatchReport, OutboxRecord, ProgressSnapshot, ScimBatch, StoreError, TenantStore,
+};
 use crate::actors::scim::{plan_batch, Role, StoredUser};
+use crate::actors::upstream::{CourseStatus, UpstreamCourse};
 use crate::actors::{TenantId, TopicKind};
 
 /// Work run inside a tenant's transaction.
@@ -125,6 +128,54 @@ impl TenantScopedStore {
         }
     }
 
+    /// The user's last synced progress, `None` when the user was never synced.
+    pub async fn progress(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<Option<ProgressSnapshot>, StoreError> {
+        let (t, u) = (tenant.as_str().to_owned(), user_id.to_owned());
+        let rows = self
+            .scoped(tenant, move |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        "select course_id, title, status, score, completed_at, synced_at
+                           from course_progress where tenant_id = $1 and user_id = $2
+                          order by course_id",
+                        &[&t, &u],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let synced_at = rows.iter().map(|r| r.get::<_, OffsetDateTime>(5)).max();
+        Ok(Some(ProgressSnapshot {
+            user_id: user_id.to_owned(),
+            courses: rows.iter().map(row_to_course).collect(),
+            synced_at,
+        }))
+    }
+
+    /// True when the user exists in the tenant's SCIM roster.
+    pub async fn user_exists(&self, tenant: &TenantId, user_id: &str) -> Result<bool, StoreError> {
+        let (t, u) = (tenant.as_str().to_owned(), user_id.to_owned());
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query_opt(
+                        "select 1 from users where tenant_id = $1 and user_id = $2",
+                        &[&t, &u],
+                    )
+                    .await?
+                    .is_some())
+            })
+        })
+        .await
+    }
+
     /// The tenant's user roster as provisioned by SCIM (active and deactivated).
     pub async fn roster(&self, tenant: &TenantId) -> Result<Vec<Value>, StoreError> {
         let t = tenant.as_str().to_owned();
@@ -219,6 +270,28 @@ impl TenantScopedStore {
             })
             .await?;
         Ok(stored.is_some_and(|s| crate::tokens::constant_time_eq(&s, &token_sha256)))
+    }
+}
+
+fn status_str(s: CourseStatus) -> &'static str {
+    match s {
+        CourseStatus::NotStarted => "not_started",
+        CourseStatus::InProgress => "in_progress",
+        CourseStatus::Completed => "completed",
+    }
+}
+
+fn row_to_course(r: &tokio_postgres::Row) -> UpstreamCourse {
+    UpstreamCourse {
+        course_id: r.get(0),
+        title: r.get(1),
+        status: match r.get::<_, &str>(2) {
+            "completed" => CourseStatus::Completed,
+            "in_progress" => CourseStatus::InProgress,
+            _ => CourseStatus::NotStarted,
+        },
+        quiz_score: r.get(3),
+        completed_at: r.get(4),
     }
 }
 
@@ -404,6 +477,61 @@ impl TenantStore for TenantScopedStore {
                 })
             })
             .collect())
+    }
+
+    async fn record_progress(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        courses: &[UpstreamCourse],
+    ) -> Result<ProgressSnapshot, StoreError> {
+        let (t, u) = (tenant.as_str().to_owned(), user_id.to_owned());
+        let courses = courses.to_vec();
+        let snapshot = self
+            .scoped(tenant, move |tx| {
+                Box::pin(async move {
+                    let ids: Vec<&str> = courses.iter().map(|c| c.course_id.as_str()).collect();
+                    let titles: Vec<&str> = courses.iter().map(|c| c.title.as_str()).collect();
+                    let statuses: Vec<&str> = courses.iter().map(|c| status_str(c.status)).collect();
+                    let scores: Vec<Option<f64>> = courses.iter().map(|c| c.quiz_score).collect();
+                    let done: Vec<Option<OffsetDateTime>> =
+                        courses.iter().map(|c| c.completed_at).collect();
+                    if !courses.is_empty() {
+                        tx.execute(
+                            "insert into course_progress (tenant_id, user_id, course_id, title,
+                                                          status, score, completed_at)
+                             select $1, $2, * from unnest($3::text[], $4::text[], $5::text[],
+                                                          $6::float8[], $7::timestamptz[])
+                             on conflict (tenant_id, user_id, course_id) do update set
+                                 title = excluded.title, status = excluded.status,
+                                 score = excluded.score, completed_at = excluded.completed_at,
+                                 synced_at = now()",
+                            &[&t, &u, &ids, &titles, &statuses, &scores, &done],
+                        )
+                        .await?;
+                    }
+                    let synced: OffsetDateTime = tx.query_one("select now()", &[]).await?.get(0);
+                    let snapshot = ProgressSnapshot {
+                        user_id: u.clone(),
+                        courses,
+                        synced_at: Some(synced),
+                    };
+                    let payload = serde_json::json!({
+                        "type": "progress.synced", "tenantId": t, "userId": u,
+                        "courses": snapshot.courses, "syncedAt": snapshot.synced_at
+                            .and_then(|s| s.format(&time::format_description::well_known::Rfc3339).ok()),
+                    });
+                    tx.execute(
+                        "insert into outbox (tenant_id, topic, message_key, payload)
+                         values ($1, 'events', $2, $3)",
+                        &[&t, &u, &payload],
+                    )
+                    .await?;
+                    Ok(snapshot)
+                })
+            })
+            .await?;
+        Ok(snapshot)
     }
 
     async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError> {
