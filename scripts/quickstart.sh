@@ -12,8 +12,9 @@ dev="${ENABLEMENT_DEV_DIR:-$root/.dev}"
 ./scripts/dev-services.sh
 
 echo "== building"
-cargo build --quiet --bin enablement
+cargo build --quiet --bin enablement --bin mindtickle-sim
 bin="$root/target/debug/enablement"
+sim="$root/target/debug/mindtickle-sim"
 export ENABLEMENT__HTTP__LISTEN="${ENABLEMENT__HTTP__LISTEN:-127.0.0.1:3000}"
 base="http://$ENABLEMENT__HTTP__LISTEN"
 psql_() { psql -h 127.0.0.1 -U postgres -X -q enablement "$@"; }
@@ -34,10 +35,19 @@ for i in "${!tenants[@]}"; do
   fi
 done
 
+sim_base="${ENABLEMENT__MINDTICKLE__BASE_URL:-http://127.0.0.1:4010}"
+echo "== starting the MindTickle simulator on $sim_base"
+"$sim" --listen "${sim_base#http://}" >"$dev/simulator.log" 2>&1 &
+sim_pid=$!
+for i in "${!tenants[@]}"; do
+  # The simulator's development credential of an organisation is sim-<org>.
+  echo "sim-${tenants[$i]}" | "$bin" tenant set-upstream "${tenants[$i]}" --client-id "${tenants[$i]}" 2>/dev/null
+done
+
 echo "== starting the service on $base"
 "$bin" serve >"$dev/service.log" 2>&1 &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true' EXIT
+trap 'kill -TERM $pid $sim_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
   if curl -sf "$base/readyz" 2>/dev/null | grep -q '"running":2'; then break; fi
   kill -0 $pid 2>/dev/null || { tail -20 "$dev/service.log"; exit 1; }
@@ -79,13 +89,32 @@ for l in sys.stdin:
     print("  source offset %-3s reason=%-18s %s" % (h.get("dlq.source.offset"), h.get("dlq.reason"), h.get("dlq.detail")))'
   echo "-- security events"
   psql_ -c "select kind, detail->>'detail' as detail, occurred_at from security_events where tenant_id = '$t' order by id"
+  token=$(cat "$dev/token-$t")
+  echo "-- GET /api/tenants/$t/users (roster, twice: the second answer comes from Redis)"
+  for _ in 1 2; do
+    curl -s -o /dev/null -w "  HTTP %{http_code} x-cache=%header{x-cache}\n" -H "Authorization: Bearer $token" "$base/api/tenants/$t/users"
+  done
+  echo "-- POST /api/tenants/$t/users/rep-1/sync-progress (through $t's rate budget, from the simulator)"
+  curl -s -X POST -H "Authorization: Bearer $token" "$base/api/tenants/$t/users/rep-1/sync-progress" \
+    | python3 -c 'import json,sys
+p=json.load(sys.stdin)
+if "courses" not in p: print("  ", p); sys.exit()
+for c in p["courses"]:
+    print("  %-4s %-22s %-12s score=%-5s completed=%s" % (c["courseId"], c["title"], c["status"], c["quizScore"], c["completedAt"]))'
+  echo "-- another tenant's token on $t's path (expect 404)"
+  other=$(cat "$dev/token-$( [ "$t" = acme ] && echo globex || echo acme )")
+  curl -s -o /dev/null -w "  HTTP %{http_code}\n" -H "Authorization: Bearer $other" "$base/api/tenants/$t/users"
   echo "-- metrics"
-  curl -s "$base/metrics" | grep "tenant=\"$t\"" | grep -E "^enablement_scim_(events|dlq)_total|^enablement_outbox" | sed 's/^/  /'
+  curl -s "$base/metrics" | grep "tenant=\"$t\"" | grep -E "^enablement_scim_(events|dlq)_total|^enablement_outbox|^enablement_cache" | sed 's/^/  /'
 done
+curl -s "$sim_base/admin/stats" | python3 -c 'import json,sys
+for org, s in json.load(sys.stdin)["organisations"].items():
+    print("simulator: %-8s served=%s limit_violations=%s" % (org, s["served"], s["limit_violations"]))'
 
 echo
 echo "== stopping the service (SIGTERM: drain, flush, commit)"
 kill -TERM $pid
 wait $pid && echo "service exited cleanly" || { echo "service exit status $?"; exit 1; }
+kill -TERM $sim_pid 2>/dev/null || true
 trap - EXIT
 echo "Run it yourself: $bin --config config.toml serve   (logs of this run: $dev/service.log)"

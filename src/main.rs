@@ -53,6 +53,13 @@ enum TenantCommand {
     },
     /// List registered tenants (no secrets).
     List,
+    /// Store the tenant's MindTickle client credentials; the secret is read from stdin
+    /// (never from the command line, where `ps` would show it).
+    SetUpstream {
+        id: String,
+        #[arg(long)]
+        client_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +141,27 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
                     );
                     eprintln!("API token (shown once, store it now):");
                     println!("{}", r.api_token);
+                    Ok(())
+                }
+                TenantCommand::SetUpstream { id, client_id } => {
+                    let tenant = tenant_arg(&id)?;
+                    let mut secret = String::new();
+                    std::io::stdin()
+                        .read_line(&mut secret)
+                        .map_err(|e| e.to_string())?;
+                    let secret = secret.trim();
+                    if secret.is_empty() || client_id.trim().is_empty() {
+                        return Err("client id and a secret on stdin are required".into());
+                    }
+                    let store = enablement::db::TenantScopedStore::new(registry.pool().clone());
+                    let updated = store
+                        .set_upstream_credentials(&tenant, client_id.trim(), secret)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !updated {
+                        return Err(format!("tenant {tenant} does not exist"));
+                    }
+                    eprintln!("upstream credentials of {tenant} stored");
                     Ok(())
                 }
                 TenantCommand::List => {

@@ -38,6 +38,10 @@ impl Registry {
         Self { pool }
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Registers a tenant with the SHA-256 of its API token. Fails without changing
     /// anything when the tenant exists.
     pub async fn add(
