@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/tenants", post(add_tenant))
         .route("/api/tenants/{tenant}/users", get(list_users))
+        .route("/api/tenants/{tenant}/quiz-results", post(quiz_results))
         .route(
             "/api/tenants/{tenant}/users/{user}/sync-progress",
             post(sync_progress).get(last_progress),
@@ -445,6 +446,55 @@ async fn last_progress(
             StatusCode::NOT_FOUND,
             "not_synced",
             "no progress synced for this user yet",
+        )),
+    }
+}
+
+/// `POST /api/tenants/{t}/quiz-results`: records a QuizSubmission (idempotent by
+/// `submissionId`), updates the course score, announces `quiz.completed`. Never cached.
+async fn quiz_results(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use crate::quiz::{parse, record, Recorded};
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    let sub = parse(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            format!("{}: {}", e.field, e.message),
+        )
+    })?;
+    match record(&s.store, &tenant, &sub).await.map_err(unavailable)? {
+        Recorded::New => {
+            if let Some(sup) = &s.supervisor {
+                if let Ok(Some(actor)) =
+                    ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
+                {
+                    let _ = actor.cast(crate::actors::TenantMsg::FlushOutbox);
+                }
+            }
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({"submissionId": sub.submission_id, "recorded": true})),
+            )
+                .into_response())
+        }
+        Recorded::Duplicate => Ok(Json(
+            json!({"submissionId": sub.submission_id, "recorded": false, "duplicate": true}),
+        )
+        .into_response()),
+        Recorded::Conflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "submission_conflict",
+            "submissionId was already used for a different submission",
+        )),
+        Recorded::UnknownUser => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+            "no such user in this tenant",
         )),
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod kafka;
+pub mod quiz;
 pub mod service;
 pub mod simulator;
 pub mod telemetry;

@@ -153,3 +153,121 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiz_results_are_validated_recorded_once_and_announced() {
+    let env = TestEnv::new().await;
+    let (t, other) = (tenant("quiz"), tenant("quiz-other"));
+    let token = env.add_tenant(&t).await;
+    let other_token = env.add_tenant(&other).await;
+    let svc = Service::start(&env, &[]);
+    svc.wait_ready(&[&t, &other]).await;
+    push(
+        &env.config,
+        &t,
+        &[scim_event(t.as_str(), "e1", "CREATE", "u1", 1, "u1@q.test")],
+    )
+    .await;
+    eventually("user provisioned", Duration::from_secs(30), || async {
+        (env.processed(&t).await == 1).then_some(())
+    })
+    .await;
+    let url = format!("{}/api/tenants/{t}/quiz-results", svc.base_url);
+    let post = |body: Value, token: String| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let sub = serde_json::json!({
+        "submissionId": "s-1", "userId": "u1", "courseId": "c2", "quizId": "q1",
+        "answers": [{"questionId": "a", "selected": "x", "correct": true},
+                    {"questionId": "b", "selected": "y", "correct": true},
+                    {"questionId": "c", "selected": "z", "correct": false},
+                    {"questionId": "d", "selected": "w", "correct": true}],
+        "score": 75.0, "submittedAt": "2026-11-01T10:00:00Z"
+    });
+    assert_eq!(post(sub.clone(), token.clone()).await.0, 201);
+    let (status, body) = post(sub.clone(), token.clone()).await;
+    assert_eq!((status, body["duplicate"].as_bool()), (200, Some(true)));
+    let mut changed = sub.clone();
+    changed["score"] = 50.0.into();
+    changed["answers"][0]["correct"] = false.into();
+    assert_eq!(post(changed, token.clone()).await.0, 409);
+    let mut bad = sub.clone();
+    bad["score"] = 101.0.into();
+    let (status, body) = post(bad, token.clone()).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("score"),
+        "{body}"
+    );
+    let mut stranger = sub.clone();
+    stranger["submissionId"] = "s-2".into();
+    stranger["userId"] = "nobody".into();
+    assert_eq!(post(stranger, token.clone()).await.0, 404);
+    assert_eq!(
+        post(sub.clone(), other_token).await.0,
+        404,
+        "another tenant's token"
+    );
+
+    let score: f64 = env
+        .owner
+        .query_one(
+            "select score from course_progress where tenant_id = $1 and user_id = 'u1' and course_id = 'c2'",
+            &[&t.as_str()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(score, 75.0);
+    assert_eq!(
+        env.count(
+            "select count(*) from quiz_submissions where tenant_id = $1",
+            &t
+        )
+        .await,
+        1
+    );
+    let events = eventually(
+        "quiz.completed published",
+        Duration::from_secs(30),
+        || async {
+            let recs = read_topic(&env.config, &t, TopicKind::Events).await;
+            (!recs.is_empty()).then_some(recs)
+        },
+    )
+    .await;
+    let quiz: Vec<&Value> = events
+        .iter()
+        .filter(|r| r["payload"]["type"] == "quiz.completed")
+        .collect();
+    assert_eq!(quiz.len(), 1, "announced once");
+    assert_eq!(quiz[0]["payload"]["score"], 75.0);
+    // RLS: the other tenant's scope cannot see the submission.
+    let store = TenantScopedStore::new(env.app_pool().await);
+    let seen: i64 = store
+        .scoped(&other, |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query_one("select count(*) from quiz_submissions", &[])
+                    .await?
+                    .get(0))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+}

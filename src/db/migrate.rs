@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_course_progress.sql",
         include_str!("../../migrations/0002_course_progress.sql"),
     ),
+    (
+        3,
+        "0003_quiz_submissions.sql",
+        include_str!("../../migrations/0003_quiz_submissions.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).
