@@ -38,6 +38,12 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
                 &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(m::UPSTREAM_PERMIT_WAIT_SECONDS.into()),
+                &[0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0],
+            )
+        })
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;

@@ -133,6 +133,13 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
         "{stats}"
     );
     assert_eq!(stats["organisations"][t.as_str()]["served"], 2);
+    let ok_calls = format!("enablement_upstream_calls_total{{tenant=\"{t}\",status=\"ok\"}}");
+    assert_eq!(svc.metric(&ok_calls).await, 2.0);
+    assert!(svc
+        .metrics()
+        .await
+        .keys()
+        .any(|k| k.starts_with("enablement_upstream_permit_wait_seconds_bucket")));
 
     // Unknown users and other tenants' tokens get 404.
     let unknown = format!("/api/tenants/{t}/users/nobody/sync-progress");

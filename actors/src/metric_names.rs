@@ -30,6 +30,12 @@ pub const CACHE_ERRORS_TOTAL: &str = "enablement_cache_errors_total";
 /// Counter {tenant, resource}: cache hits and misses.
 pub const CACHE_HITS_TOTAL: &str = "enablement_cache_hits_total";
 pub const CACHE_MISSES_TOTAL: &str = "enablement_cache_misses_total";
+/// Counter {tenant, status}: upstream (MindTickle) calls by outcome (`ok`, `429`, `5xx`, ...).
+pub const UPSTREAM_CALLS_TOTAL: &str = "enablement_upstream_calls_total";
+/// Counter {tenant}: 429 answers from the platform (should stay 0 outside injected storms).
+pub const UPSTREAM_RATE_LIMITED_TOTAL: &str = "enablement_upstream_rate_limited_total";
+/// Histogram (seconds): time an upstream call waited for a permit of its tenant's budget.
+pub const UPSTREAM_PERMIT_WAIT_SECONDS: &str = "enablement_upstream_permit_wait_seconds";
 /// Counter {kind}: errors receiving from the broker.
 pub const FEED_ERRORS_TOTAL: &str = "enablement_feed_errors_total";
 /// Counter {route, status}: HTTP requests answered.

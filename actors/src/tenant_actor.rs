@@ -146,7 +146,10 @@ impl Actor for TenantActor {
         tracing::info!(tenant = %self.tenant, "tenant actor started");
         Ok(TenantState {
             feed,
-            limiter: Arc::new(TenantLimiter::new(self.deps.limits.clone())),
+            limiter: Arc::new(TenantLimiter::for_tenant(
+                &self.tenant,
+                self.deps.limits.clone(),
+            )),
             _feeder_guard: alive.drop_guard(),
         })
     }

@@ -170,6 +170,8 @@ type Gcra = RateLimiter<
 
 /// The per-tenant permit source. Owned by the tenant's actor; shared with nothing else.
 pub struct TenantLimiter {
+    /// Metric label; empty in unit tests.
+    tenant: String,
     gcra: Gcra,
     settings: LimiterSettings,
     /// While set, the tenant pauses after a 429/5xx: no permit before this instant.
@@ -178,11 +180,19 @@ pub struct TenantLimiter {
 }
 
 impl TenantLimiter {
+    /// A limiter whose metrics carry `tenant`'s label.
+    pub fn for_tenant(tenant: &TenantId, settings: LimiterSettings) -> Self {
+        let mut l = Self::new(settings);
+        l.tenant = tenant.as_str().to_owned();
+        l
+    }
+
     pub fn new(settings: LimiterSettings) -> Self {
         let per_min = NonZeroU32::new(settings.requests_per_min.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_minute(per_min).allow_burst(burst);
         Self {
+            tenant: String::new(),
             gcra: RateLimiter::direct_with_clock(quota, TokioClock),
             settings,
             paused_until: Mutex::new(None),
@@ -239,8 +249,28 @@ impl TenantLimiter {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.acquire().await;
-            match call().await {
+            let waited = self.acquire().await;
+            metrics::histogram!(crate::metric_names::UPSTREAM_PERMIT_WAIT_SECONDS)
+                .record(waited.as_secs_f64());
+            let result = call().await;
+            let status = match &result {
+                Ok(_) => "ok",
+                Err(UpstreamError::RateLimited { .. }) => "429",
+                Err(UpstreamError::Server { .. }) => "5xx",
+                Err(UpstreamError::Unauthorized) => "unauthorized",
+                Err(UpstreamError::NotFound) => "not_found",
+                Err(UpstreamError::Timeout) => "timeout",
+                Err(_) => "error",
+            };
+            metrics::counter!(crate::metric_names::UPSTREAM_CALLS_TOTAL,
+                "tenant" => self.tenant.clone(), "status" => status)
+            .increment(1);
+            if status == "429" {
+                metrics::counter!(crate::metric_names::UPSTREAM_RATE_LIMITED_TOTAL,
+                    "tenant" => self.tenant.clone())
+                .increment(1);
+            }
+            match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
                     let pause = self.backoff(&e, attempt);
