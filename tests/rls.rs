@@ -335,13 +335,20 @@ async fn migrate_is_idempotent_and_safe_from_two_processes_at_once() {
     let cfg = env.config.postgres.clone();
     let total = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .unwrap()
-        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql")))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
         .count();
     let (r1, r2) = tokio::join!(migrate(&cfg), migrate(&cfg));
     for r in [r1, r2] {
         let r = r.expect("concurrent migrate succeeds");
         assert!(r.applied.is_empty());
-        assert_eq!(r.already_applied.len(), total, "every migration file is embedded");
+        assert_eq!(
+            r.already_applied.len(),
+            total,
+            "every migration file is embedded"
+        );
     }
     // Two fresh databases migrated concurrently by two real processes.
     let fresh = common::unique("m").replace('-', "_");

@@ -118,6 +118,8 @@ pub struct FakeStore {
     pub batches: AtomicUsize,
     /// Simulated database time per batch.
     pub batch_delay: Mutex<std::time::Duration>,
+    /// The registry's per-tenant quota override.
+    pub quota: Mutex<Option<u32>>,
 }
 
 impl FakeStore {
@@ -204,6 +206,10 @@ impl TenantStore for FakeStore {
                 .map(|(r, _)| r.clone())
                 .collect()
         }))
+    }
+
+    async fn quota_override(&self, _tenant: &TenantId) -> Result<Option<u32>, StoreError> {
+        Ok(*self.quota.lock().unwrap())
     }
 
     async fn record_progress(

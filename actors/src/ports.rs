@@ -120,6 +120,8 @@ pub trait TenantStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError>;
+    /// The tenant's upstream quota override (requests per minute) from the registry.
+    async fn quota_override(&self, tenant: &TenantId) -> Result<Option<u32>, StoreError>;
     /// Replaces the user's synced course progress and writes `progress.synced` to the
     /// outbox, in one transaction.
     async fn record_progress(

@@ -620,6 +620,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_registry_quota_override_paces_the_tenants_upstream_calls() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        *h.store.quota.lock().unwrap() = Some(6); // one call per 10 s
+        let acme = t("acme");
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        let actor = loop {
+            if let Some(a) =
+                ractor::call_t!(h.sup, SupervisorMsg::Lookup, 5_000, acme.clone()).unwrap()
+            {
+                break a;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let started = Instant::now();
+        for _ in 0..5 {
+            ractor::call_t!(actor, TenantMsg::SyncProgress, 600_000, "u1".to_string())
+                .unwrap()
+                .unwrap();
+        }
+        // Burst 3 from the defaults, then 10 s per call at 6/min: 2 more calls need 20 s.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(19),
+            "override applied: {took:?}"
+        );
+        assert!(took <= Duration::from_secs(21), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_flood_pauses_the_partition_and_never_delays_another_tenant() {
         let pipeline = PipelineSettings {
             max_batch_events: 50,

@@ -130,6 +130,10 @@ impl Actor for TenantActor {
         _: (),
     ) -> Result<TenantState, ActorProcessingErr> {
         let feed = self.deps.feeds.open(&self.tenant).await?;
+        let mut limits = self.deps.limits.clone();
+        if let Some(per_min) = self.deps.store.quota_override(&self.tenant).await? {
+            limits.requests_per_min = per_min;
+        }
         let alive = CancellationToken::new();
         let feeder = Feeder {
             tenant: self.tenant.clone(),
@@ -146,10 +150,7 @@ impl Actor for TenantActor {
         tracing::info!(tenant = %self.tenant, "tenant actor started");
         Ok(TenantState {
             feed,
-            limiter: Arc::new(TenantLimiter::for_tenant(
-                &self.tenant,
-                self.deps.limits.clone(),
-            )),
+            limiter: Arc::new(TenantLimiter::for_tenant(&self.tenant, limits)),
             _feeder_guard: alive.drop_guard(),
         })
     }

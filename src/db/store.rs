@@ -479,6 +479,25 @@ impl TenantStore for TenantScopedStore {
             .collect())
     }
 
+    async fn quota_override(&self, tenant: &TenantId) -> Result<Option<u32>, StoreError> {
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(super::redact(e)))?;
+        // The registry is global and holds nothing secret: no tenant scope needed.
+        let row = conn
+            .query_opt(
+                "select rate_limit_per_min from tenants where tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i32>>(0))
+            .and_then(|n| u32::try_from(n).ok()))
+    }
+
     async fn record_progress(
         &self,
         tenant: &TenantId,
