@@ -164,7 +164,7 @@ impl Actor for Supervisor {
                 let _ = reply.send(());
             }
             SupervisorMsg::Shutdown(reply) => {
-                let all: Vec<TenantId> = state.slots.iter().map(|(t, _)| t.clone()).collect();
+                let all: Vec<TenantId> = state.slots.keys().cloned().collect();
                 self.drain(state, &all).await;
                 let _ = reply.send(());
             }
