@@ -14,11 +14,28 @@ use crate::actors::ports::{CacheError, RosterCache};
 use crate::actors::TenantId;
 use crate::config::RedisConfig;
 
+/// What the service caches per tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Roster,
+    Catalog,
+}
+
+impl Resource {
+    pub fn key(self) -> &'static str {
+        match self {
+            Resource::Roster => "roster",
+            Resource::Catalog => "catalog",
+        }
+    }
+}
+
 pub struct RedisCache {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
     timeout: Duration,
     roster_ttl_s: u64,
+    catalog_ttl_s: u64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CacheError {
@@ -32,6 +49,7 @@ impl RedisCache {
             conn: Mutex::new(None),
             timeout: Duration::from_millis(cfg.timeout_ms),
             roster_ttl_s: cfg.roster_ttl_s,
+            catalog_ttl_s: cfg.catalog_ttl_s,
         })
     }
 
@@ -55,24 +73,38 @@ impl RedisCache {
         Ok(conn)
     }
 
-    /// The cached roster (JSON text), if present.
-    pub async fn get_roster(&self, tenant: &TenantId) -> Result<Option<String>, CacheError> {
+    /// A cached resource of the tenant (JSON text), if present.
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        resource: Resource,
+    ) -> Result<Option<String>, CacheError> {
         let mut c = self.connection().await?;
         redis::cmd("GET")
-            .arg(tenant.cache_key("roster"))
+            .arg(tenant.cache_key(resource.key()))
             .query_async(&mut c)
             .await
             .map_err(unavailable)
     }
 
-    /// Caches the roster for `redis.roster_ttl_s`.
-    pub async fn set_roster(&self, tenant: &TenantId, json: &str) -> Result<(), CacheError> {
+    /// Caches a resource of the tenant for its TTL (roster 10 min, catalog 30 min by
+    /// default). Quiz results are never cached: there is no `Resource` for them.
+    pub async fn set(
+        &self,
+        tenant: &TenantId,
+        resource: Resource,
+        json: &str,
+    ) -> Result<(), CacheError> {
+        let ttl = match resource {
+            Resource::Roster => self.roster_ttl_s,
+            Resource::Catalog => self.catalog_ttl_s,
+        };
         let mut c = self.connection().await?;
         redis::cmd("SET")
-            .arg(tenant.cache_key("roster"))
+            .arg(tenant.cache_key(resource.key()))
             .arg(json)
             .arg("EX")
-            .arg(self.roster_ttl_s)
+            .arg(ttl)
             .query_async::<()>(&mut c)
             .await
             .map_err(unavailable)

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use crate::actors::metric_names as m;
 use crate::actors::supervisor::ActorStatus;
 use crate::actors::{SupervisorMsg, TenantId};
-use crate::cache::RedisCache;
+use crate::cache::{RedisCache, Resource};
 use crate::config::Config;
 use crate::db::{PgPool, Registry, RegistryError, TenantScopedStore};
 use crate::kafka::KafkaPublisher;
@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tenants", post(add_tenant))
         .route("/api/tenants/{tenant}/users", get(list_users))
         .route("/api/tenants/{tenant}/quiz-results", post(quiz_results))
+        .route("/api/tenants/{tenant}/courses", get(course_catalog))
         .route(
             "/api/tenants/{tenant}/users/{user}/sync-progress",
             post(sync_progress).get(last_progress),
@@ -317,7 +318,7 @@ async fn list_users(
 ) -> Result<Response, ApiError> {
     let tenant = authorize_tenant(&s, &headers, &raw).await?;
     let label = tenant.as_str().to_owned();
-    match s.cache.get_roster(&tenant).await {
+    match s.cache.get(&tenant, Resource::Roster).await {
         Ok(Some(text)) => {
             metrics::counter!(m::CACHE_HITS_TOTAL, "tenant" => label, "resource" => "roster")
                 .increment(1);
@@ -344,7 +345,7 @@ async fn list_users(
         )
     })?;
     let text = json!({"tenantId": tenant.as_str(), "users": users}).to_string();
-    if let Err(e) = s.cache.set_roster(&tenant, &text).await {
+    if let Err(e) = s.cache.set(&tenant, Resource::Roster, &text).await {
         tracing::warn!(tenant = %tenant, error = %e, "cache write failed");
         metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "set").increment(1);
     }
@@ -497,4 +498,84 @@ async fn quiz_results(
             "no such user in this tenant",
         )),
     }
+}
+
+async fn tenant_actor(
+    s: &AppState,
+    tenant: &TenantId,
+) -> Result<ActorRef<crate::actors::TenantMsg>, ApiError> {
+    let sup = s
+        .supervisor
+        .as_ref()
+        .ok_or_else(|| unavailable("no supervisor in this role"))?;
+    ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
+        .map_err(unavailable)?
+        .ok_or_else(|| unavailable("tenant actor not running on this instance"))
+}
+
+/// `GET /api/tenants/{t}/courses`: the MindTickle course catalog, cached in Redis
+/// (`tenant:{<id>}:catalog`, `redis.catalog_ttl_s`), fetched through the tenant's budget on
+/// a miss.
+async fn course_catalog(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    let label = tenant.as_str().to_owned();
+    match s.cache.get(&tenant, Resource::Catalog).await {
+        Ok(Some(text)) => {
+            metrics::counter!(m::CACHE_HITS_TOTAL, "tenant" => label, "resource" => "catalog")
+                .increment(1);
+            return Ok((
+                [("content-type", "application/json"), ("x-cache", "hit")],
+                text,
+            )
+                .into_response());
+        }
+        Ok(None) => {
+            metrics::counter!(m::CACHE_MISSES_TOTAL, "tenant" => label, "resource" => "catalog")
+                .increment(1);
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %tenant, error = %e, "cache read failed");
+            metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "get").increment(1);
+        }
+    }
+    let actor = tenant_actor(&s, &tenant).await?;
+    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
+    let courses = match tokio::time::timeout(
+        deadline,
+        actor.call(crate::actors::TenantMsg::Catalog, None),
+    )
+    .await
+    {
+        Ok(Ok(ractor::rpc::CallResult::Success(Ok(c)))) => c,
+        Ok(Ok(ractor::rpc::CallResult::Success(Err(e)))) => {
+            tracing::warn!(tenant = %tenant, error = %e, "catalog fetch failed");
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the platform did not answer; retry later",
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "budget_exhausted",
+                "the tenant's upstream budget is spent; retry later",
+            ));
+        }
+        Ok(_) => return Err(unavailable("tenant actor stopped")),
+    };
+    let text = json!({"tenantId": tenant.as_str(), "courses": courses}).to_string();
+    if let Err(e) = s.cache.set(&tenant, Resource::Catalog, &text).await {
+        tracing::warn!(tenant = %tenant, error = %e, "cache write failed");
+        metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "set").increment(1);
+    }
+    Ok((
+        [("content-type", "application/json"), ("x-cache", "miss")],
+        text,
+    )
+        .into_response())
 }

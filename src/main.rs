@@ -53,6 +53,11 @@ enum TenantCommand {
     },
     /// List registered tenants (no secrets).
     List,
+    /// Suspend a tenant: its topic is unsubscribed (the actor drains and stops) and its
+    /// cache namespace is deleted (SCAN, never KEYS). Data and topics are kept.
+    Suspend { id: String },
+    /// Re-activate a suspended tenant.
+    Resume { id: String },
     /// Store the tenant's MindTickle client credentials; the secret is read from stdin
     /// (never from the command line, where `ps` would show it).
     SetUpstream {
@@ -128,6 +133,7 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let registry = Registry::new(pool);
+            let suspend = matches!(command, TenantCommand::Suspend { .. });
             match command {
                 TenantCommand::Add { id, name } => {
                     let tenant = tenant_arg(&id)?;
@@ -162,6 +168,29 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
                         return Err(format!("tenant {tenant} does not exist"));
                     }
                     eprintln!("upstream credentials of {tenant} stored");
+                    Ok(())
+                }
+                TenantCommand::Suspend { id } | TenantCommand::Resume { id } => {
+                    let tenant = tenant_arg(&id)?;
+                    let status = if suspend { "suspended" } else { "active" };
+                    if !registry
+                        .set_status(&tenant, status)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        return Err(format!("tenant {tenant} does not exist"));
+                    }
+                    if suspend {
+                        let cache = enablement::cache::RedisCache::new(&config.redis)
+                            .map_err(|e| e.to_string())?;
+                        match cache.invalidate_tenant(&tenant).await {
+                            Ok(n) => eprintln!("removed {n} cached keys of {tenant}"),
+                            Err(e) => {
+                                eprintln!("warning: cache not cleared ({e}); entries expire by TTL")
+                            }
+                        }
+                    }
+                    eprintln!("tenant {tenant} is {status}");
                     Ok(())
                 }
                 TenantCommand::List => {

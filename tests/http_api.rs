@@ -199,3 +199,117 @@ async fn with_redis_down_the_roster_is_served_from_postgres_and_the_failure_coun
         .sum();
     assert!(errors >= 2.0, "cache failures are counted: {errors}");
 }
+
+async fn start_sim() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = enablement::simulator::SimSettings::default();
+    tokio::spawn(
+        async move { axum::serve(listener, enablement::simulator::router(settings)).await },
+    );
+    format!("http://{addr}")
+}
+
+async fn tenant_keys(env: &TestEnv, t: &enablement::actors::TenantId) -> Vec<String> {
+    let redis = redis::Client::open(env.config.redis.url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(t.cache_pattern())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
+    let env = TestEnv::new().await;
+    let (a, b) = (tenant("susp-a"), tenant("susp-b"));
+    let token_a = env.add_tenant(&a).await;
+    let token_b = env.add_tenant(&b).await;
+    let store = enablement::db::TenantScopedStore::new(env.app_pool().await);
+    let sim = start_sim().await;
+    for t in [&a, &b] {
+        let secret = enablement::simulator::dev_secret(t.as_str());
+        store
+            .set_upstream_credentials(t, t.as_str(), &secret)
+            .await
+            .unwrap();
+    }
+    let svc = Service::start(&env, &[("ENABLEMENT__MINDTICKLE__BASE_URL", sim.as_str())]);
+    svc.wait_ready(&[&a, &b]).await;
+    let courses_a = format!("/api/tenants/{a}/courses");
+    let (status, cache, body) = get(&svc, &courses_a, Some(&token_a)).await;
+    assert_eq!((status, cache.as_deref()), (200, Some("miss")));
+    assert_eq!(body["courses"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        get(&svc, &courses_a, Some(&token_a)).await.1.as_deref(),
+        Some("hit")
+    );
+    let stats: Value = reqwest::get(format!("{sim}/admin/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["organisations"][a.as_str()]["served"],
+        1,
+        "second answer came from Redis"
+    );
+    for (t, token) in [(&a, &token_a), (&b, &token_b)] {
+        get(&svc, &format!("/api/tenants/{t}/users"), Some(token)).await;
+    }
+    assert_eq!(tenant_keys(&env, &a).await.len(), 2);
+    assert_eq!(tenant_keys(&env, &b).await.len(), 1);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enablement"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+            "tenant",
+            "suspend",
+            a.as_str(),
+        ])
+        .envs(env.service_env("127.0.0.1:1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        tenant_keys(&env, &a).await.is_empty(),
+        "A's namespace cleared"
+    );
+    assert_eq!(tenant_keys(&env, &b).await.len(), 1, "B's keys untouched");
+    // The suspended tenant's actor is drained and stopped; the other keeps running.
+    eventually(
+        "suspended tenant's actor stopped",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = svc.get("/readyz").await?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["checks"]["tenant_actors"]["running"] == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        get(&svc, &format!("/api/tenants/{b}/users"), Some(&token_b))
+            .await
+            .1
+            .as_deref(),
+        Some("hit")
+    );
+}

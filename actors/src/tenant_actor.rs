@@ -33,7 +33,9 @@ use crate::ports::{
 };
 use crate::scim::{self, RejectCode};
 use crate::tenant::{TenantId, TopicKind};
-use crate::upstream::{LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError};
+use crate::upstream::{
+    CatalogCourse, LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError,
+};
 
 /// The adapters every tenant actor works through.
 #[derive(Clone)]
@@ -98,6 +100,8 @@ pub enum TenantMsg {
     /// Fetch a user's course progress from MindTickle (under the tenant's limiter), store
     /// it and announce `progress.synced`. Runs beside the SCIM pipeline, never blocking it.
     SyncProgress(String, RpcReplyPort<Result<ProgressSnapshot, SyncError>>),
+    /// Fetch the course catalog (under the tenant's limiter), beside the mailbox.
+    Catalog(RpcReplyPort<Result<Vec<CatalogCourse>, SyncError>>),
 }
 
 /// Configuration of one tenant actor; its [`TenantState`] is built in `pre_start`.
@@ -191,6 +195,17 @@ impl Actor for TenantActor {
                         let _ = me.cast(TenantMsg::FlushOutbox);
                     }
                     let _ = reply.send(result);
+                });
+            }
+            TenantMsg::Catalog(reply) => {
+                let (tenant, deps, limiter) = (
+                    self.tenant.clone(),
+                    self.deps.clone(),
+                    state.limiter.clone(),
+                );
+                tokio::spawn(async move {
+                    let result = limiter.run(|| deps.upstream.catalog(&tenant)).await;
+                    let _ = reply.send(result.map_err(SyncError::from));
                 });
             }
         }

@@ -90,6 +90,19 @@ impl Registry {
         })
     }
 
+    /// Sets the tenant's status (`active` or `suspended`); false when it does not exist.
+    pub async fn set_status(&self, tenant: &TenantId, status: &str) -> Result<bool, RegistryError> {
+        let conn = self.pool.get().await.map_err(db)?;
+        let n = conn
+            .execute(
+                "update tenants set status = $2, updated_at = now() where tenant_id = $1",
+                &[&tenant.as_str(), &status],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
     pub async fn exists(&self, tenant: &TenantId) -> Result<bool, RegistryError> {
         let conn = self.pool.get().await.map_err(db)?;
         let row = conn
