@@ -128,16 +128,27 @@ impl MindTickleClient {
         tenant: &TenantId,
         path: &str,
     ) -> Result<T, UpstreamError> {
+        self.send(tenant, reqwest::Method::GET, path, None).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        tenant: &TenantId,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, UpstreamError> {
         let mut fresh = false;
         loop {
             let token = self.token(tenant, fresh).await?;
-            let resp = self
+            let mut req = self
                 .http
-                .get(format!("{}{path}", self.base))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .map_err(transport)?;
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(&token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(transport)?;
             let status = resp.status();
             if status.is_success() {
                 return resp
@@ -203,6 +214,37 @@ impl MindTickleApi for MindTickleClient {
     async fn catalog(&self, tenant: &TenantId) -> Result<Vec<CatalogCourse>, UpstreamError> {
         let a: CatalogAnswer = self.get(tenant, "/v2/courses").await?;
         Ok(a.courses)
+    }
+
+    async fn push_user(
+        &self,
+        tenant: &TenantId,
+        change: &serde_json::Value,
+    ) -> Result<(), UpstreamError> {
+        let user_id = change["userId"]
+            .as_str()
+            .ok_or_else(|| UpstreamError::Invalid("change without userId".into()))?;
+        let path = format!("/v2/users/{}", path_segment(user_id));
+        let _: serde_json::Value = if change["active"] == serde_json::Value::Bool(false) {
+            self.send(
+                tenant,
+                reqwest::Method::POST,
+                &format!("{path}/deactivate"),
+                None,
+            )
+            .await?
+        } else {
+            let user = &change["user"];
+            let body = serde_json::json!({
+                "id": user_id,
+                "email": user["emails"][0]["value"],
+                "userName": user["userName"],
+                "active": true,
+            });
+            self.send(tenant, reqwest::Method::PUT, &path, Some(&body))
+                .await?
+        };
+        Ok(())
     }
 
     async fn roster(&self, tenant: &TenantId) -> Result<Vec<RosterUser>, UpstreamError> {

@@ -40,10 +40,6 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
     let token = env.add_tenant(&t).await;
     let other_token = env.add_tenant(&other).await;
     let store = TenantScopedStore::new(env.app_pool().await);
-    store
-        .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
-        .await
-        .unwrap();
     let sim = start_sim().await;
     // A budget of 30/min with no burst beyond 1: the second sync in a row must wait ~2 s.
     let svc = Service::start(
@@ -73,6 +69,11 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
         (env.processed(&t).await == 1).then_some(())
     })
     .await;
+    // Credentials after provisioning: no SCIM push competes with the syncs for the budget.
+    store
+        .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
+        .await
+        .unwrap();
     let path = format!("/api/tenants/{t}/users/u123/sync-progress");
     let (status, _, body) = call(&svc, reqwest::Method::GET, &path, &token).await;
     assert_eq!(

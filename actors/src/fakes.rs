@@ -120,6 +120,8 @@ pub struct FakeStore {
     pub batch_delay: Mutex<std::time::Duration>,
     /// The registry's per-tenant quota override.
     pub quota: Mutex<Option<u32>>,
+    /// (tenant, id, job, done)
+    pub jobs: Mutex<Vec<(TenantId, i64, NewJob, bool)>>,
 }
 
 impl FakeStore {
@@ -206,6 +208,59 @@ impl TenantStore for FakeStore {
                 .map(|(r, _)| r.clone())
                 .collect()
         }))
+    }
+
+    async fn enqueue_job(&self, tenant: &TenantId, job: &NewJob) -> Result<i64, StoreError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let id = jobs.len() as i64 + 1;
+        jobs.push((tenant.clone(), id, job.clone(), false));
+        Ok(id)
+    }
+
+    async fn next_job(&self, tenant: &TenantId) -> Result<Option<Job>, StoreError> {
+        let jobs = self.jobs.lock().unwrap();
+        Ok(jobs
+            .iter()
+            .filter(|(t, _, _, done)| t == tenant && !done)
+            .min_by_key(|(_, id, j, _)| (j.priority, *id))
+            .map(|(_, id, j, _)| Job {
+                id: *id,
+                kind: j.kind,
+                subject: j.subject.clone(),
+                payload: j.payload.clone(),
+            }))
+    }
+
+    async fn finish_sync_job(
+        &self,
+        tenant: &TenantId,
+        job_id: i64,
+        courses: &[crate::upstream::UpstreamCourse],
+    ) -> Result<ProgressSnapshot, StoreError> {
+        self.finish_job(tenant, job_id, None).await?;
+        let subject = self
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, id, _, _)| *id == job_id)
+            .map(|(_, _, j, _)| j.subject.clone())
+            .unwrap_or_default();
+        self.record_progress(tenant, &subject, courses).await
+    }
+
+    async fn finish_job(
+        &self,
+        _t: &TenantId,
+        job_id: i64,
+        _e: Option<&str>,
+    ) -> Result<(), StoreError> {
+        for (_, id, _, done) in self.jobs.lock().unwrap().iter_mut() {
+            if *id == job_id {
+                *done = true;
+            }
+        }
+        Ok(())
     }
 
     async fn quota_override(&self, _tenant: &TenantId) -> Result<Option<u32>, StoreError> {

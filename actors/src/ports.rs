@@ -120,6 +120,25 @@ pub trait TenantStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError>;
     async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError>;
+    /// Adds a job to the tenant's durable upstream queue; returns its id.
+    async fn enqueue_job(&self, tenant: &TenantId, job: &NewJob) -> Result<i64, StoreError>;
+    /// The next pending job in priority order (interactive, SCIM push, background).
+    async fn next_job(&self, tenant: &TenantId) -> Result<Option<Job>, StoreError>;
+    /// Completes a progress-sync job: stores the progress, writes `progress.synced` and
+    /// marks the job done, in one transaction (so a job's effect happens exactly once).
+    async fn finish_sync_job(
+        &self,
+        tenant: &TenantId,
+        job_id: i64,
+        courses: &[UpstreamCourse],
+    ) -> Result<ProgressSnapshot, StoreError>;
+    /// Marks a job done, or failed with the error after its last attempt.
+    async fn finish_job(
+        &self,
+        tenant: &TenantId,
+        job_id: i64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
     /// The tenant's upstream quota override (requests per minute) from the registry.
     async fn quota_override(&self, tenant: &TenantId) -> Result<Option<u32>, StoreError>;
     /// Replaces the user's synced course progress and writes `progress.synced` to the
@@ -178,4 +197,51 @@ pub enum CacheError {
 pub trait RosterCache: Send + Sync + 'static {
     /// Drops the cached roster after a committed change to the tenant's users.
     async fn invalidate_roster(&self, tenant: &TenantId) -> Result<(), CacheError>;
+}
+
+/// Priorities of the durable upstream queue (lower runs first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum JobPriority {
+    Interactive = 0,
+    ScimPush = 1,
+    Background = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    SyncProgress,
+    PushUser,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::SyncProgress => "sync_progress",
+            JobKind::PushUser => "push_user",
+        }
+    }
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "sync_progress" => Some(JobKind::SyncProgress),
+            "push_user" => Some(JobKind::PushUser),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub priority: JobPriority,
+    pub kind: JobKind,
+    /// The user the job is about.
+    pub subject: String,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub kind: JobKind,
+    pub subject: String,
+    pub payload: Value,
 }

@@ -450,6 +450,13 @@ mod tests {
         ) -> Result<Vec<crate::upstream::RosterUser>, crate::upstream::UpstreamError> {
             Ok(vec![])
         }
+        async fn push_user(
+            &self,
+            _: &TenantId,
+            _: &serde_json::Value,
+        ) -> Result<(), crate::upstream::UpstreamError> {
+            Ok(())
+        }
     }
 
     fn t(id: &str) -> TenantId {

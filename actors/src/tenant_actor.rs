@@ -26,11 +26,11 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::metric_names as m;
-use crate::ports::ProgressSnapshot;
 use crate::ports::{
     EventPublisher, FeedSource, InboundRecord, OutboundRecord, PartitionFeed, RosterCache,
     ScimBatch, SecurityEvent, TenantStore,
 };
+use crate::ports::{Job, JobKind, JobPriority, NewJob, ProgressSnapshot};
 use crate::scim::{self, RejectCode};
 use crate::tenant::{TenantId, TopicKind};
 use crate::upstream::{
@@ -102,6 +102,8 @@ pub enum TenantMsg {
     SyncProgress(String, RpcReplyPort<Result<ProgressSnapshot, SyncError>>),
     /// Fetch the course catalog (under the tenant's limiter), beside the mailbox.
     Catalog(RpcReplyPort<Result<Vec<CatalogCourse>, SyncError>>),
+    /// The job pump finished a job: answer whoever waits for it.
+    JobDone(i64, Result<ProgressSnapshot, SyncError>),
 }
 
 /// Configuration of one tenant actor; its [`TenantState`] is built in `pre_start`.
@@ -117,6 +119,10 @@ pub struct TenantActor {
 
 pub struct TenantState {
     feed: Arc<dyn PartitionFeed>,
+    /// Callers waiting for a queued job, by job id.
+    waiters: std::collections::HashMap<i64, RpcReplyPort<Result<ProgressSnapshot, SyncError>>>,
+    /// Wakes the job pump when work was queued.
+    wake_pump: Arc<tokio::sync::Notify>,
     /// The tenant's upstream budget: every MindTickle call of this tenant waits here.
     limiter: Arc<TenantLimiter>,
     /// Stops the feeder when the state is dropped, including when the actor fails.
@@ -152,9 +158,24 @@ impl Actor for TenantActor {
         // Relay whatever a previous incarnation committed but did not publish.
         myself.cast(TenantMsg::FlushOutbox)?;
         tracing::info!(tenant = %self.tenant, "tenant actor started");
+        let limiter = Arc::new(TenantLimiter::for_tenant(&self.tenant, limits));
+        let wake_pump = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(
+            JobPump {
+                tenant: self.tenant.clone(),
+                deps: self.deps.clone(),
+                limiter: limiter.clone(),
+                actor: myself.clone(),
+                wake: wake_pump.clone(),
+                alive: alive.clone(),
+            }
+            .run(),
+        );
         Ok(TenantState {
             feed,
-            limiter: Arc::new(TenantLimiter::for_tenant(&self.tenant, limits)),
+            waiters: Default::default(),
+            wake_pump,
+            limiter,
             _feeder_guard: alive.drop_guard(),
         })
     }
@@ -167,35 +188,38 @@ impl Actor for TenantActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TenantMsg::ProcessBatch(records, reply) => {
-                let next = self.process_batch(&myself, records).await?;
+                let (next, changed) = self.process_batch(&myself, records).await?;
+                if changed {
+                    // SCIM pushes may have been queued with the changes.
+                    state.wake_pump.notify_one();
+                }
                 let _ = state.feed.store_offset(next);
                 let _ = reply.send(next);
             }
             TenantMsg::FlushOutbox => self.flush_outbox(&myself).await,
             TenantMsg::SyncProgress(user_id, reply) => {
-                // The permit wait can be long: run beside the mailbox, not in it.
-                let (tenant, deps, limiter) = (
-                    self.tenant.clone(),
-                    self.deps.clone(),
-                    state.limiter.clone(),
-                );
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    let result = async {
-                        let courses = limiter
-                            .run(|| deps.upstream.user_courses(&tenant, &user_id))
-                            .await?;
-                        deps.store
-                            .record_progress(&tenant, &user_id, &courses)
-                            .await
-                            .map_err(|e| SyncError::Store(e.to_string()))
+                // Durable first: the job survives a restart; the caller waits for it only
+                // as long as it likes (the HTTP layer answers 202 past its deadline).
+                let job = NewJob {
+                    priority: JobPriority::Interactive,
+                    kind: JobKind::SyncProgress,
+                    subject: user_id,
+                    payload: serde_json::Value::Null,
+                };
+                match self.deps.store.enqueue_job(&self.tenant, &job).await {
+                    Ok(id) => {
+                        state.waiters.insert(id, reply);
+                        state.wake_pump.notify_one();
                     }
-                    .await;
-                    if result.is_ok() {
-                        let _ = me.cast(TenantMsg::FlushOutbox);
+                    Err(e) => {
+                        let _ = reply.send(Err(SyncError::Store(e.to_string())));
                     }
+                }
+            }
+            TenantMsg::JobDone(id, result) => {
+                if let Some(reply) = state.waiters.remove(&id) {
                     let _ = reply.send(result);
-                });
+                }
             }
             TenantMsg::Catalog(reply) => {
                 let (tenant, deps, limiter) = (
@@ -229,8 +253,9 @@ impl TenantActor {
         &self,
         myself: &ActorRef<TenantMsg>,
         records: Vec<InboundRecord>,
-    ) -> Result<i64, ActorProcessingErr> {
+    ) -> Result<(i64, bool), ActorProcessingErr> {
         let started = Instant::now();
+        let mut changed = false;
         let tenant = &self.tenant;
         let label = tenant.as_str().to_owned();
         let Some(next_offset) = records.iter().map(|r| r.offset + 1).max() else {
@@ -282,6 +307,7 @@ impl TenantActor {
                 }
             }
             if report.applied > 0 {
+                changed = true;
                 if let Err(e) = self.deps.cache.invalidate_roster(tenant).await {
                     tracing::warn!(tenant = %tenant, error = %e, "roster invalidation failed");
                     metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "invalidate")
@@ -292,7 +318,7 @@ impl TenantActor {
         }
         metrics::histogram!(m::SCIM_BATCH_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::SCIM_BATCH_SIZE_EVENTS).record(event_count as f64);
-        Ok(next_offset)
+        Ok((next_offset, changed))
     }
 
     /// Relays the outbox until it is empty. A failure is logged and retried later: the rows
@@ -475,5 +501,100 @@ impl Feeder {
         }
         backlog.set(0.0);
         let _ = self.drained.send(true);
+    }
+}
+
+/// Drains the tenant's durable upstream queue, one job at a time, under its limiter.
+struct JobPump {
+    tenant: TenantId,
+    deps: TenantDeps,
+    limiter: Arc<TenantLimiter>,
+    actor: ActorRef<TenantMsg>,
+    wake: Arc<tokio::sync::Notify>,
+    alive: CancellationToken,
+}
+
+impl JobPump {
+    async fn run(self) {
+        loop {
+            let next = tokio::select! {
+                _ = self.alive.cancelled() => return,
+                next = self.deps.store.next_job(&self.tenant) => next,
+            };
+            match next {
+                Ok(Some(job)) => {
+                    tokio::select! {
+                        _ = self.alive.cancelled() => return,
+                        _ = self.execute(job) => {}
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = self.alive.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %self.tenant, error = %e, "reading the job queue failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, job: Job) {
+        let (tenant, deps) = (&self.tenant, &self.deps);
+        match job.kind {
+            JobKind::SyncProgress => {
+                let fetched = self
+                    .limiter
+                    .run(|| deps.upstream.user_courses(tenant, &job.subject))
+                    .await;
+                let result = match fetched {
+                    Ok(courses) => match deps.store.finish_sync_job(tenant, job.id, &courses).await
+                    {
+                        Ok(snapshot) => {
+                            let _ = self.actor.cast(TenantMsg::FlushOutbox);
+                            Ok(snapshot)
+                        }
+                        Err(e) => {
+                            // Still pending: retried on the next turn (effects not committed).
+                            tracing::warn!(tenant = %tenant, error = %e, "finishing a sync job failed");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        let _ = deps
+                            .store
+                            .finish_job(tenant, job.id, Some(&e.to_string()))
+                            .await;
+                        Err(SyncError::from(e))
+                    }
+                };
+                let synced = result.is_ok();
+                // Answer the waiter before relaying: the caller should not wait for Kafka.
+                let _ = self.actor.cast(TenantMsg::JobDone(job.id, result));
+                if synced {
+                    let _ = self.actor.cast(TenantMsg::FlushOutbox);
+                }
+            }
+            JobKind::PushUser => {
+                let pushed = self
+                    .limiter
+                    .run(|| deps.upstream.push_user(tenant, &job.payload))
+                    .await;
+                let error = pushed.err().map(|e| e.to_string());
+                if let Err(e) = deps
+                    .store
+                    .finish_job(tenant, job.id, error.as_deref())
+                    .await
+                {
+                    tracing::warn!(tenant = %tenant, error = %e, "finishing a push job failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 }

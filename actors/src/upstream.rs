@@ -103,6 +103,13 @@ pub trait MindTickleApi: Send + Sync + 'static {
     ) -> Result<Vec<UpstreamCourse>, UpstreamError>;
     async fn catalog(&self, tenant: &TenantId) -> Result<Vec<CatalogCourse>, UpstreamError>;
     async fn roster(&self, tenant: &TenantId) -> Result<Vec<RosterUser>, UpstreamError>;
+    /// Pushes a SCIM change (the `user_changed` payload): deactivates the user when it is
+    /// inactive, else creates or replaces it. Idempotent.
+    async fn push_user(
+        &self,
+        tenant: &TenantId,
+        change: &serde_json::Value,
+    ) -> Result<(), UpstreamError>;
 }
 
 /// A point on tokio's clock, so governor follows `tokio::time::pause`/`advance`.

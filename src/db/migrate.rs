@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_quiz_submissions.sql",
         include_str!("../../migrations/0003_quiz_submissions.sql"),
     ),
+    (
+        4,
+        "0004_upstream_jobs.sql",
+        include_str!("../../migrations/0004_upstream_jobs.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

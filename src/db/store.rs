@@ -17,7 +17,8 @@ use tokio_postgres::Transaction;
 
 use super::PgPool;
 use crate::actors::ports::{
-    BatchReport, OutboxRecord, ProgressSnapshot, ScimBatch, StoreError, TenantStore,
+    BatchReport, Job, JobKind, NewJob, OutboxRecord, ProgressSnapshot, ScimBatch, StoreError,
+    TenantStore,
 };
 use crate::actors::scim::{plan_batch, Role, StoredUser};
 use crate::actors::upstream::{CourseStatus, UpstreamCourse};
@@ -273,6 +274,52 @@ impl TenantScopedStore {
     }
 }
 
+/// Upserts the user's course progress and writes `progress.synced` to the outbox.
+async fn record_progress_tx(
+    tx: &Transaction<'_>,
+    t: &str,
+    u: &str,
+    courses: Vec<UpstreamCourse>,
+) -> Result<ProgressSnapshot, tokio_postgres::Error> {
+    let ids: Vec<&str> = courses.iter().map(|c| c.course_id.as_str()).collect();
+    let titles: Vec<&str> = courses.iter().map(|c| c.title.as_str()).collect();
+    let statuses: Vec<&str> = courses.iter().map(|c| status_str(c.status)).collect();
+    let scores: Vec<Option<f64>> = courses.iter().map(|c| c.quiz_score).collect();
+    let done: Vec<Option<OffsetDateTime>> = courses.iter().map(|c| c.completed_at).collect();
+    if !courses.is_empty() {
+        tx.execute(
+            "insert into course_progress (tenant_id, user_id, course_id, title,
+                                                          status, score, completed_at)
+                             select $1, $2, * from unnest($3::text[], $4::text[], $5::text[],
+                                                          $6::float8[], $7::timestamptz[])
+                             on conflict (tenant_id, user_id, course_id) do update set
+                                 title = excluded.title, status = excluded.status,
+                                 score = excluded.score, completed_at = excluded.completed_at,
+                                 synced_at = now()",
+            &[&t, &u, &ids, &titles, &statuses, &scores, &done],
+        )
+        .await?;
+    }
+    let synced: OffsetDateTime = tx.query_one("select now()", &[]).await?.get(0);
+    let snapshot = ProgressSnapshot {
+        user_id: u.to_owned(),
+        courses,
+        synced_at: Some(synced),
+    };
+    let payload = serde_json::json!({
+        "type": "progress.synced", "tenantId": t, "userId": u,
+        "courses": snapshot.courses, "syncedAt": snapshot.synced_at
+            .and_then(|s| s.format(&time::format_description::well_known::Rfc3339).ok()),
+    });
+    tx.execute(
+        "insert into outbox (tenant_id, topic, message_key, payload)
+                         values ($1, 'events', $2, $3)",
+        &[&t, &u, &payload],
+    )
+    .await?;
+    Ok(snapshot)
+}
+
 fn status_str(s: CourseStatus) -> &'static str {
     match s {
         CourseStatus::NotStarted => "not_started",
@@ -420,6 +467,18 @@ async fn apply_batch_tx(
                 &[&tenant, &keys, &payloads],
             )
             .await?;
+            // Each change is also pushed to MindTickle, through the tenant's durable queue,
+            // when the tenant has upstream credentials.
+            tx.execute(
+                "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
+                 select $1, 1, 'push_user', k, p
+                   from unnest($2::text[], $3::jsonb[]) with ordinality as x(k, p, n)
+                  where exists (select 1 from tenant_secrets s
+                                 where s.tenant_id = $1 and s.upstream_client_id is not null)
+                  order by n",
+                &[&tenant, &keys, &payloads],
+            )
+            .await?;
         }
     }
     for sec in &batch.security_events {
@@ -506,51 +565,127 @@ impl TenantStore for TenantScopedStore {
     ) -> Result<ProgressSnapshot, StoreError> {
         let (t, u) = (tenant.as_str().to_owned(), user_id.to_owned());
         let courses = courses.to_vec();
-        let snapshot = self
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move { record_progress_tx(tx, &t, &u, courses).await })
+        })
+        .await
+    }
+
+    async fn enqueue_job(&self, tenant: &TenantId, job: &NewJob) -> Result<i64, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let job = job.clone();
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                Ok(tx
+                    .query_one(
+                        "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
+                         values ($1, $2, $3, $4, $5) returning id",
+                        &[
+                            &t,
+                            &(job.priority as i16),
+                            &job.kind.as_str(),
+                            &job.subject,
+                            &job.payload,
+                        ],
+                    )
+                    .await?
+                    .get(0))
+            })
+        })
+        .await
+    }
+
+    async fn next_job(&self, tenant: &TenantId) -> Result<Option<Job>, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let row = self
             .scoped(tenant, move |tx| {
                 Box::pin(async move {
-                    let ids: Vec<&str> = courses.iter().map(|c| c.course_id.as_str()).collect();
-                    let titles: Vec<&str> = courses.iter().map(|c| c.title.as_str()).collect();
-                    let statuses: Vec<&str> = courses.iter().map(|c| status_str(c.status)).collect();
-                    let scores: Vec<Option<f64>> = courses.iter().map(|c| c.quiz_score).collect();
-                    let done: Vec<Option<OffsetDateTime>> =
-                        courses.iter().map(|c| c.completed_at).collect();
-                    if !courses.is_empty() {
-                        tx.execute(
-                            "insert into course_progress (tenant_id, user_id, course_id, title,
-                                                          status, score, completed_at)
-                             select $1, $2, * from unnest($3::text[], $4::text[], $5::text[],
-                                                          $6::float8[], $7::timestamptz[])
-                             on conflict (tenant_id, user_id, course_id) do update set
-                                 title = excluded.title, status = excluded.status,
-                                 score = excluded.score, completed_at = excluded.completed_at,
-                                 synced_at = now()",
-                            &[&t, &u, &ids, &titles, &statuses, &scores, &done],
-                        )
-                        .await?;
-                    }
-                    let synced: OffsetDateTime = tx.query_one("select now()", &[]).await?.get(0);
-                    let snapshot = ProgressSnapshot {
-                        user_id: u.clone(),
-                        courses,
-                        synced_at: Some(synced),
-                    };
-                    let payload = serde_json::json!({
-                        "type": "progress.synced", "tenantId": t, "userId": u,
-                        "courses": snapshot.courses, "syncedAt": snapshot.synced_at
-                            .and_then(|s| s.format(&time::format_description::well_known::Rfc3339).ok()),
-                    });
-                    tx.execute(
-                        "insert into outbox (tenant_id, topic, message_key, payload)
-                         values ($1, 'events', $2, $3)",
-                        &[&t, &u, &payload],
+                    tx.query_opt(
+                        "select id, kind, subject, payload from upstream_jobs
+                          where tenant_id = $1 and status = 'pending'
+                          order by priority, id limit 1",
+                        &[&t],
                     )
-                    .await?;
-                    Ok(snapshot)
+                    .await
                 })
             })
             .await?;
-        Ok(snapshot)
+        Ok(row.and_then(|r| {
+            Some(Job {
+                id: r.get(0),
+                kind: JobKind::parse(r.get(1))?,
+                subject: r.get(2),
+                payload: r.get(3),
+            })
+        }))
+    }
+
+    async fn finish_sync_job(
+        &self,
+        tenant: &TenantId,
+        job_id: i64,
+        courses: &[UpstreamCourse],
+    ) -> Result<ProgressSnapshot, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let courses = courses.to_vec();
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                // Claim the job first: a job already done (a replay after a crash between
+                // the upstream call and this commit) produces no second effect.
+                let claimed = tx
+                    .query_opt(
+                        "update upstream_jobs set status = 'done', done_at = now(),
+                                attempts = attempts + 1
+                          where tenant_id = $1 and id = $2 and status = 'pending'
+                          returning subject",
+                        &[&t, &job_id],
+                    )
+                    .await?;
+                let user: String = match claimed {
+                    Some(r) => r.get(0),
+                    None => {
+                        let r = tx
+                            .query_one(
+                                "select subject from upstream_jobs where tenant_id = $1 and id = $2",
+                                &[&t, &job_id],
+                            )
+                            .await?;
+                        let user: String = r.get(0);
+                        return Ok(ProgressSnapshot {
+                            user_id: user,
+                            courses,
+                            synced_at: None,
+                        });
+                    }
+                };
+                record_progress_tx(tx, &t, &user, courses).await
+            })
+        })
+        .await
+    }
+
+    async fn finish_job(
+        &self,
+        tenant: &TenantId,
+        job_id: i64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let t = tenant.as_str().to_owned();
+        let error = error.map(str::to_owned);
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                let status = if error.is_some() { "failed" } else { "done" };
+                tx.execute(
+                    "update upstream_jobs set status = $3, last_error = $4, done_at = now(),
+                            attempts = attempts + 1
+                      where tenant_id = $1 and id = $2 and status = 'pending'",
+                    &[&t, &job_id, &status, &error],
+                )
+                .await
+            })
+        })
+        .await?;
+        Ok(())
     }
 
     async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError> {
