@@ -81,6 +81,9 @@ async fn a_queue_beyond_a_minutes_budget_survives_a_crash_in_priority_order_with
         (done("sync_progress").await >= 20).then_some(())
     })
     .await;
+    let depth =
+        format!("enablement_upstream_queue_depth{{tenant=\"{t}\",priority=\"interactive\"}}");
+    assert!(svc.metric(&depth).await > 0.0, "queue depth is reported");
     svc.kill();
     let at_kill = done("sync_progress").await as usize;
     assert!(at_kill < SYNCS, "the crash lands mid-queue ({at_kill})");

@@ -263,6 +263,20 @@ impl TenantStore for FakeStore {
         Ok(())
     }
 
+    async fn queue_depth(&self, tenant: &TenantId) -> Result<Vec<(JobPriority, u64)>, StoreError> {
+        let jobs = self.jobs.lock().unwrap();
+        Ok(JobPriority::ALL
+            .into_iter()
+            .map(|p| {
+                let n = jobs
+                    .iter()
+                    .filter(|(t, _, j, done)| t == tenant && !done && j.priority == p)
+                    .count();
+                (p, n as u64)
+            })
+            .collect())
+    }
+
     async fn quota_override(&self, _tenant: &TenantId) -> Result<Option<u32>, StoreError> {
         Ok(*self.quota.lock().unwrap())
     }

@@ -36,6 +36,8 @@ pub const UPSTREAM_CALLS_TOTAL: &str = "enablement_upstream_calls_total";
 pub const UPSTREAM_RATE_LIMITED_TOTAL: &str = "enablement_upstream_rate_limited_total";
 /// Histogram (seconds): time an upstream call waited for a permit of its tenant's budget.
 pub const UPSTREAM_PERMIT_WAIT_SECONDS: &str = "enablement_upstream_permit_wait_seconds";
+/// Gauge {tenant, priority}: pending jobs in the tenant's durable upstream queue.
+pub const UPSTREAM_QUEUE_DEPTH: &str = "enablement_upstream_queue_depth";
 /// Counter {kind}: errors receiving from the broker.
 pub const FEED_ERRORS_TOTAL: &str = "enablement_feed_errors_total";
 /// Counter {route, status}: HTTP requests answered.

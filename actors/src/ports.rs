@@ -139,6 +139,8 @@ pub trait TenantStore: Send + Sync + 'static {
         job_id: i64,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// Pending jobs per priority (for the queue-depth gauge).
+    async fn queue_depth(&self, tenant: &TenantId) -> Result<Vec<(JobPriority, u64)>, StoreError>;
     /// The tenant's upstream quota override (requests per minute) from the registry.
     async fn quota_override(&self, tenant: &TenantId) -> Result<Option<u32>, StoreError>;
     /// Replaces the user's synced course progress and writes `progress.synced` to the
@@ -211,6 +213,24 @@ pub enum JobPriority {
 pub enum JobKind {
     SyncProgress,
     PushUser,
+}
+
+impl JobPriority {
+    pub const ALL: [JobPriority; 3] = [
+        JobPriority::Interactive,
+        JobPriority::ScimPush,
+        JobPriority::Background,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPriority::Interactive => "interactive",
+            JobPriority::ScimPush => "scim_push",
+            JobPriority::Background => "background",
+        }
+    }
+    pub fn from_i16(n: i16) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| *p as i16 == n)
+    }
 }
 
 impl JobKind {

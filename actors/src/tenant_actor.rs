@@ -521,6 +521,7 @@ impl JobPump {
                 _ = self.alive.cancelled() => return,
                 next = self.deps.store.next_job(&self.tenant) => next,
             };
+            self.publish_depth().await;
             match next {
                 Ok(Some(job)) => {
                     tokio::select! {
@@ -539,6 +540,16 @@ impl JobPump {
                     tracing::warn!(tenant = %self.tenant, error = %e, "reading the job queue failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+            }
+        }
+    }
+
+    async fn publish_depth(&self) {
+        if let Ok(depths) = self.deps.store.queue_depth(&self.tenant).await {
+            for (priority, n) in depths {
+                metrics::gauge!(m::UPSTREAM_QUEUE_DEPTH, "tenant" => self.tenant.as_str().to_owned(),
+                    "priority" => priority.as_str())
+                .set(n as f64);
             }
         }
     }

@@ -17,8 +17,8 @@ use tokio_postgres::Transaction;
 
 use super::PgPool;
 use crate::actors::ports::{
-    BatchReport, Job, JobKind, NewJob, OutboxRecord, ProgressSnapshot, ScimBatch, StoreError,
-    TenantStore,
+    BatchReport, Job, JobKind, JobPriority, NewJob, OutboxRecord, ProgressSnapshot, ScimBatch,
+    StoreError, TenantStore,
 };
 use crate::actors::scim::{plan_batch, Role, StoredUser};
 use crate::actors::upstream::{CourseStatus, UpstreamCourse};
@@ -662,6 +662,32 @@ impl TenantStore for TenantScopedStore {
             })
         })
         .await
+    }
+
+    async fn queue_depth(&self, tenant: &TenantId) -> Result<Vec<(JobPriority, u64)>, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let rows = self
+            .scoped(tenant, move |tx| {
+                Box::pin(async move {
+                    tx.query(
+                        "select priority, count(*) from upstream_jobs
+                          where tenant_id = $1 and status = 'pending' group by priority",
+                        &[&t],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        let mut out: Vec<(JobPriority, u64)> =
+            JobPriority::ALL.into_iter().map(|p| (p, 0)).collect();
+        for r in rows {
+            if let Some(p) = JobPriority::from_i16(r.get(0)) {
+                if let Some(slot) = out.iter_mut().find(|(q, _)| *q == p) {
+                    slot.1 = r.get::<_, i64>(1) as u64;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn finish_job(
