@@ -101,6 +101,11 @@ p=json.load(sys.stdin)
 if "courses" not in p: print("  ", p); sys.exit()
 for c in p["courses"]:
     print("  %-4s %-22s %-12s score=%-5s completed=%s" % (c["courseId"], c["title"], c["status"], c["quizScore"], c["completedAt"]))'
+  echo "-- POST /api/tenants/$t/quiz-results (recorded once; a replay is a no-op)"
+  quiz='{"submissionId":"demo-'$t'-1","userId":"rep-1","courseId":"c2","quizId":"q1","answers":[{"questionId":"a","selected":"x","correct":true},{"questionId":"b","selected":"y","correct":true},{"questionId":"c","selected":"z","correct":false},{"questionId":"d","selected":"w","correct":true}],"score":75,"submittedAt":"2026-11-20T10:00:00Z"}'
+  for _ in 1 2; do
+    curl -s -w "  HTTP %{http_code} " -H "Authorization: Bearer $token" -H 'content-type: application/json' -d "$quiz" "$base/api/tenants/$t/quiz-results"; echo
+  done
   echo "-- another tenant's token on $t's path (expect 404)"
   other=$(cat "$dev/token-$( [ "$t" = acme ] && echo globex || echo acme )")
   curl -s -o /dev/null -w "  HTTP %{http_code}\n" -H "Authorization: Bearer $other" "$base/api/tenants/$t/users"
