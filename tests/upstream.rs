@@ -163,3 +163,70 @@ async fn the_limiter_keeps_a_tenant_within_the_platform_quota_and_429s_map_to_re
     assert_eq!(after["served"], 30);
     assert_eq!(after["limit_violations"], 0, "{after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_faults_hit_only_the_chosen_organisation_and_are_counted_apart() {
+    let env = TestEnv::new().await;
+    let (stormy, calm) = (tenant("stormy"), tenant("calm"));
+    env.add_tenant(&stormy).await;
+    env.add_tenant(&calm).await;
+    let base = start_sim(SimSettings {
+        rate_per_min: 6000,
+        burst: 100,
+        ..Default::default()
+    })
+    .await;
+    let (client, store) = client_for(&env, &base).await;
+    for t in [&stormy, &calm] {
+        store
+            .set_upstream_credentials(t, t.as_str(), &dev_secret(t.as_str()))
+            .await
+            .unwrap();
+    }
+    let admin = |body: Value| {
+        let url = format!("{base}/admin/faults");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    admin(
+        serde_json::json!({"org": stormy.as_str(), "force_429_for_ms": 60_000, "retry_after_s": 7}),
+    )
+    .await;
+    assert_eq!(
+        client.catalog(&stormy).await.unwrap_err(),
+        UpstreamError::RateLimited {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
+    assert!(
+        client.catalog(&calm).await.is_ok(),
+        "the storm is per organisation"
+    );
+    let s = sim_stats(&base, stormy.as_str()).await;
+    assert_eq!(
+        (s["forced_429"].as_u64(), s["limit_violations"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    admin(serde_json::json!({"org": calm.as_str(), "error_rate": 1.0})).await;
+    assert_eq!(
+        client.catalog(&calm).await.unwrap_err(),
+        UpstreamError::Server { status: 503 }
+    );
+    assert_eq!(sim_stats(&base, calm.as_str()).await["injected_errors"], 1);
+    // Organisation names are tenant ids at the admin edge too.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/faults"))
+        .json(&serde_json::json!({"org": "a*", "latency_ms": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
