@@ -317,43 +317,51 @@ async fn list_users(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    if let Some(hit) = cache_lookup(&s, &tenant, Resource::Roster).await {
+        return Ok(hit);
+    }
+    let users = s.store.roster(&tenant).await.map_err(unavailable)?;
+    let text = json!({"tenantId": tenant.as_str(), "users": users}).to_string();
+    Ok(cache_fill(&s, &tenant, Resource::Roster, text).await)
+}
+
+/// A cached answer, counting the hit or miss; Redis failures count and fall through.
+async fn cache_lookup(s: &AppState, tenant: &TenantId, resource: Resource) -> Option<Response> {
     let label = tenant.as_str().to_owned();
-    match s.cache.get(&tenant, Resource::Roster).await {
+    match s.cache.get(tenant, resource).await {
         Ok(Some(text)) => {
-            metrics::counter!(m::CACHE_HITS_TOTAL, "tenant" => label, "resource" => "roster")
+            metrics::counter!(m::CACHE_HITS_TOTAL, "tenant" => label, "resource" => resource.key())
                 .increment(1);
-            return Ok((
-                [("content-type", "application/json"), ("x-cache", "hit")],
-                text,
-            )
-                .into_response());
+            Some(json_answer(text, "hit"))
         }
         Ok(None) => {
-            metrics::counter!(m::CACHE_MISSES_TOTAL, "tenant" => label.clone(), "resource" => "roster").increment(1);
+            metrics::counter!(m::CACHE_MISSES_TOTAL, "tenant" => label, "resource" => resource.key())
+                .increment(1);
+            None
         }
         Err(e) => {
-            tracing::warn!(tenant = %tenant, error = %e, "cache read failed; serving from PostgreSQL");
+            tracing::warn!(tenant = %tenant, error = %e, "cache read failed; answering without it");
             metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "get").increment(1);
+            None
         }
     }
-    let users = s.store.roster(&tenant).await.map_err(|e| {
-        tracing::error!(tenant = %tenant, error = %e, "roster query failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "retry later",
-        )
-    })?;
-    let text = json!({"tenantId": tenant.as_str(), "users": users}).to_string();
-    if let Err(e) = s.cache.set(&tenant, Resource::Roster, &text).await {
+}
+
+/// Stores a freshly computed answer in the cache (best effort) and returns it.
+async fn cache_fill(s: &AppState, tenant: &TenantId, resource: Resource, text: String) -> Response {
+    if let Err(e) = s.cache.set(tenant, resource, &text).await {
         tracing::warn!(tenant = %tenant, error = %e, "cache write failed");
         metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "set").increment(1);
     }
-    Ok((
-        [("content-type", "application/json"), ("x-cache", "miss")],
+    json_answer(text, "miss")
+}
+
+fn json_answer(text: String, cache: &'static str) -> Response {
+    (
+        [("content-type", "application/json"), ("x-cache", cache)],
         text,
     )
-        .into_response())
+        .into_response()
 }
 
 fn valid_user_id(raw: &str) -> Result<&str, ApiError> {
@@ -522,34 +530,13 @@ async fn course_catalog(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = authorize_tenant(&s, &headers, &raw).await?;
-    let label = tenant.as_str().to_owned();
-    match s.cache.get(&tenant, Resource::Catalog).await {
-        Ok(Some(text)) => {
-            metrics::counter!(m::CACHE_HITS_TOTAL, "tenant" => label, "resource" => "catalog")
-                .increment(1);
-            return Ok((
-                [("content-type", "application/json"), ("x-cache", "hit")],
-                text,
-            )
-                .into_response());
-        }
-        Ok(None) => {
-            metrics::counter!(m::CACHE_MISSES_TOTAL, "tenant" => label, "resource" => "catalog")
-                .increment(1);
-        }
-        Err(e) => {
-            tracing::warn!(tenant = %tenant, error = %e, "cache read failed");
-            metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "get").increment(1);
-        }
+    if let Some(hit) = cache_lookup(&s, &tenant, Resource::Catalog).await {
+        return Ok(hit);
     }
     let actor = tenant_actor(&s, &tenant).await?;
     let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
-    let courses = match tokio::time::timeout(
-        deadline,
-        actor.call(crate::actors::TenantMsg::Catalog, None),
-    )
-    .await
-    {
+    let call = actor.call(crate::actors::TenantMsg::Catalog, None);
+    let courses = match tokio::time::timeout(deadline, call).await {
         Ok(Ok(ractor::rpc::CallResult::Success(Ok(c)))) => c,
         Ok(Ok(ractor::rpc::CallResult::Success(Err(e)))) => {
             tracing::warn!(tenant = %tenant, error = %e, "catalog fetch failed");
@@ -564,18 +551,10 @@ async fn course_catalog(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "budget_exhausted",
                 "the tenant's upstream budget is spent; retry later",
-            ));
+            ))
         }
         Ok(_) => return Err(unavailable("tenant actor stopped")),
     };
     let text = json!({"tenantId": tenant.as_str(), "courses": courses}).to_string();
-    if let Err(e) = s.cache.set(&tenant, Resource::Catalog, &text).await {
-        tracing::warn!(tenant = %tenant, error = %e, "cache write failed");
-        metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "set").increment(1);
-    }
-    Ok((
-        [("content-type", "application/json"), ("x-cache", "miss")],
-        text,
-    )
-        .into_response())
+    Ok(cache_fill(&s, &tenant, Resource::Catalog, text).await)
 }

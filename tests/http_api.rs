@@ -200,16 +200,6 @@ async fn with_redis_down_the_roster_is_served_from_postgres_and_the_failure_coun
     assert!(errors >= 2.0, "cache failures are counted: {errors}");
 }
 
-async fn start_sim() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let settings = enablement::simulator::SimSettings::default();
-    tokio::spawn(
-        async move { axum::serve(listener, enablement::simulator::router(settings)).await },
-    );
-    format!("http://{addr}")
-}
-
 async fn tenant_keys(env: &TestEnv, t: &enablement::actors::TenantId) -> Vec<String> {
     let redis = redis::Client::open(env.config.redis.url.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
@@ -238,7 +228,7 @@ async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
     let token_a = env.add_tenant(&a).await;
     let token_b = env.add_tenant(&b).await;
     let store = enablement::db::TenantScopedStore::new(env.app_pool().await);
-    let sim = start_sim().await;
+    let sim = common::start_sim(enablement::simulator::SimSettings::default()).await;
     for t in [&a, &b] {
         let secret = enablement::simulator::dev_secret(t.as_str());
         store

@@ -7,15 +7,8 @@ use std::time::Duration;
 use common::{eventually, push, read_topic, scim_event, tenant, Service, TestEnv};
 use enablement::actors::TopicKind;
 use enablement::db::TenantScopedStore;
-use enablement::simulator::{dev_secret, router, SimSettings};
+use enablement::simulator::{dev_secret, SimSettings};
 use serde_json::Value;
-
-async fn start_sim() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(SimSettings::default())).await });
-    format!("http://{addr}")
-}
 
 async fn call(
     svc: &Service,
@@ -40,7 +33,7 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
     let token = env.add_tenant(&t).await;
     let other_token = env.add_tenant(&other).await;
     let store = TenantScopedStore::new(env.app_pool().await);
-    let sim = start_sim().await;
+    let sim = common::start_sim(SimSettings::default()).await;
     // A budget of 30/min with no burst beyond 1: the second sync in a row must wait ~2 s.
     let svc = Service::start(
         &env,

@@ -10,16 +10,9 @@ use enablement::actors::upstream::{
 };
 use enablement::config::MindTickleConfig;
 use enablement::db::TenantScopedStore;
-use enablement::simulator::{dev_secret, router, SimSettings};
+use enablement::simulator::{dev_secret, SimSettings};
 use enablement::upstream::MindTickleClient;
 use serde_json::Value;
-
-async fn start_sim(settings: SimSettings) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(settings)).await });
-    format!("http://{addr}")
-}
 
 async fn sim_stats(base: &str, org: &str) -> Value {
     let v: Value = reqwest::get(format!("{base}/admin/stats"))
@@ -47,7 +40,7 @@ async fn typed_answers_token_reuse_refresh_and_bad_credentials() {
     env.add_tenant(&t).await;
     env.add_tenant(&other).await;
     // One simulated hour per real second: tokens expire quickly.
-    let base = start_sim(SimSettings {
+    let base = common::start_sim(SimSettings {
         clock_speed: 3600.0,
         rate_per_min: 6000,
         burst: 100,
@@ -116,7 +109,7 @@ async fn the_limiter_keeps_a_tenant_within_the_platform_quota_and_429s_map_to_re
     env.add_tenant(&t).await;
     env.add_tenant(&paced).await;
     // 600/min with a burst of 4 at the simulator; the tenant's limiter allows 600/min, burst 3.
-    let base = start_sim(SimSettings {
+    let base = common::start_sim(SimSettings {
         rate_per_min: 600,
         burst: 4,
         ..Default::default()
@@ -170,7 +163,7 @@ async fn simulator_faults_hit_only_the_chosen_organisation_and_are_counted_apart
     let (stormy, calm) = (tenant("stormy"), tenant("calm"));
     env.add_tenant(&stormy).await;
     env.add_tenant(&calm).await;
-    let base = start_sim(SimSettings {
+    let base = common::start_sim(SimSettings {
         rate_per_min: 6000,
         burst: 100,
         ..Default::default()

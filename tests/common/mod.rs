@@ -321,3 +321,15 @@ impl Drop for Service {
         self.kill();
     }
 }
+
+/// Starts the MindTickle simulator in-process on a free loopback port; returns its base URL.
+pub async fn start_sim(settings: enablement::simulator::SimSettings) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        async move { axum::serve(listener, enablement::simulator::router(settings)).await },
+    );
+    format!("http://{addr}")
+}
