@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::actors::metric_names as m;
 use crate::actors::supervisor::ActorStatus;
+use crate::actors::tenant_actor::SyncError;
 use crate::actors::{SupervisorMsg, TenantId};
 use crate::cache::{RedisCache, Resource};
 use crate::config::Config;
@@ -406,38 +407,20 @@ async fn sync_progress(
             "no such user in this tenant",
         ));
     }
-    let sup = s
-        .supervisor
-        .as_ref()
-        .ok_or_else(|| unavailable("no supervisor in this role"))?;
-    let actor = ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
-        .map_err(unavailable)?
-        .ok_or_else(|| unavailable("tenant actor not running on this instance"))?;
-    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
-    let call = actor.call(
-        |reply| crate::actors::TenantMsg::SyncProgress(user.to_owned(), reply),
-        None,
-    );
+    let user = user.to_owned();
     let location = format!("/api/tenants/{tenant}/users/{user}/sync-progress");
-    match tokio::time::timeout(deadline, call).await {
-        Err(_) => Ok((
+    match ask_actor(&s, &tenant, |reply| {
+        crate::actors::TenantMsg::SyncProgress(user, reply)
+    })
+    .await?
+    {
+        Some(snapshot) => Ok(Json(snapshot).into_response()),
+        None => Ok((
             StatusCode::ACCEPTED,
             [("location", location.clone())],
             Json(json!({"status": "queued", "location": location})),
         )
             .into_response()),
-        Ok(Ok(ractor::rpc::CallResult::Success(Ok(snapshot)))) => {
-            Ok(Json(snapshot).into_response())
-        }
-        Ok(Ok(ractor::rpc::CallResult::Success(Err(e)))) => {
-            tracing::warn!(tenant = %tenant, error = %e, "progress sync failed");
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_failed",
-                "the platform did not answer; retry later",
-            ))
-        }
-        Ok(_) => Err(unavailable("tenant actor stopped")),
     }
 }
 
@@ -521,6 +504,30 @@ async fn tenant_actor(
         .ok_or_else(|| unavailable("tenant actor not running on this instance"))
 }
 
+/// Asks the tenant's actor for upstream work and waits up to `http.request_deadline_ms`.
+/// `Ok(None)`: not done yet (the work goes on; queued work is durable).
+async fn ask_actor<T, F>(s: &AppState, tenant: &TenantId, build: F) -> Result<Option<T>, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(ractor::RpcReplyPort<Result<T, SyncError>>) -> crate::actors::TenantMsg,
+{
+    let actor = tenant_actor(s, tenant).await?;
+    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
+    match tokio::time::timeout(deadline, actor.call(build, None)).await {
+        Err(_) => Ok(None),
+        Ok(Ok(ractor::rpc::CallResult::Success(Ok(v)))) => Ok(Some(v)),
+        Ok(Ok(ractor::rpc::CallResult::Success(Err(e)))) => {
+            tracing::warn!(tenant = %tenant, error = %e, "upstream work failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the platform did not answer; retry later",
+            ))
+        }
+        Ok(_) => Err(unavailable("tenant actor stopped")),
+    }
+}
+
 /// `GET /api/tenants/{t}/courses`: the MindTickle course catalog, cached in Redis
 /// (`tenant:{<id>}:catalog`, `redis.catalog_ttl_s`), fetched through the tenant's budget on
 /// a miss.
@@ -533,28 +540,15 @@ async fn course_catalog(
     if let Some(hit) = cache_lookup(&s, &tenant, Resource::Catalog).await {
         return Ok(hit);
     }
-    let actor = tenant_actor(&s, &tenant).await?;
-    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
-    let call = actor.call(crate::actors::TenantMsg::Catalog, None);
-    let courses = match tokio::time::timeout(deadline, call).await {
-        Ok(Ok(ractor::rpc::CallResult::Success(Ok(c)))) => c,
-        Ok(Ok(ractor::rpc::CallResult::Success(Err(e)))) => {
-            tracing::warn!(tenant = %tenant, error = %e, "catalog fetch failed");
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_failed",
-                "the platform did not answer; retry later",
-            ));
-        }
-        Err(_) => {
-            return Err(ApiError::new(
+    let courses = ask_actor(&s, &tenant, crate::actors::TenantMsg::Catalog)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "budget_exhausted",
                 "the tenant's upstream budget is spent; retry later",
-            ))
-        }
-        Ok(_) => return Err(unavailable("tenant actor stopped")),
-    };
+            )
+        })?;
     let text = json!({"tenantId": tenant.as_str(), "courses": courses}).to_string();
     Ok(cache_fill(&s, &tenant, Resource::Catalog, text).await)
 }

@@ -335,11 +335,8 @@ async fn list_users(
     State(s): State<Arc<SimState>>,
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
-) -> Response {
-    let org = match admit(&s, &headers).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let org = admit(&s, &headers).await?;
     let all = roster(&s, &org);
     let page = q.page.unwrap_or(1).max(1);
     let per = 100;
@@ -350,25 +347,20 @@ async fn list_users(
         .cloned()
         .collect();
     let next = (page * per < all.len()).then_some(page + 1);
-    Json(json!({"users": items, "nextPage": next})).into_response()
+    Ok(Json(json!({"users": items, "nextPage": next})).into_response())
 }
 
-async fn catalog(State(s): State<Arc<SimState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admit(&s, &headers).await {
-        return r;
-    }
-    Json(json!({"courses": course_list()})).into_response()
+async fn catalog(State(s): State<Arc<SimState>>, headers: HeaderMap) -> Result<Response, Response> {
+    admit(&s, &headers).await?;
+    Ok(Json(json!({"courses": course_list()})).into_response())
 }
 
 async fn user_courses(
     State(s): State<Arc<SimState>>,
     headers: HeaderMap,
     Path(user_id): Path<String>,
-) -> Response {
-    let org = match admit(&s, &headers).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let org = admit(&s, &headers).await?;
     let courses: Vec<Value> = COURSES
         .iter()
         .enumerate()
@@ -384,20 +376,21 @@ async fn user_courses(
             json!({"courseId": id, "title": t, "status": status, "quizScore": score, "completedAt": completed})
         })
         .collect();
-    Json(json!({"userId": user_id, "courses": courses})).into_response()
+    Ok(Json(json!({"userId": user_id, "courses": courses})).into_response())
 }
 
 async fn create_user(
     State(s): State<Arc<SimState>>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> Response {
-    let org = match admit(&s, &headers).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let org = admit(&s, &headers).await?;
     let Some(id) = body["id"].as_str().map(str::to_owned) else {
-        return err(StatusCode::BAD_REQUEST, "invalid_field", "id is required");
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "id is required",
+        ));
     };
     s.pushed
         .lock()
@@ -405,7 +398,7 @@ async fn create_user(
         .entry(org)
         .or_default()
         .insert(id, body.clone());
-    (StatusCode::CREATED, Json(body)).into_response()
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn update_user(
@@ -413,11 +406,8 @@ async fn update_user(
     headers: HeaderMap,
     Path(user_id): Path<String>,
     Json(mut body): Json<Value>,
-) -> Response {
-    let org = match admit(&s, &headers).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let org = admit(&s, &headers).await?;
     body["id"] = Value::String(user_id.clone());
     s.pushed
         .lock()
@@ -425,18 +415,15 @@ async fn update_user(
         .entry(org)
         .or_default()
         .insert(user_id, body.clone());
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
 
 async fn deactivate_user(
     State(s): State<Arc<SimState>>,
     headers: HeaderMap,
     Path(user_id): Path<String>,
-) -> Response {
-    let org = match admit(&s, &headers).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let org = admit(&s, &headers).await?;
     let mut pushed = s.pushed.lock().unwrap_or_else(|p| p.into_inner());
     let entry = pushed
         .entry(org)
@@ -444,7 +431,7 @@ async fn deactivate_user(
         .entry(user_id.clone())
         .or_insert_with(|| json!({"id": user_id}));
     entry["active"] = Value::Bool(false);
-    Json(entry.clone()).into_response()
+    Ok(Json(entry.clone()).into_response())
 }
 
 async fn stats(State(s): State<Arc<SimState>>) -> Response {

@@ -88,24 +88,8 @@ async fn the_roster_is_cached_per_tenant_and_invalidated_by_scim_changes_only_fo
     let token_b = env.add_tenant(&b).await;
     let svc = Service::start(&env, &[]);
     svc.wait_ready(&[&a, &b]).await;
-    push(
-        &env.config,
-        &a,
-        &[scim_event(a.as_str(), "a1", "CREATE", "u1", 1, "u1@a.test")],
-    )
-    .await;
-    push(
-        &env.config,
-        &b,
-        &[scim_event(b.as_str(), "b1", "CREATE", "u1", 1, "u1@b.test")],
-    )
-    .await;
-    for t in [&a, &b] {
-        eventually("seeded", Duration::from_secs(30), || async {
-            (env.processed(t).await == 1).then_some(())
-        })
-        .await;
-    }
+    env.provision(&a, "a1", "u1", "u1@a.test").await;
+    env.provision(&b, "b1", "u1", "u1@b.test").await;
     let (pa, pb) = (
         format!("/api/tenants/{a}/users"),
         format!("/api/tenants/{b}/users"),

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, push, read_topic, scim_event, tenant, Service, TestEnv};
+use common::{eventually, read_topic, tenant, Service, TestEnv};
 use enablement::actors::TopicKind;
 use enablement::db::TenantScopedStore;
 use enablement::simulator::{dev_secret, SimSettings};
@@ -45,23 +45,7 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
         ],
     );
     svc.wait_ready(&[&t, &other]).await;
-    push(
-        &env.config,
-        &t,
-        &[scim_event(
-            t.as_str(),
-            "e1",
-            "CREATE",
-            "u123",
-            1,
-            "u@p.test",
-        )],
-    )
-    .await;
-    eventually("user provisioned", Duration::from_secs(30), || async {
-        (env.processed(&t).await == 1).then_some(())
-    })
-    .await;
+    env.provision(&t, "e1", "u123", "u@p.test").await;
     // Credentials after provisioning: no SCIM push competes with the syncs for the budget.
     store
         .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
@@ -163,16 +147,7 @@ async fn quiz_results_are_validated_recorded_once_and_announced() {
     let other_token = env.add_tenant(&other).await;
     let svc = Service::start(&env, &[]);
     svc.wait_ready(&[&t, &other]).await;
-    push(
-        &env.config,
-        &t,
-        &[scim_event(t.as_str(), "e1", "CREATE", "u1", 1, "u1@q.test")],
-    )
-    .await;
-    eventually("user provisioned", Duration::from_secs(30), || async {
-        (env.processed(&t).await == 1).then_some(())
-    })
-    .await;
+    env.provision(&t, "e1", "u1", "u1@q.test").await;
     let url = format!("{}/api/tenants/{t}/quiz-results", svc.base_url);
     let post = |body: Value, token: String| {
         let url = url.clone();

@@ -128,6 +128,21 @@ impl TestEnv {
         .await
     }
 
+    /// Pushes a SCIM CREATE of `user` and waits until the running service applied it.
+    pub async fn provision(&self, t: &TenantId, event_id: &str, user: &str, email: &str) {
+        let before = self.processed(t).await;
+        push(
+            &self.config,
+            t,
+            &[scim_event(t.as_str(), event_id, "CREATE", user, 1, email)],
+        )
+        .await;
+        eventually("user provisioned", Duration::from_secs(30), || async {
+            (self.processed(t).await > before).then_some(())
+        })
+        .await;
+    }
+
     /// Environment for a service process using this world.
     pub fn service_env(&self, listen: &str) -> Vec<(String, String)> {
         let c = &self.config;
