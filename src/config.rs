@@ -39,7 +39,37 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub shutdown: ShutdownConfig,
     pub mindtickle: MindTickleConfig,
+    pub aggregator: AggregatorConfig,
     pub log: LogConfig,
+}
+
+/// The readiness aggregator (`serve --role aggregator`, or inside `all`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    pub freshness_ms: u64,
+    pub debounce_ms: u64,
+    pub max_delay_ms: u64,
+    pub poll_interval_ms: u64,
+    pub concurrency: usize,
+    pub history_per_tenant: u32,
+    pub statement_timeout_ms: u64,
+    pub refresh_stale_max_jobs: u32,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            freshness_ms: 86_400_000,
+            debounce_ms: 1_000,
+            max_delay_ms: 10_000,
+            poll_interval_ms: 250,
+            concurrency: 2,
+            history_per_tenant: 100,
+            statement_timeout_ms: 120_000,
+            refresh_stale_max_jobs: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -443,6 +473,22 @@ impl Config {
                 "quota and burst must be positive",
             );
         }
+        let a = &self.aggregator;
+        if a.concurrency == 0 || a.history_per_tenant == 0 {
+            return bad(
+                "aggregator.concurrency",
+                "concurrency and history_per_tenant must be positive",
+            );
+        }
+        if a.freshness_ms == 0 || a.poll_interval_ms == 0 || a.statement_timeout_ms == 0 {
+            return bad(
+                "aggregator.freshness_ms",
+                "freshness, poll interval and statement timeout must be positive",
+            );
+        }
+        if a.max_delay_ms < a.debounce_ms {
+            return bad("aggregator.max_delay_ms", "must be at least debounce_ms");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be text or json");
         }
@@ -485,6 +531,21 @@ impl Config {
             backoff_initial: Duration::from_millis(m.backoff_initial_ms),
             backoff_max: Duration::from_millis(m.backoff_max_ms),
             max_attempts: m.max_attempts,
+        }
+    }
+
+    pub fn aggregator_settings(&self) -> crate::readiness::AggregatorSettings {
+        let a = &self.aggregator;
+        crate::readiness::AggregatorSettings {
+            freshness: Duration::from_millis(a.freshness_ms),
+            debounce: Duration::from_millis(a.debounce_ms),
+            max_delay: Duration::from_millis(a.max_delay_ms),
+            poll_interval: Duration::from_millis(a.poll_interval_ms),
+            concurrency: a.concurrency,
+            history_per_tenant: i64::from(a.history_per_tenant),
+            statement_timeout: Duration::from_millis(a.statement_timeout_ms),
+            refresh_stale_max_jobs: i64::from(a.refresh_stale_max_jobs),
+            instance: self.group_instance_id(),
         }
     }
 

@@ -24,6 +24,8 @@ use crate::cache::{RedisCache, Resource};
 use crate::config::Config;
 use crate::db::{PgPool, Registry, RegistryError, TenantScopedStore};
 use crate::kafka::KafkaPublisher;
+use crate::readiness::{Aggregation, Aggregator};
+use crate::service::Role;
 use crate::tenants::{register, RegisterError};
 use crate::tokens;
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub store: TenantScopedStore,
     pub publisher: KafkaPublisher,
     pub supervisor: Option<ActorRef<SupervisorMsg>>,
+    pub aggregator: Aggregator,
+    pub role: Role,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -68,19 +72,32 @@ impl IntoResponse for ApiError {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.http.max_body_bytes;
-    Router::new()
+    let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/api/tenants", post(add_tenant))
-        .route("/api/tenants/{tenant}/users", get(list_users))
-        .route("/api/tenants/{tenant}/quiz-results", post(quiz_results))
-        .route("/api/tenants/{tenant}/courses", get(course_catalog))
-        .route(
-            "/api/tenants/{tenant}/users/{user}/sync-progress",
-            post(sync_progress).get(last_progress),
-        )
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .route("/metrics", get(metrics_text));
+    let app = if state.role.serves_api() {
+        ops.route("/api/tenants", post(add_tenant))
+            .route("/api/tenants/{tenant}/users", get(list_users))
+            .route("/api/tenants/{tenant}/quiz-results", post(quiz_results))
+            .route("/api/tenants/{tenant}/courses", get(course_catalog))
+            .route(
+                "/api/tenants/{tenant}/sync-progress",
+                post(sync_all_progress),
+            )
+            .route(
+                "/api/tenants/{tenant}/users/{user}/sync-progress",
+                post(sync_progress).get(last_progress),
+            )
+            .route(
+                "/api/tenants/{tenant}/readiness/aggregate",
+                post(aggregate_readiness),
+            )
+            .route("/api/tenants/{tenant}/readiness", get(latest_readiness))
+    } else {
+        ops
+    };
+    app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -101,7 +118,8 @@ where
     }
 }
 
-/// Ready when PostgreSQL, Redis and the broker answer and every tenant actor is running.
+/// Ready when what the role uses answers (PostgreSQL; Redis and the broker except for the
+/// aggregator) and, where this process runs them, every tenant actor is running.
 async fn readyz(State(s): State<AppState>) -> Response {
     let pg = check(async {
         let conn = s.pool.get().await.map_err(crate::db::redact)?;
@@ -111,10 +129,15 @@ async fn readyz(State(s): State<AppState>) -> Response {
             .map_err(|e| e.to_string())
     })
     .await;
-    let redis = check(s.cache.ping()).await;
-    let kafka = check(s.publisher.broker_reachable()).await;
-    let mut ready = [&pg, &redis, &kafka].iter().all(|c| c["ok"] == true);
-    let mut body = json!({"checks": {"postgres": pg, "redis": redis, "kafka": kafka}});
+    let mut body = json!({"role": s.role.as_str(), "checks": {"postgres": pg}});
+    // The aggregator needs only PostgreSQL; the other roles also use Redis and the broker.
+    if s.role != Role::Aggregator {
+        body["checks"]["redis"] = check(s.cache.ping()).await;
+        body["checks"]["kafka"] = check(s.publisher.broker_reachable()).await;
+    }
+    let mut ready = body["checks"]
+        .as_object()
+        .is_some_and(|checks| checks.values().all(|c| c["ok"] == true));
     if let Some(sup) = &s.supervisor {
         match ractor::call_t!(sup, SupervisorMsg::Health, 3_000) {
             Ok(tenants) => {
@@ -409,18 +432,96 @@ async fn sync_progress(
     }
     let user = user.to_owned();
     let location = format!("/api/tenants/{tenant}/users/{user}/sync-progress");
+    let queued = || {
+        (
+            StatusCode::ACCEPTED,
+            [("location", location.clone())],
+            Json(json!({"status": "queued", "location": location})),
+        )
+            .into_response()
+    };
+    if local_actor(&s, &tenant).await.is_none() {
+        // The tenant's consumer runs in another process (api role, or another instance):
+        // queue the sync durably; that consumer is woken through PostgreSQL.
+        s.store
+            .queue_syncs(&tenant, Some(&user))
+            .await
+            .map_err(unavailable)?;
+        return Ok(queued());
+    }
     match ask_actor(&s, &tenant, |reply| {
         crate::actors::TenantMsg::SyncProgress(user, reply)
     })
     .await?
     {
         Some(snapshot) => Ok(Json(snapshot).into_response()),
-        None => Ok((
+        None => Ok(queued()),
+    }
+}
+
+/// `POST /api/tenants/{t}/sync-progress`: queues a background sync of every active user
+/// without one queued (a full refresh, drained under the tenant's budget). 202 with the
+/// number queued.
+async fn sync_all_progress(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    let queued = s
+        .store
+        .queue_syncs(&tenant, None)
+        .await
+        .map_err(unavailable)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "queued", "queued": queued})),
+    )
+        .into_response())
+}
+
+/// `POST /api/tenants/{t}/readiness/aggregate`: computes the tenant's readiness report now
+/// and answers it; 202 (with `Location`) when an aggregation of the tenant is already
+/// running anywhere: the request is coalesced into it.
+async fn aggregate_readiness(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::actors::readiness::AggregationTrigger;
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    let location = format!("/api/tenants/{tenant}/readiness");
+    match s
+        .aggregator
+        .aggregate(&tenant, AggregationTrigger::Manual)
+        .await
+        .map_err(unavailable)?
+    {
+        Aggregation::Computed(report) => Ok(Json(report).into_response()),
+        Aggregation::Running | Aggregation::NotDue => Ok((
             StatusCode::ACCEPTED,
             [("location", location.clone())],
-            Json(json!({"status": "queued", "location": location})),
+            Json(json!({"status": "running", "location": location})),
         )
             .into_response()),
+        Aggregation::UnknownTenant => Err(not_found()),
+    }
+}
+
+/// `GET /api/tenants/{t}/readiness`: the latest report (provisional or final).
+async fn latest_readiness(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = authorize_tenant(&s, &headers, &raw).await?;
+    match s.aggregator.latest(&tenant).await.map_err(unavailable)? {
+        Some(report) => Ok(Json(report).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_report",
+            "no readiness report yet; POST .../readiness/aggregate computes one",
+        )),
     }
 }
 
@@ -461,12 +562,8 @@ async fn quiz_results(
     })?;
     match record(&s.store, &tenant, &sub).await.map_err(unavailable)? {
         Recorded::New => {
-            if let Some(sup) = &s.supervisor {
-                if let Ok(Some(actor)) =
-                    ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
-                {
-                    let _ = actor.cast(crate::actors::TenantMsg::FlushOutbox);
-                }
+            if let Some(actor) = local_actor(&s, &tenant).await {
+                let _ = actor.cast(crate::actors::TenantMsg::FlushOutbox);
             }
             Ok((
                 StatusCode::CREATED,
@@ -489,6 +586,17 @@ async fn quiz_results(
             "no such user in this tenant",
         )),
     }
+}
+
+/// The tenant's actor when it runs in this process.
+async fn local_actor(
+    s: &AppState,
+    tenant: &TenantId,
+) -> Option<ActorRef<crate::actors::TenantMsg>> {
+    let sup = s.supervisor.as_ref()?;
+    ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
+        .ok()
+        .flatten()
 }
 
 async fn tenant_actor(

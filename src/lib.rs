@@ -8,6 +8,7 @@
 //!   tenant, the producer and the developer tools (`events push|tail`).
 //! - [`cache`]: the per-tenant Redis namespace.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and tenant registration.
+//! - [`readiness`]: the analytics aggregator (team readiness reports, computed in SQL).
 //! - [`service`]: wiring for `serve`, and graceful shutdown.
 
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod db;
 pub mod http;
 pub mod kafka;
 pub mod quiz;
+pub mod readiness;
 pub mod service;
 pub mod simulator;
 pub mod telemetry;

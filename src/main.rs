@@ -33,7 +33,13 @@ enum Command {
         command: TenantCommand,
     },
     /// Run the service: supervisor, one actor per tenant, HTTP control endpoint.
-    Serve,
+    Serve {
+        /// What this process runs: all (default), consumer (SCIM pipeline and upstream
+        /// work), aggregator (readiness reports) or api (HTTP tenant routes). Every role
+        /// serves /healthz, /readyz and /metrics on http.listen.
+        #[arg(long, value_enum, default_value = "all")]
+        role: enablement::service::Role,
+    },
     /// Produce to or read from a tenant's topics.
     Events {
         #[command(subcommand)]
@@ -201,7 +207,7 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
                 }
             }
         }
-        Command::Serve => enablement::service::serve(config)
+        Command::Serve { role } => enablement::service::serve(config, role)
             .await
             .map_err(|e| e.to_string()),
         Command::Events { command } => match command {

@@ -172,6 +172,14 @@ pub async fn record(
                     &[&t, &sub.user_id, &payload],
                 )
                 .await?;
+                crate::readiness::schedule::mark_changed(
+                    tx,
+                    &t,
+                    crate::readiness::schedule::QUIZ_RECORDED,
+                )
+                .await?;
+                // The outbox row may be relayed by a consumer in another process.
+                crate::db::notify_tenant_work(tx, &t).await?;
                 Ok(Recorded::New)
             })
         })

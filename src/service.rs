@@ -1,4 +1,4 @@
-//! `enablement serve`: wiring and graceful shutdown.
+//! `enablement serve [--role all|consumer|aggregator|api]`: wiring and graceful shutdown.
 //!
 //! One cancellation root: SIGTERM or SIGINT cancels it; the HTTP server stops accepting,
 //! the supervisor drains every tenant actor (fetching stops, batches in flight commit,
@@ -11,12 +11,13 @@ use std::time::Duration;
 use ractor::Actor;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::{Supervisor, SupervisorMsg, TenantDeps};
+use crate::actors::{Supervisor, SupervisorMsg, TenantDeps, TenantMsg};
 use crate::cache::RedisCache;
 use crate::config::Config;
-use crate::db::{connect_pool, Registry, TenantScopedStore};
+use crate::db::{connect_pool, listen_tenant_work, Registry, TenantScopedStore};
 use crate::http::{router, AppState};
 use crate::kafka::{KafkaHub, KafkaPublisher};
+use crate::readiness::Aggregator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -46,15 +47,138 @@ pub async fn shutdown_signal() {
     }
 }
 
-pub async fn serve(config: Config) -> Result<(), ServeError> {
+/// What a `serve` process runs. Roles in separate processes coordinate only through
+/// PostgreSQL (queues, schedule, locks, `NOTIFY`) and Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Everything in one process (the default).
+    All,
+    /// The SCIM pipeline and upstream work: supervisor, tenant actors, Kafka consumer.
+    Consumer,
+    /// The readiness aggregator.
+    Aggregator,
+    /// The HTTP control endpoint (tenant routes, registration).
+    Api,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Consumer => "consumer",
+            Role::Aggregator => "aggregator",
+            Role::Api => "api",
+        }
+    }
+    fn consumes(self) -> bool {
+        matches!(self, Role::All | Role::Consumer)
+    }
+    fn aggregates(self) -> bool {
+        matches!(self, Role::All | Role::Aggregator)
+    }
+    /// Serves the tenant API; every role serves /healthz, /readyz and /metrics.
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+}
+
+/// The consumer side of a process: supervisor, tenant actors and the Kafka hub.
+struct ConsumerParts {
+    supervisor: ractor::ActorRef<SupervisorMsg>,
+    supervisor_join: tokio::task::JoinHandle<()>,
+    hub: Arc<KafkaHub>,
+    hub_task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let metrics = crate::telemetry::init_metrics().map_err(startup)?;
     let pool = connect_pool(&config.postgres).await.map_err(startup)?;
     let registry = Registry::new(pool.clone());
     let store = TenantScopedStore::new(pool.clone());
-    let http_store = store.clone();
     let cache = Arc::new(RedisCache::new(&config.redis).map_err(startup)?);
     let publisher = KafkaPublisher::new(&config.kafka).map_err(startup)?;
+    let aggregator = Aggregator::new(store.clone(), config.aggregator_settings());
+    let shutdown = CancellationToken::new();
+
+    let consumer = if role.consumes() {
+        Some(start_consumer(&config, &store, &cache, &publisher, &registry, &shutdown).await?)
+    } else {
+        None
+    };
+    let aggregator_task = role.aggregates().then(|| {
+        tokio::spawn(crate::readiness::worker::run(
+            aggregator.clone(),
+            shutdown.child_token(),
+        ))
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| {
+            ServeError::Startup(format!("cannot listen on {}: {e}", config.http.listen))
+        })?;
+    tracing::info!(listen = %config.http.listen, role = role.as_str(), "serving");
+    let app = router(AppState {
+        config: config.clone(),
+        role,
+        pool: pool.clone(),
+        registry,
+        cache,
+        store,
+        publisher: publisher.clone(),
+        supervisor: consumer.as_ref().map(|c| c.supervisor.clone()),
+        aggregator,
+        metrics: Some(metrics),
+    });
+    let http_stop = shutdown.child_token();
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; draining");
+    shutdown.cancel();
+    let grace = Duration::from_millis(config.shutdown.grace_period_ms);
+    let drained = tokio::time::timeout(grace, async {
+        if let Some(c) = consumer {
+            let _ = c
+                .supervisor
+                .call(SupervisorMsg::Shutdown, Some(grace))
+                .await;
+            let _ = c.hub_task.await;
+            if let Err(e) = c.hub.commit_now() {
+                tracing::warn!(error = %e, "final offset commit failed");
+            }
+            publisher.flush(Duration::from_secs(5));
+            c.supervisor.stop(None);
+            let _ = c.supervisor_join.await;
+        }
+        if let Some(task) = aggregator_task {
+            let _ = task.await;
+        }
+        let _ = http_task.await;
+    })
+    .await;
+    match drained {
+        Ok(()) => {
+            tracing::info!("shutdown complete");
+            Ok(())
+        }
+        Err(_) => Err(ServeError::GraceExceeded),
+    }
+}
+
+async fn start_consumer(
+    config: &Arc<Config>,
+    store: &TenantScopedStore,
+    cache: &Arc<RedisCache>,
+    publisher: &KafkaPublisher,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<ConsumerParts, ServeError> {
     let supervisor_settings = config.supervisor_settings();
     let hub = KafkaHub::new(
         &config.kafka,
@@ -62,13 +186,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         supervisor_settings.drain_timeout,
     )
     .map_err(startup)?;
-
     let upstream = crate::upstream::MindTickleClient::new(&config.mindtickle, store.clone())
         .map_err(startup)?;
     let deps = TenantDeps {
         upstream: Arc::new(upstream),
         limits: config.limiter_settings(),
-        store: Arc::new(store),
+        store: Arc::new(store.clone()),
         cache: cache.clone(),
         publisher: Arc::new(publisher.clone()),
         feeds: hub.clone(),
@@ -85,58 +208,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     .await
     .map_err(startup)?;
     hub.attach_supervisor(supervisor.clone());
-
-    let shutdown = CancellationToken::new();
     let hub_task = tokio::spawn(hub.clone().run(
         registry.clone(),
         supervisor.clone(),
         shutdown.child_token(),
     ));
-
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|e| {
-            ServeError::Startup(format!("cannot listen on {}: {e}", config.http.listen))
-        })?;
-    tracing::info!(listen = %config.http.listen, "serving");
-    let app = router(AppState {
-        config: config.clone(),
-        pool: pool.clone(),
-        registry,
-        cache,
-        store: http_store,
-        publisher: publisher.clone(),
-        supervisor: Some(supervisor.clone()),
-        metrics: Some(metrics),
-    });
-    let http_stop = shutdown.child_token();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
-
-    shutdown_signal().await;
-    tracing::info!("shutdown requested; draining");
-    shutdown.cancel();
-    let grace = Duration::from_millis(config.shutdown.grace_period_ms);
-    let drained = tokio::time::timeout(grace, async {
-        let _ = supervisor.call(SupervisorMsg::Shutdown, Some(grace)).await;
-        let _ = hub_task.await;
-        if let Err(e) = hub.commit_now() {
-            tracing::warn!(error = %e, "final offset commit failed");
-        }
-        publisher.flush(Duration::from_secs(5));
-        supervisor.stop(None);
-        let _ = supervisor_join.await;
-        let _ = http_task.await;
+    // Work written for a tenant by another process (aggregator, API) wakes its actor.
+    let wake_sup = supervisor.clone();
+    tokio::spawn(listen_tenant_work(
+        config.postgres.clone(),
+        move |tenant| {
+            let sup = wake_sup.clone();
+            tokio::spawn(async move {
+                if let Ok(Some(actor)) = ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant)
+                {
+                    let _ = actor.cast(TenantMsg::Wake);
+                }
+            });
+        },
+        shutdown.child_token(),
+    ));
+    Ok(ConsumerParts {
+        supervisor,
+        supervisor_join,
+        hub,
+        hub_task,
     })
-    .await;
-    match drained {
-        Ok(()) => {
-            tracing::info!("shutdown complete");
-            Ok(())
-        }
-        Err(_) => Err(ServeError::GraceExceeded),
-    }
 }

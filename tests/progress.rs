@@ -16,14 +16,7 @@ async fn call(
     path: &str,
     token: &str,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = reqwest::Client::new()
-        .request(method, format!("{}{path}", svc.base_url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    (status, headers, r.json().await.unwrap_or(Value::Null))
+    svc.call(method, path, token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@
 //!   micro-batches with high/low-water backpressure.
 //! - [`supervisor`]: the [`Supervisor`] that spawns, restarts (capped backoff), parks and
 //!   drains tenant actors.
+//! - [`readiness`]: the team readiness report and the rule that makes one provisional.
 //! - [`metric_names`]: every metric name the service emits, declared once.
 //!
 //! Nothing here depends on rdkafka, redis, tokio-postgres, bb8 or reqwest, so the unit tests
@@ -17,6 +18,7 @@
 
 pub mod metric_names;
 pub mod ports;
+pub mod readiness;
 pub mod scim;
 pub mod supervisor;
 pub mod tenant;

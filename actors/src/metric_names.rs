@@ -42,3 +42,14 @@ pub const UPSTREAM_QUEUE_DEPTH: &str = "enablement_upstream_queue_depth";
 pub const FEED_ERRORS_TOTAL: &str = "enablement_feed_errors_total";
 /// Counter {route, status}: HTTP requests answered.
 pub const HTTP_REQUESTS_TOTAL: &str = "enablement_http_requests_total";
+/// Histogram (seconds) {trigger}: one readiness aggregation, lock to commit.
+pub const READINESS_AGGREGATION_SECONDS: &str = "enablement_readiness_aggregation_duration_seconds";
+/// Counter {state=provisional|final}: readiness reports stored.
+pub const READINESS_REPORTS_TOTAL: &str = "enablement_readiness_reports_total";
+/// Counter {reason}: re-aggregations scheduled (inputs changed, sync work settled).
+pub const READINESS_REAGGREGATIONS_SCHEDULED_TOTAL: &str =
+    "enablement_readiness_reaggregations_scheduled_total";
+/// Counter: aggregation requests answered 202 because one was already running.
+pub const READINESS_COALESCED_TOTAL: &str = "enablement_readiness_coalesced_total";
+/// Counter: aggregations that failed (the schedule keeps the tenant due).
+pub const READINESS_FAILURES_TOTAL: &str = "enablement_readiness_failures_total";

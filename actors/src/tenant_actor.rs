@@ -104,6 +104,9 @@ pub enum TenantMsg {
     Catalog(RpcReplyPort<Result<Vec<CatalogCourse>, SyncError>>),
     /// The job pump finished a job: answer whoever waits for it.
     JobDone(i64, Result<ProgressSnapshot, SyncError>),
+    /// Another process wrote work for this tenant (outbox rows, queued jobs): relay the
+    /// outbox and look at the job queue now rather than at the next poll.
+    Wake,
 }
 
 /// Configuration of one tenant actor; its [`TenantState`] is built in `pre_start`.
@@ -197,6 +200,10 @@ impl Actor for TenantActor {
                 let _ = reply.send(next);
             }
             TenantMsg::FlushOutbox => self.flush_outbox(&myself).await,
+            TenantMsg::Wake => {
+                state.wake_pump.notify_one();
+                self.flush_outbox(&myself).await;
+            }
             TenantMsg::SyncProgress(user_id, reply) => {
                 // Durable first: the job survives a restart; the caller waits for it only
                 // as long as it likes (the HTTP layer answers 202 past its deadline).

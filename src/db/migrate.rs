@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_upstream_jobs.sql",
         include_str!("../../migrations/0004_upstream_jobs.sql"),
     ),
+    (
+        5,
+        "0005_readiness.sql",
+        include_str!("../../migrations/0005_readiness.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).
@@ -58,7 +63,11 @@ pub struct MigrationReport {
 }
 
 fn db(e: tokio_postgres::Error) -> MigrateError {
-    MigrateError::Db(e.to_string())
+    MigrateError::Db(
+        e.as_db_error()
+            .map(|d| format!("{}: {}", d.code().code(), d.message()))
+            .unwrap_or_else(|| e.to_string()),
+    )
 }
 
 pub async fn migrate(cfg: &PostgresConfig) -> Result<MigrationReport, MigrateError> {
@@ -121,7 +130,11 @@ async fn apply_all(
                 .await
             {
                 Ok(()) => {}
-                Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+                // Another migrator created it at the same moment (the catalog's unique index
+                // answers before the duplicate-object check does).
+                Err(e)
+                    if e.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                        || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
                 Err(e) => return Err(db(e)),
             }
             true

@@ -6,10 +6,13 @@
 
 mod migrate;
 mod registry;
+mod signals;
 mod store;
 
 pub use migrate::{migrate, MigrateError, MigrationReport};
 pub use registry::{Registry, RegistryError, TenantRecord};
+pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};
+pub(crate) use store::store_error;
 pub use store::TenantScopedStore;
 
 use std::time::Duration;

@@ -81,6 +81,13 @@ impl Registry {
         )
         .await
         .map_err(db)?;
+        // The row an aggregation of this tenant locks (see crate::readiness).
+        tx.execute(
+            "insert into readiness_locks (tenant_id) values ($1)",
+            &[&tenant.as_str()],
+        )
+        .await
+        .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(TenantRecord {
             tenant_id: tenant.clone(),

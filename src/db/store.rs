@@ -23,6 +23,7 @@ use crate::actors::ports::{
 use crate::actors::scim::{plan_batch, Role, StoredUser};
 use crate::actors::upstream::{CourseStatus, UpstreamCourse};
 use crate::actors::{TenantId, TopicKind};
+use crate::readiness::schedule;
 
 /// Work run inside a tenant's transaction.
 pub type TxWork<'t, R> =
@@ -201,6 +202,49 @@ impl TenantScopedStore {
     }
 
     /// The tenant's MindTickle credentials (client id, secret), if configured.
+    /// Queues progress syncs durably and wakes the tenant's consumer wherever it runs: one
+    /// user at interactive priority, or (`None`) every active user without a sync queued at
+    /// background priority. Returns the number of jobs queued.
+    pub async fn queue_syncs(
+        &self,
+        tenant: &TenantId,
+        user: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let user = user.map(str::to_owned);
+        self.scoped(tenant, move |tx| {
+            Box::pin(async move {
+                let n = match user {
+                    Some(u) => {
+                        tx.execute(
+                            "insert into upstream_jobs (tenant_id, priority, kind, subject)
+                             values ($1, 0, 'sync_progress', $2)",
+                            &[&t, &u],
+                        )
+                        .await?
+                    }
+                    None => {
+                        tx.execute(
+                            "insert into upstream_jobs (tenant_id, priority, kind, subject)
+                             select $1, 2, 'sync_progress', u.user_id from users u
+                              where u.tenant_id = $1 and u.active
+                                and not exists (select 1 from upstream_jobs j
+                                                 where j.tenant_id = $1 and j.status = 'pending'
+                                                   and j.kind = 'sync_progress'
+                                                   and j.subject = u.user_id)
+                              order by u.user_id",
+                            &[&t],
+                        )
+                        .await?
+                    }
+                };
+                super::notify_tenant_work(tx, &t).await?;
+                Ok(n)
+            })
+        })
+        .await
+    }
+
     pub async fn upstream_credentials(
         &self,
         tenant: &TenantId,
@@ -317,6 +361,7 @@ async fn record_progress_tx(
         &[&t, &u, &payload],
     )
     .await?;
+    schedule::mark_changed(tx, t, schedule::PROGRESS_SYNCED).await?;
     Ok(snapshot)
 }
 
@@ -479,6 +524,7 @@ async fn apply_batch_tx(
                 &[&tenant, &keys, &payloads],
             )
             .await?;
+            schedule::mark_changed(tx, tenant, schedule::USERS_CHANGED).await?;
         }
     }
     for sec in &batch.security_events {
@@ -707,7 +753,8 @@ impl TenantStore for TenantScopedStore {
                       where tenant_id = $1 and id = $2 and status = 'pending'",
                     &[&t, &job_id, &status, &error],
                 )
-                .await
+                .await?;
+                schedule::mark_if_sync_settled(tx, &t).await
             })
         })
         .await?;

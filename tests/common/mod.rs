@@ -235,6 +235,11 @@ pub struct Service {
 
 impl Service {
     pub fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        Self::start_role(env, "all", extra)
+    }
+
+    /// `enablement serve --role <role>`.
+    pub fn start_role(env: &TestEnv, role: &str, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let log_path = std::env::temp_dir().join(format!("{}.log", unique("svc")));
@@ -243,6 +248,8 @@ impl Service {
         cmd.arg("--config")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
             .arg("serve")
+            .arg("--role")
+            .arg(role)
             .envs(env.service_env(&listen))
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .stdin(Stdio::null())
@@ -279,6 +286,32 @@ impl Service {
             let v: Value = serde_json::from_str(&body).ok()?;
             let running = v["checks"]["tenant_actors"]["running"].as_u64()? as usize;
             (status == 200 && running >= want.len()).then_some(())
+        })
+        .await;
+    }
+
+    /// A request with a bearer token: status, headers and the JSON body (Null if none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        (status, headers, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until `/readyz` answers 200 (roles without tenant actors).
+    pub async fn wait_up(&self) {
+        eventually("service up", Duration::from_secs(60), || async {
+            let (status, _) = self.get("/readyz").await?;
+            (status == 200).then_some(())
         })
         .await;
     }
