@@ -3,32 +3,45 @@
 --   $1: tenant id (text)   $2: freshness in milliseconds (float8)
 -- Definitions: README "Readiness reports". Deactivated users and their progress are
 -- excluded; rates and means are null where there is nothing to divide.
-with active as (
+with active as not materialized (
     select user_id, manager_id
       from users
      where tenant_id = $1 and active
-), progress as (
-    select p.course_id, p.title, p.status, p.score, p.synced_at, a.manager_id
+), cells as (
+    -- One pass over the tenant's progress joined to its active users, one group per
+    -- (course, manager): a million rows become at most courses x managers cells.
+    select p.course_id, a.manager_id,
+           count(*) as assigned,
+           count(*) filter (where p.status = 'completed') as completed,
+           count(p.score) as scored,
+           sum(p.score) as score_sum,
+           min(p.title) as title,
+           min(p.synced_at) as oldest,
+           max(p.synced_at) as newest,
+           count(*) filter (where p.synced_at < (select now() - $2::float8 * interval '1 millisecond')) as stale
       from course_progress p
       join active a on a.user_id = p.user_id
      where p.tenant_id = $1
+     group by p.course_id, a.manager_id
+), slices as (
+    -- The cells rolled up three ways at once: the whole tenant, per course, per manager.
+    select grouping(course_id) = 0 as per_course,
+           grouping(manager_id) = 0 as per_team,
+           course_id, manager_id,
+           coalesce(sum(assigned), 0)::bigint as assigned,
+           coalesce(sum(completed), 0)::bigint as completed,
+           coalesce(sum(scored), 0)::bigint as scored,
+           sum(score_sum) / nullif(sum(scored), 0) as avg_score,
+           min(title) as title,
+           min(oldest) as oldest,
+           max(newest) as newest,
+           coalesce(sum(stale), 0)::bigint as stale
+      from cells
+     group by grouping sets ((), (course_id), (manager_id))
 ), totals as (
-    select count(*) as assigned,
-           count(*) filter (where status = 'completed') as completed,
-           count(score) as scored,
-           avg(score) as avg_score,
-           min(synced_at) as oldest,
-           max(synced_at) as newest,
-           count(*) filter (where synced_at < now() - $2::float8 * interval '1 millisecond') as stale
-      from progress
+    select * from slices where not per_course and not per_team
 ), courses as (
-    select course_id, max(title) as title,
-           count(*) as assigned,
-           count(*) filter (where status = 'completed') as completed,
-           count(score) as scored,
-           avg(score) as avg_score
-      from progress
-     group by course_id
+    select * from slices where per_course
 ), managers as (
     -- Every active manager (even with no team) and every manager an active user reports to.
     select user_id as manager_id from users
@@ -39,24 +52,16 @@ with active as (
     select manager_id, count(*) as members
       from active where manager_id is not null
      group by manager_id
-), team_progress as (
-    select manager_id,
-           count(*) as assigned,
-           count(*) filter (where status = 'completed') as completed,
-           count(score) as scored,
-           avg(score) as avg_score
-      from progress where manager_id is not null
-     group by manager_id
 ), teams as (
     select m.manager_id, u.user_name,
-           coalesce(s.members, 0) as members,
-           coalesce(tp.assigned, 0) as assigned,
-           coalesce(tp.completed, 0) as completed,
-           coalesce(tp.scored, 0) as scored,
-           tp.avg_score
+           coalesce(ts.members, 0) as members,
+           coalesce(s.assigned, 0) as assigned,
+           coalesce(s.completed, 0) as completed,
+           coalesce(s.scored, 0) as scored,
+           s.avg_score
       from managers m
-      left join team_sizes s on s.manager_id = m.manager_id
-      left join team_progress tp on tp.manager_id = m.manager_id
+      left join team_sizes ts on ts.manager_id = m.manager_id
+      left join slices s on s.per_team and s.manager_id = m.manager_id
       left join users u on u.tenant_id = $1 and u.user_id = m.manager_id
 )
 select jsonb_build_object(
