@@ -3,7 +3,8 @@
 # builds the service, migrates, registers two demo tenants, starts the service, pushes the
 # sample SCIM events (good ones, a replay, a stale update and malformed ones) and prints
 # what happened per tenant: users in PostgreSQL, user_changed records, DLQ records with
-# their reasons, security events and the service's own metrics. Stops the service cleanly.
+# their reasons, security events and the service's own metrics, then each tenant's team
+# readiness report (provisional while syncs are queued, then final). Stops the service cleanly.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -112,6 +113,41 @@ for c in p["courses"]:
   echo "-- metrics"
   curl -s "$base/metrics" | grep "tenant=\"$t\"" | grep -E "^enablement_scim_(events|dlq)_total|^enablement_outbox|^enablement_cache" | sed 's/^/  /'
 done
+# Team readiness: queue a full progress sync of each tenant, aggregate at once (provisional:
+# syncs are queued), then wait for the automatic re-aggregation once they drained (final).
+print_report() {
+  python3 -c 'import json,sys
+r=json.load(sys.stdin)
+if "tenantId" not in r: print("  ", r); sys.exit()
+f=lambda v: "-" if v is None else ("%.3f" % v if isinstance(v, float) else str(v))
+print("  %s report #%s for %s: %s  reasons=%s  trigger=%s" % ("PROVISIONAL" if r["provisional"] else "FINAL", r["reportId"], r["tenantId"], "avgScore=%s completionRate=%s" % (f(r["avgScore"]), f(r["completionRate"])), ",".join(r["provisionalReasons"]) or "none", r["trigger"]))
+print("    active users=%s assigned=%s completed=%s pending syncs=%s stale rows=%s computed %s, inputs as of %s" % (r["activeUsers"], r["assigned"], r["completed"], r["pendingSyncJobs"], r["staleProgressRows"], r["computedAt"], r["inputsAsOf"]))
+for c in r["byCourse"]:
+    print("    course %-4s %-22s assigned=%-3s completion=%-6s avgScore=%s" % (c["courseId"], c["title"], c["assigned"], f(c["completionRate"]), f(c["avgScore"])))
+for t in r["byTeam"]:
+    print("    team of %-10s size=%-3s assigned=%-3s completion=%-6s avgScore=%s" % (t["managerId"], t["teamSize"], t["assigned"], f(t["completionRate"]), f(t["avgScore"])))'
+}
+for t in "${tenants[@]}"; do
+  token=$(cat "$dev/token-$t")
+  echo "== readiness of $t"
+  echo "-- POST /api/tenants/$t/sync-progress (a full sync of every active user, queued)"
+  curl -s -X POST -H "Authorization: Bearer $token" "$base/api/tenants/$t/sync-progress"; echo
+  echo "-- POST /api/tenants/$t/readiness/aggregate (now, while the syncs are queued)"
+  curl -s -X POST -H "Authorization: Bearer $token" "$base/api/tenants/$t/readiness/aggregate" | print_report
+done
+for t in "${tenants[@]}"; do
+  token=$(cat "$dev/token-$t")
+  echo "-- GET /api/tenants/$t/readiness once the syncs drained (the re-aggregation is automatic)"
+  final=""
+  for _ in $(seq 1 240); do
+    r=$(curl -s -H "Authorization: Bearer $token" "$base/api/tenants/$t/readiness")
+    if echo "$r" | grep -q '"provisional":false'; then final="$r"; break; fi
+    sleep 0.5
+  done
+  if [ -n "$final" ]; then echo "$final" | print_report; else echo "  still provisional after 120 s:"; echo "$r" | print_report; fi
+done
+curl -s "$base/metrics" | grep -E "^enablement_readiness_(reports|reaggregations)" | sed 's/^/  /'
+
 curl -s "$sim_base/admin/stats" | python3 -c 'import json,sys
 for org, s in json.load(sys.stdin)["organisations"].items():
     print("simulator: %-8s served=%s limit_violations=%s" % (org, s["served"], s["limit_violations"]))'
