@@ -59,8 +59,11 @@ async fn assert_exactly_once(
         "{t}: every event processed once"
     );
     assert_eq!(
-        env.count("select count(*) from outbox where tenant_id = $1", t)
-            .await,
+        env.count(
+            "select count(*) from outbox where tenant_id = $1 and topic = 'user_changed'",
+            t
+        )
+        .await,
         n as i64,
         "{t}: one outbox row per effective change, none twice"
     );

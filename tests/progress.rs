@@ -53,6 +53,11 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
 
     let (status, _, first) = call(&svc, reqwest::Method::POST, &path, &token).await;
     assert_eq!(status, 200, "{first}");
+    // The budget is spent: the next sync at once answers 202 with a place to poll, then
+    // completes in the background.
+    let (status, headers, body) = call(&svc, reqwest::Method::POST, &path, &token).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(headers["location"].to_str().unwrap(), path);
     let courses = first["courses"].as_array().unwrap();
     assert!(!courses.is_empty());
     let (status, _, stored) = call(&svc, reqwest::Method::GET, &path, &token).await;
@@ -78,10 +83,6 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
     assert_eq!(events[0]["payload"]["type"], "progress.synced");
     assert_eq!(events[0]["payload"]["userId"], "u123");
 
-    // The budget is spent: the next sync answers 202 with a place to poll, then completes.
-    let (status, headers, body) = call(&svc, reqwest::Method::POST, &path, &token).await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(headers["location"].to_str().unwrap(), path);
     let first_synced = first["syncedAt"].as_str().unwrap().to_owned();
     eventually(
         "background sync completed",
