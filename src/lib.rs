@@ -2,6 +2,7 @@
 //! endpoint, configuration, metrics and the command line.
 //!
 //! Dependency points one way: this crate uses `enablement_actors`, never the reverse.
+//! - [`bench`]: `enablement bench`, the benchmark scenarios against the real services.
 //! - [`config`]: the TOML file plus `ENABLEMENT__<SECTION>__<KEY>` overrides, validated.
 //! - [`db`]: migrations, the tenant registry and the RLS-scoped [`db::TenantScopedStore`].
 //! - [`kafka`]: topic administration, the shared group consumer with one partition queue per
@@ -11,6 +12,7 @@
 //! - [`readiness`]: the analytics aggregator (team readiness reports, computed in SQL).
 //! - [`service`]: wiring for `serve`, and graceful shutdown.
 
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod db;

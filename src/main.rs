@@ -1,6 +1,6 @@
 //! The `enablement` command line: `migrate`, `tenant`, `serve` and `events`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +39,21 @@ enum Command {
         /// serves /healthz, /readyz and /metrics on http.listen.
         #[arg(long, value_enum, default_value = "all")]
         role: enablement::service::Role,
+    },
+    /// Benchmark the service against baselines measured in the same run (needs PostgreSQL,
+    /// Redis and the broker up: scripts/bench.sh brings them up first).
+    Bench {
+        #[arg(long, value_enum, default_value = "all")]
+        scenario: enablement::bench::Scenario,
+        /// `full` (the sizes BENCHMARKS.md reports) or `smoke` (seconds; what CI runs).
+        #[arg(long, value_enum, default_value = "full")]
+        size: enablement::bench::Size,
+        /// Where the JSON report goes.
+        #[arg(long, default_value = "bench-results.json")]
+        out: PathBuf,
+        /// Keep each scenario's database for inspection.
+        #[arg(long)]
+        keep: bool,
     },
     /// Produce to or read from a tenant's topics.
     Events {
@@ -114,7 +129,7 @@ async fn main() -> ExitCode {
         }
     };
     enablement::telemetry::init_logging(&config.log);
-    match run(cli.command, config).await {
+    match run(cli.command, config, &cli.config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -123,7 +138,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> Result<(), String> {
+async fn run(command: Command, config: Config, config_path: &Path) -> Result<(), String> {
     match command {
         Command::Migrate => {
             let report = migrate(&config.postgres).await.map_err(|e| e.to_string())?;
@@ -210,6 +225,23 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
         Command::Serve { role } => enablement::service::serve(config, role)
             .await
             .map_err(|e| e.to_string()),
+        Command::Bench {
+            scenario,
+            size,
+            out,
+            keep,
+        } => {
+            let opts = enablement::bench::BenchOptions {
+                scenario,
+                size,
+                out,
+                keep,
+            };
+            enablement::bench::run(&config, config_path, &opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
         Command::Events { command } => match command {
             EventsCommand::Push { tenant } => {
                 let tenant = tenant_arg(&tenant)?;

@@ -1,0 +1,402 @@
+//! What every scenario needs: a fresh database, tenants, events on their topics, the real
+//! service as a child process (with its RSS sampled from `/proc`), and waits with deadlines.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+use super::BenchError;
+use crate::actors::ports::{EventPublisher, OutboundRecord};
+use crate::actors::{TenantId, TopicKind};
+use crate::config::Config;
+use crate::db::{connect_pool, migrate, PgPool, Registry};
+use crate::kafka::KafkaPublisher;
+
+/// One scenario's world: its own database and consumer group, unique tenant ids.
+pub struct BenchWorld {
+    pub config: Config,
+    pub db_name: String,
+    pub owner: tokio_postgres::Client,
+    pub run_id: String,
+    /// The configuration file the bench was given; service processes read it too.
+    pub config_path: std::path::PathBuf,
+    admin_url: String,
+    keep: bool,
+}
+
+pub fn fail(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) if url[..i].contains("://") && url[..i].rfind('/') != Some(i - 1) => {
+            let (base, rest) = url.split_at(i);
+            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
+            format!("{base}/{db}{query}")
+        }
+        _ => format!("{}/{db}", url.trim_end_matches('/')),
+    }
+}
+
+impl BenchWorld {
+    pub async fn new(
+        base: &Config,
+        config_path: &std::path::Path,
+        scenario: &str,
+        keep: bool,
+    ) -> Result<Self, BenchError> {
+        let run_id = format!(
+            "{}{}",
+            &scenario[..scenario.len().min(3)],
+            std::process::id() % 100_000
+        );
+        let db_name = format!("bench_{scenario}_{}", std::process::id());
+        let admin_url = base.postgres.migrate_url.clone();
+        let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls)
+            .await
+            .map_err(|e| fail(format!("PostgreSQL (postgres.migrate_url) is not reachable: {e}; run scripts/dev-services.sh")))?;
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("drop database if exists {db_name} with (force)"))
+            .await
+            .map_err(fail)?;
+        admin
+            .batch_execute(&format!("create database {db_name}"))
+            .await
+            .map_err(fail)?;
+        let mut config = base.clone();
+        config.postgres.url = with_database(&base.postgres.url, &db_name);
+        config.postgres.migrate_url = with_database(&base.postgres.migrate_url, &db_name);
+        config.kafka.group_id = format!("bench-{run_id}-{}", now_ms());
+        config.kafka.group_instance_id = format!("bench-{run_id}");
+        config.kafka.tenant_refresh_ms = 500;
+        config.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        migrate(&config.postgres).await.map_err(fail)?;
+        let (owner, conn) = tokio_postgres::connect(&config.postgres.migrate_url, NoTls)
+            .await
+            .map_err(fail)?;
+        tokio::spawn(conn);
+        Ok(Self {
+            config,
+            db_name,
+            owner,
+            run_id,
+            config_path: config_path.to_owned(),
+            admin_url,
+            keep,
+        })
+    }
+
+    pub async fn app_pool(&self) -> Result<PgPool, BenchError> {
+        connect_pool(&self.config.postgres).await.map_err(fail)
+    }
+
+    /// `t<run>-<name>`: unique per run, so topics of earlier runs are never read.
+    pub fn tenant(&self, name: &str) -> Result<TenantId, BenchError> {
+        TenantId::parse(&format!("{}-{name}", self.run_id)).map_err(fail)
+    }
+
+    /// Registers tenants through the service's own registration (topics, then rows).
+    pub async fn register(&self, tenants: &[TenantId]) -> Result<(), BenchError> {
+        let registry = Registry::new(self.app_pool().await?);
+        for t in tenants {
+            crate::tenants::register(&registry, &self.config.kafka, t, "Bench Org")
+                .await
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    pub async fn scalar(&self, sql: &str) -> Result<i64, BenchError> {
+        self.owner
+            .query_one(sql, &[])
+            .await
+            .map(|r| r.get(0))
+            .map_err(fail)
+    }
+
+    /// Environment overrides that point a service process at this world.
+    pub fn service_env(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
+        let c = &self.config;
+        let mut env = vec![
+            ("ENABLEMENT__POSTGRES__URL".to_owned(), c.postgres.url.clone()),
+            (
+                "ENABLEMENT__POSTGRES__MIGRATE_URL".into(),
+                c.postgres.migrate_url.clone(),
+            ),
+            ("ENABLEMENT__KAFKA__GROUP_ID".into(), c.kafka.group_id.clone()),
+            (
+                "ENABLEMENT__KAFKA__GROUP_INSTANCE_ID".into(),
+                c.kafka.group_instance_id.clone(),
+            ),
+            (
+                "ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(),
+                c.kafka.tenant_refresh_ms.to_string(),
+            ),
+            ("ENABLEMENT__HTTP__LISTEN".into(), c.http.listen.to_string()),
+            ("ENABLEMENT__MINDTICKLE__BASE_URL".into(), c.mindtickle.base_url.clone()),
+            ("ENABLEMENT__LOG__FILTER".into(), "warn".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env
+    }
+
+    pub async fn cleanup(self) {
+        if self.keep {
+            eprintln!("bench: kept database {}", self.db_name);
+            return;
+        }
+        drop(self.owner);
+        if let Ok((admin, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
+            tokio::spawn(conn);
+            let _ = admin
+                .batch_execute(&format!("drop database if exists {} with (force)", self.db_name))
+                .await;
+        }
+    }
+}
+
+pub fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+pub fn free_port() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(fail)
+}
+
+/// A SCIM CREATE/REPLACE envelope; `seq` orders versions of one user.
+pub fn scim_event(tenant: &str, event_id: &str, user: &str, seq: u64) -> String {
+    let at = time::OffsetDateTime::UNIX_EPOCH
+        + time::Duration::days(20_000)
+        + time::Duration::milliseconds(seq as i64);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    json!({
+        "eventId": event_id, "tenantId": tenant,
+        "operation": if seq == 0 { "CREATE" } else { "REPLACE" }, "occurredAt": at,
+        "user": {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "id": user, "userName": format!("{user}@{tenant}.test"),
+            "emails": [{"value": format!("{user}.{seq}@{tenant}.test"), "primary": true}],
+            "roles": [{"value": "rep"}], "active": true
+        }
+    })
+    .to_string()
+}
+
+/// Produces `events` (already JSON) to the tenant's inbound topic, keyed by user.
+pub async fn produce(
+    publisher: &KafkaPublisher,
+    tenant: &TenantId,
+    events: Vec<(String, String)>,
+) -> Result<(), BenchError> {
+    for chunk in events.chunks(5_000) {
+        let records = chunk
+            .iter()
+            .map(|(key, payload)| OutboundRecord {
+                topic: TopicKind::Scim,
+                key: Some(key.as_bytes().to_vec()),
+                payload: payload.as_bytes().to_vec(),
+                headers: vec![],
+            })
+            .collect();
+        publisher.publish(tenant, records).await.map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Polls `probe` every 50 ms until it answers, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T, BenchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(fail(format!("timed out after {timeout:?} waiting for {what}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real `enablement serve` as a child process.
+pub struct ServiceProcess {
+    child: Child,
+    pub base_url: String,
+    pub log_path: std::path::PathBuf,
+}
+
+impl ServiceProcess {
+    pub fn start(
+        world: &BenchWorld,
+        role: &str,
+        extra: &[(&str, String)],
+    ) -> Result<Self, BenchError> {
+        let exe = std::env::current_exe().map_err(fail)?;
+        let log_path = std::env::temp_dir().join(format!("{}-{role}.log", world.db_name));
+        let log = std::fs::File::create(&log_path).map_err(fail)?;
+        let child = Command::new(exe)
+            .arg("--config")
+            .arg(&world.config_path)
+            .arg("serve")
+            .arg("--role")
+            .arg(role)
+            .envs(world.service_env(extra))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(fail)?;
+        Ok(Self {
+            child,
+            base_url: format!("http://{}", world.config.http.listen),
+            log_path,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size now and its peak, in KiB (`/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub async fn readyz(&self) -> Option<Value> {
+        let r = http_client()
+            .get(format!("{}/readyz", self.base_url))
+            .send()
+            .await
+            .ok()?;
+        let ok = r.status().is_success();
+        let v: Value = r.json().await.ok()?;
+        ok.then_some(v)
+    }
+
+    /// Waits until ready with at least `actors` tenant actors running.
+    pub async fn wait_ready(&mut self, actors: usize, timeout: Duration) -> Result<(), BenchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.readyz().await {
+                let running = v["checks"]["tenant_actors"]["running"].as_u64().unwrap_or(0);
+                if running as usize >= actors {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(fail(format!(
+                    "the service exited ({status}); log: {}",
+                    self.log_path.display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!(
+                    "the service was not ready with {actors} actors within {timeout:?}; log: {}",
+                    self.log_path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let Ok(r) = http_client()
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+        else {
+            return HashMap::new();
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// SIGTERM, then wait (killing after `timeout`).
+    pub fn stop(mut self, timeout: Duration) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A client whose requests give up after 10 s (a hung service fails the bench, not hangs it).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Starts the MindTickle simulator in this process; returns its base URL.
+pub async fn start_simulator(
+    settings: crate::simulator::SimSettings,
+) -> Result<String, BenchError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(fail)?;
+    let addr = listener.local_addr().map_err(fail)?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, crate::simulator::router(settings)).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// Percentile (0..=100) of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
