@@ -234,6 +234,7 @@ pub struct PipelineConfig {
     pub max_message_bytes: usize,
     pub outbox_batch: usize,
     pub outbox_retry_ms: u64,
+    pub job_poll_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -247,6 +248,7 @@ impl Default for PipelineConfig {
             max_message_bytes: d.max_message_bytes,
             outbox_batch: d.outbox_batch,
             outbox_retry_ms: d.outbox_retry.as_millis() as u64,
+            job_poll_ms: d.job_poll.as_millis() as u64,
         }
     }
 }
@@ -519,6 +521,7 @@ impl Config {
             max_message_bytes: p.max_message_bytes,
             outbox_batch: p.outbox_batch,
             outbox_retry: Duration::from_millis(p.outbox_retry_ms),
+            job_poll: Duration::from_millis(p.job_poll_ms.max(1)),
         }
     }
 

@@ -75,6 +75,8 @@ pub struct PipelineSettings {
     pub outbox_batch: usize,
     /// Delay before retrying an outbox relay that failed.
     pub outbox_retry: Duration,
+    /// How often an idle job pump looks at the queue without being woken.
+    pub job_poll: Duration,
 }
 
 impl Default for PipelineSettings {
@@ -87,6 +89,7 @@ impl Default for PipelineSettings {
             max_message_bytes: 256 * 1024,
             outbox_batch: 1000,
             outbox_retry: Duration::from_secs(1),
+            job_poll: Duration::from_secs(10),
         }
     }
 }
@@ -171,6 +174,7 @@ impl Actor for TenantActor {
                 actor: myself.clone(),
                 wake: wake_pump.clone(),
                 alive: alive.clone(),
+                poll: self.settings.job_poll,
             }
             .run(),
         );
@@ -519,6 +523,7 @@ struct JobPump {
     actor: ActorRef<TenantMsg>,
     wake: Arc<tokio::sync::Notify>,
     alive: CancellationToken,
+    poll: Duration,
 }
 
 impl JobPump {
@@ -540,7 +545,7 @@ impl JobPump {
                     tokio::select! {
                         _ = self.alive.cancelled() => return,
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = tokio::time::sleep(self.poll) => {}
                     }
                 }
                 Err(e) => {

@@ -31,6 +31,15 @@ pub fn fail(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())
 }
 
+/// A PostgreSQL error with the server's message (tokio-postgres displays only "db error").
+pub fn pg(e: tokio_postgres::Error) -> BenchError {
+    BenchError(
+        e.as_db_error()
+            .map(|d| format!("PostgreSQL: {}", d.message()))
+            .unwrap_or_else(|| e.to_string()),
+    )
+}
+
 fn with_database(url: &str, db: &str) -> String {
     match url.rfind('/') {
         Some(i) if url[..i].contains("://") && url[..i].rfind('/') != Some(i - 1) => {
@@ -123,12 +132,18 @@ impl BenchWorld {
     pub fn service_env(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
         let c = &self.config;
         let mut env = vec![
-            ("ENABLEMENT__POSTGRES__URL".to_owned(), c.postgres.url.clone()),
+            (
+                "ENABLEMENT__POSTGRES__URL".to_owned(),
+                c.postgres.url.clone(),
+            ),
             (
                 "ENABLEMENT__POSTGRES__MIGRATE_URL".into(),
                 c.postgres.migrate_url.clone(),
             ),
-            ("ENABLEMENT__KAFKA__GROUP_ID".into(), c.kafka.group_id.clone()),
+            (
+                "ENABLEMENT__KAFKA__GROUP_ID".into(),
+                c.kafka.group_id.clone(),
+            ),
             (
                 "ENABLEMENT__KAFKA__GROUP_INSTANCE_ID".into(),
                 c.kafka.group_instance_id.clone(),
@@ -138,7 +153,10 @@ impl BenchWorld {
                 c.kafka.tenant_refresh_ms.to_string(),
             ),
             ("ENABLEMENT__HTTP__LISTEN".into(), c.http.listen.to_string()),
-            ("ENABLEMENT__MINDTICKLE__BASE_URL".into(), c.mindtickle.base_url.clone()),
+            (
+                "ENABLEMENT__MINDTICKLE__BASE_URL".into(),
+                c.mindtickle.base_url.clone(),
+            ),
             ("ENABLEMENT__LOG__FILTER".into(), "warn".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
@@ -154,7 +172,10 @@ impl BenchWorld {
         if let Ok((admin, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
             tokio::spawn(conn);
             let _ = admin
-                .batch_execute(&format!("drop database if exists {} with (force)", self.db_name))
+                .batch_execute(&format!(
+                    "drop database if exists {} with (force)",
+                    self.db_name
+                ))
                 .await;
         }
     }
@@ -217,7 +238,11 @@ pub async fn produce(
 }
 
 /// Polls `probe` every 50 ms until it answers, or fails after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T, BenchError>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<T, BenchError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -228,7 +253,9 @@ where
             return Ok(v);
         }
         if Instant::now() > deadline {
-            return Err(fail(format!("timed out after {timeout:?} waiting for {what}")));
+            return Err(fail(format!(
+                "timed out after {timeout:?} waiting for {what}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -275,8 +302,8 @@ impl ServiceProcess {
 
     /// Resident set size now and its peak, in KiB (`/proc/<pid>/status`).
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -304,7 +331,9 @@ impl ServiceProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = self.readyz().await {
-                let running = v["checks"]["tenant_actors"]["running"].as_u64().unwrap_or(0);
+                let running = v["checks"]["tenant_actors"]["running"]
+                    .as_u64()
+                    .unwrap_or(0);
                 if running as usize >= actors {
                     return Ok(());
                 }

@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use super::harness::{fail, produce, scim_event, BenchWorld, ServiceProcess};
+use super::harness::{fail, pg, produce, scim_event, BenchWorld, ServiceProcess};
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
 use crate::actors::{TenantId, TopicKind};
 use crate::db::TenantScopedStore;
@@ -22,6 +22,7 @@ use crate::kafka::KafkaPublisher;
 struct Sizes {
     tenants: usize,
     events_per_tenant: usize,
+    per_event_share: usize,
 }
 
 fn events_for(t: &TenantId, n: usize) -> Vec<(String, String)> {
@@ -39,11 +40,13 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         Sizes {
             tenants: 2,
             events_per_tenant: 500,
+            per_event_share: 5,
         }
     } else {
         Sizes {
             tenants: 20,
             events_per_tenant: 10_000,
+            per_event_share: 50,
         }
     };
     let total = (sizes.tenants * sizes.events_per_tenant) as i64;
@@ -59,45 +62,62 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
     }
     eprintln!("bench ingest: producing {} events twice", total);
     let publisher = KafkaPublisher::new(&world.config.kafka).map_err(fail)?;
-    for t in batched.iter().chain(per_event.iter()) {
+    // One transaction per event runs two orders of magnitude slower: it gets the first
+    // `per_event_share` of each tenant's events (the same shape), its rate is what counts.
+    let per_event_n = (sizes.events_per_tenant / sizes.per_event_share).max(1);
+    let per_event_total = (per_event_n * sizes.tenants) as i64;
+    for t in &batched {
         produce(&publisher, t, events_for(t, sizes.events_per_tenant)).await?;
+    }
+    for t in &per_event {
+        produce(&publisher, t, events_for(t, per_event_n)).await?;
     }
     publisher.flush(Duration::from_secs(10));
     let mut checks = Vec::new();
 
     // (b) the raw broker ceiling.
+    let cpu = CpuMeter::start();
     let (broker_secs, read) = raw_consume(&world, &batched, total)?;
-    checks.push(check(read == total, format!("plain consumer read all {total} records"))?);
+    let broker_cpu = cpu.busy_cores();
+    checks.push(check(
+        read == total,
+        format!("plain consumer read all {total} records"),
+    )?);
     let broker_eps = total as f64 / broker_secs;
 
     // (a) the raw database ceiling.
+    let cpu = CpuMeter::start();
     let db_secs = raw_write(&world, &raw, sizes.events_per_tenant).await?;
+    let db_cpu = cpu.busy_cores();
     let raw_rows = world
         .scalar(&format!(
             "select count(*) from processed_events where tenant_id like '{}-r%'",
             world.run_id
         ))
         .await?;
-    checks.push(check(raw_rows == total, format!("raw writer committed {total} events"))?);
+    checks.push(check(
+        raw_rows == total,
+        format!("raw writer committed {total} events"),
+    )?);
     let db_eps = total as f64 / db_secs;
 
     // The service, batched (the default configuration), then one transaction per event;
     // each run consumes only its own tenants (the others are suspended meanwhile).
     set_status(&world, per_event.iter().chain(raw.iter()), "suspended").await?;
-    let pipeline_secs = run_service(&world, &batched, total, &[]).await?;
+    let (pipeline_secs, pipeline_cpu) = run_service(&world, &batched, total, &[]).await?;
     checks.extend(verify_applied(&world, &batched, total).await?);
     let pipeline_eps = total as f64 / pipeline_secs;
     set_status(&world, batched.iter(), "suspended").await?;
     set_status(&world, per_event.iter(), "active").await?;
-    let per_event_secs = run_service(
+    let (per_event_secs, per_event_cpu) = run_service(
         &world,
         &per_event,
-        total,
+        per_event_total,
         &[("ENABLEMENT__PIPELINE__MAX_BATCH_EVENTS", "1".into())],
     )
     .await?;
-    checks.extend(verify_applied(&world, &per_event, total).await?);
-    let per_event_eps = total as f64 / per_event_secs;
+    checks.extend(verify_applied(&world, &per_event, per_event_total).await?);
+    let per_event_eps = per_event_total as f64 / per_event_secs;
 
     let ceiling = db_eps.min(broker_eps);
     let figures = vec![
@@ -105,9 +125,31 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         Figure::plain("service (batched)", pipeline_eps, "events/s"),
         Figure::plain("(a) raw database ceiling", db_eps, "events/s"),
         Figure::plain("(b) raw broker ceiling", broker_eps, "events/s"),
-        Figure::plain("(c) service, one transaction per event", per_event_eps, "events/s"),
+        Figure::plain(
+            "(c) service, one transaction per event",
+            per_event_eps,
+            "events/s",
+        ),
         Figure::at_least("service / min(a, b)", pipeline_eps / ceiling, "ratio", 0.70),
         Figure::at_least("service / (c)", pipeline_eps / per_event_eps, "ratio", 4.0),
+        Figure::plain("CPU busy during (a), whole machine", db_cpu, "cores"),
+        Figure::plain("CPU busy during (b), whole machine", broker_cpu, "cores"),
+        Figure::plain(
+            "CPU busy during the service run, whole machine",
+            pipeline_cpu,
+            "cores",
+        ),
+        Figure::plain("CPU busy during (c), whole machine", per_event_cpu, "cores"),
+        Figure::plain(
+            "CPU core-seconds per 10k events: (a) + (b)",
+            (db_cpu * db_secs + broker_cpu * broker_secs) / total as f64 * 10_000.0,
+            "core-s",
+        ),
+        Figure::plain(
+            "CPU core-seconds per 10k events: service",
+            pipeline_cpu * pipeline_secs / total as f64 * 10_000.0,
+            "core-s",
+        ),
     ];
     world.cleanup().await;
     Ok(ScenarioReport {
@@ -117,15 +159,59 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         checks,
         figures,
         notes: vec![
+            format!("(c) ran on the first 1/{} of each tenant's events ({per_event_total} events): one transaction per event is the slow path, its steady rate is the figure", sizes.per_event_share),
             "service time: from its first committed batch to the last event committed (startup and group join excluded; polled every 100 ms from /metrics)".into(),
+            "CPU busy: whole-machine busy cores from /proc/stat over the phase (PostgreSQL, the broker, the service and the bench share the machine)".into(),
             "the service also relays every change to user_changed, invalidates the Redis roster and marks the readiness schedule; the raw writer does not".into(),
         ],
     })
 }
 
+/// Whole-machine CPU use between `start` and `busy_cores`, from /proc/stat.
+struct CpuMeter {
+    busy: u64,
+    total: u64,
+}
+
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = f.iter().sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle.min(total), total)
+}
+
+impl CpuMeter {
+    fn start() -> Self {
+        let (busy, total) = cpu_ticks();
+        Self { busy, total }
+    }
+    /// Average busy cores since `start`.
+    fn busy_cores(&self) -> f64 {
+        let (busy, total) = cpu_ticks();
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        let share = (busy - self.busy) as f64 / (total - self.total).max(1) as f64;
+        share * cores
+    }
+}
+
 /// Reads every record of the tenants' inbound topics with a plain consumer; returns
 /// (seconds, records).
-fn raw_consume(world: &BenchWorld, tenants: &[TenantId], total: i64) -> Result<(f64, i64), BenchError> {
+fn raw_consume(
+    world: &BenchWorld,
+    tenants: &[TenantId],
+    total: i64,
+) -> Result<(f64, i64), BenchError> {
     let cfg = &world.config.kafka;
     let consumer: BaseConsumer = crate::kafka::base_client_config(cfg)
         .set("group.id", format!("{}-raw", cfg.group_id))
@@ -134,8 +220,12 @@ fn raw_consume(world: &BenchWorld, tenants: &[TenantId], total: i64) -> Result<(
         .map_err(fail)?;
     let mut tpl = TopicPartitionList::new();
     for t in tenants {
-        tpl.add_partition_offset(&t.topic(&cfg.topic_prefix, TopicKind::Scim), 0, Offset::Beginning)
-            .map_err(fail)?;
+        tpl.add_partition_offset(
+            &t.topic(&cfg.topic_prefix, TopicKind::Scim),
+            0,
+            Offset::Beginning,
+        )
+        .map_err(fail)?;
     }
     consumer.assign(&tpl).map_err(fail)?;
     let started = Instant::now();
@@ -155,7 +245,11 @@ fn raw_consume(world: &BenchWorld, tenants: &[TenantId], total: i64) -> Result<(
 
 /// Writes the pipeline's rows per event straight into PostgreSQL: 4 connections, one
 /// transaction per 500 events (the pipeline's default batch), through the same RLS scope.
-async fn raw_write(world: &BenchWorld, tenants: &[TenantId], per_tenant: usize) -> Result<f64, BenchError> {
+async fn raw_write(
+    world: &BenchWorld,
+    tenants: &[TenantId],
+    per_tenant: usize,
+) -> Result<f64, BenchError> {
     let store = TenantScopedStore::new(world.app_pool().await?);
     // Prepared outside the timing: the rows each event becomes.
     let mut work = Vec::new();
@@ -188,7 +282,11 @@ async fn raw_write(world: &BenchWorld, tenants: &[TenantId], per_tenant: usize) 
     Ok(started.elapsed().as_secs_f64())
 }
 
-async fn write_batch(store: &TenantScopedStore, t: &TenantId, batch: Vec<Value>) -> Result<(), BenchError> {
+async fn write_batch(
+    store: &TenantScopedStore,
+    t: &TenantId,
+    batch: Vec<Value>,
+) -> Result<(), BenchError> {
     let tenant = t.as_str().to_owned();
     store
         .scoped(t, move |tx| {
@@ -252,7 +350,7 @@ async fn run_service(
     tenants: &[TenantId],
     total: i64,
     extra: &[(&str, String)],
-) -> Result<f64, BenchError> {
+) -> Result<(f64, f64), BenchError> {
     let mut svc = ServiceProcess::start(world, "consumer", extra)?;
     svc.wait_ready(0, Duration::from_secs(120)).await?;
     let names: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
@@ -268,10 +366,12 @@ async fn run_service(
     };
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut first: Option<Instant> = None;
+    let mut cpu: Option<CpuMeter> = None;
     loop {
         let n = applied(&svc.metrics().await);
         if n > 0 && first.is_none() {
             first = Some(Instant::now());
+            cpu = Some(CpuMeter::start());
         }
         if n >= total {
             break;
@@ -282,8 +382,9 @@ async fn run_service(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let busy = cpu.map_or(0.0, |c| c.busy_cores());
     svc.stop(Duration::from_secs(30));
-    Ok(secs.max(1e-3))
+    Ok((secs.max(1e-3), busy))
 }
 
 async fn set_status<'a>(
@@ -299,12 +400,16 @@ async fn set_status<'a>(
             &[&names, &status],
         )
         .await
-        .map_err(fail)?;
+        .map_err(pg)?;
     Ok(())
 }
 
 /// Every event applied exactly once: one idempotency record, one user, one change each.
-async fn verify_applied(world: &BenchWorld, tenants: &[TenantId], total: i64) -> Result<Vec<String>, BenchError> {
+async fn verify_applied(
+    world: &BenchWorld,
+    tenants: &[TenantId],
+    total: i64,
+) -> Result<Vec<String>, BenchError> {
     let names: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
     let count = |sql: &'static str| {
         let names = names.clone();
@@ -317,15 +422,21 @@ async fn verify_applied(world: &BenchWorld, tenants: &[TenantId], total: i64) ->
                 .map_err(fail)
         }
     };
-    let processed = count("select count(*) from processed_events where tenant_id = any($1)").await?;
+    let processed =
+        count("select count(*) from processed_events where tenant_id = any($1)").await?;
     let users = count("select count(*) from users where tenant_id = any($1)").await?;
-    let changes = count(
-        "select count(*) from outbox where tenant_id = any($1) and topic = 'user_changed'",
-    )
-    .await?;
+    let changes =
+        count("select count(*) from outbox where tenant_id = any($1) and topic = 'user_changed'")
+            .await?;
     Ok(vec![
-        check(processed == total, format!("{processed} of {total} events recorded once"))?,
+        check(
+            processed == total,
+            format!("{processed} of {total} events recorded once"),
+        )?,
         check(users == total, format!("{users} users for {total} creates"))?,
-        check(changes == total, format!("{changes} user_changed rows, one per event"))?,
+        check(
+            changes == total,
+            format!("{changes} user_changed rows, one per event"),
+        )?,
     ])
 }

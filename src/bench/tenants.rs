@@ -1,6 +1,121 @@
-//! tenants (to be written).
-use super::{BenchError, Ctx, ScenarioReport};
+//! tenants: 1,000 registered, idle tenants. Reports the resident memory each idle tenant
+//! actor adds (RSS with all of them minus RSS of the same service with none, in the same
+//! run), the time from the process start until every actor runs, and the CPU the idle
+//! service burns.
 
-pub async fn run(_ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
-    Err(BenchError("not written yet".into()))
+use std::time::{Duration, Instant};
+
+use super::harness::{fail, BenchWorld, ServiceProcess};
+use super::{check, BenchError, Ctx, Figure, ScenarioReport};
+use crate::actors::TenantId;
+use crate::db::Registry;
+
+/// CPU seconds (user + system) the process used so far, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Starts the service, waits for `actors`, lets it idle for `idle`; returns
+/// (seconds to ready, RSS KiB after idling, idle CPU seconds per second).
+async fn measure(
+    world: &BenchWorld,
+    actors: usize,
+    idle: Duration,
+) -> Result<(f64, u64, f64), BenchError> {
+    let started = Instant::now();
+    let mut svc = ServiceProcess::start(world, "consumer", &[])?;
+    svc.wait_ready(actors, Duration::from_secs(300)).await?;
+    let ready_secs = started.elapsed().as_secs_f64();
+    let running = svc
+        .readyz()
+        .await
+        .and_then(|v| v["checks"]["tenant_actors"]["running"].as_u64())
+        .unwrap_or(0);
+    if running as usize != actors {
+        return Err(fail(format!("{running} actors running, {actors} expected")));
+    }
+    // A measurement window, not a synchronisation: the service is idle by construction.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before = cpu_secs(svc.pid());
+    tokio::time::sleep(idle).await;
+    let cpu = (cpu_secs(svc.pid()) - cpu_before) / idle.as_secs_f64();
+    let (rss, _) = svc.rss_kib();
+    svc.stop(Duration::from_secs(60));
+    Ok((ready_secs, rss, cpu))
+}
+
+pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
+    let n: usize = if ctx.smoke() { 20 } else { 1_000 };
+    let idle = Duration::from_secs(if ctx.smoke() { 2 } else { 10 });
+    let world = BenchWorld::new(ctx.config, ctx.config_path, "tenants", ctx.keep).await?;
+    let (_, rss_empty, cpu_empty) = measure(&world, 0, idle).await?;
+
+    let tenants: Vec<TenantId> = (0..n)
+        .map(|i| world.tenant(&format!("t{i}")))
+        .collect::<Result<_, _>>()?;
+    let registering = Instant::now();
+    let registry = Registry::new(world.app_pool().await?);
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in tenants.chunks(n.div_ceil(4)) {
+        let (registry, kafka, chunk) =
+            (registry.clone(), world.config.kafka.clone(), chunk.to_vec());
+        tasks.spawn(async move {
+            for t in &chunk {
+                crate::tenants::register(&registry, &kafka, t, "Idle Org")
+                    .await
+                    .map_err(fail)?;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(fail)??;
+    }
+    let register_secs = registering.elapsed().as_secs_f64();
+    let registered = world.scalar("select count(*) from tenants").await?;
+    let mut checks = vec![check(
+        registered == n as i64,
+        format!("{registered} tenants registered with their topics"),
+    )?];
+
+    let (ready_secs, rss_full, cpu_full) = measure(&world, n, idle).await?;
+    checks.push(check(true, format!("{n} tenant actors running"))?);
+    let per_tenant_kib = rss_full.saturating_sub(rss_empty) as f64 / n as f64;
+    let figures = vec![
+        Figure::plain("idle tenants", n as f64, "tenants"),
+        Figure::plain(
+            "service RSS with no tenant",
+            rss_empty as f64 / 1024.0,
+            "MiB",
+        ),
+        Figure::plain(
+            "service RSS with all tenants",
+            rss_full as f64 / 1024.0,
+            "MiB",
+        ),
+        Figure::at_most("RSS per idle tenant", per_tenant_kib, "KiB", 100.0),
+        Figure::at_most("start until every actor runs", ready_secs, "s", 10.0),
+        Figure::plain("idle CPU with no tenant", cpu_empty, "cores"),
+        Figure::plain("idle CPU with all tenants", cpu_full, "cores"),
+        Figure::plain(
+            "registering them (topics + rows, 4 at a time)",
+            register_secs,
+            "s",
+        ),
+    ];
+    world.cleanup().await;
+    Ok(ScenarioReport {
+        scenario: "tenants".into(),
+        size: format!("{n} idle tenants"),
+        seconds: 0.0,
+        checks,
+        figures,
+        notes: vec!["start: from spawning the process until /readyz reports every tenant actor running (includes connecting, the group join and the assignment)".into()],
+    })
 }

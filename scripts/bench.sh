@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the benchmark like the quick start runs the service: brings up PostgreSQL, Redis and
+# the broker (installing what is missing), builds the release binary, then
+#   enablement bench --scenario <all|ingest|isolation|ratelimit|aggregate|tenants> [--size smoke]
+# printing a table per scenario and writing the same figures to bench-results.json.
+# Arguments are passed to `enablement bench` (default: --scenario all).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export PATH="$HOME/.cargo/bin:$PATH"
+./scripts/dev-services.sh
+echo "== building (release)"
+cargo build --release --quiet --bin enablement
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(--scenario all)
+exec "$root/target/release/enablement" --config config.toml bench "${args[@]}"
