@@ -131,34 +131,18 @@ impl BenchWorld {
     /// Environment overrides that point a service process at this world.
     pub fn service_env(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
         let c = &self.config;
-        let mut env = vec![
+        let mut env = c.child_env();
+        env.extend([
             (
-                "ENABLEMENT__POSTGRES__URL".to_owned(),
-                c.postgres.url.clone(),
-            ),
-            (
-                "ENABLEMENT__POSTGRES__MIGRATE_URL".into(),
-                c.postgres.migrate_url.clone(),
-            ),
-            (
-                "ENABLEMENT__KAFKA__GROUP_ID".into(),
-                c.kafka.group_id.clone(),
-            ),
-            (
-                "ENABLEMENT__KAFKA__GROUP_INSTANCE_ID".into(),
+                "ENABLEMENT__KAFKA__GROUP_INSTANCE_ID".to_owned(),
                 c.kafka.group_instance_id.clone(),
             ),
-            (
-                "ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(),
-                c.kafka.tenant_refresh_ms.to_string(),
-            ),
-            ("ENABLEMENT__HTTP__LISTEN".into(), c.http.listen.to_string()),
             (
                 "ENABLEMENT__MINDTICKLE__BASE_URL".into(),
                 c.mindtickle.base_url.clone(),
             ),
             ("ENABLEMENT__LOG__FILTER".into(), "warn".into()),
-        ];
+        ]);
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         env
     }

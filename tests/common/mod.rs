@@ -145,23 +145,9 @@ impl TestEnv {
 
     /// Environment for a service process using this world.
     pub fn service_env(&self, listen: &str) -> Vec<(String, String)> {
-        let c = &self.config;
-        vec![
-            ("ENABLEMENT__POSTGRES__URL".into(), c.postgres.url.clone()),
-            (
-                "ENABLEMENT__POSTGRES__MIGRATE_URL".into(),
-                c.postgres.migrate_url.clone(),
-            ),
-            (
-                "ENABLEMENT__KAFKA__GROUP_ID".into(),
-                c.kafka.group_id.clone(),
-            ),
-            (
-                "ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(),
-                c.kafka.tenant_refresh_ms.to_string(),
-            ),
-            ("ENABLEMENT__HTTP__LISTEN".into(), listen.into()),
-        ]
+        let mut env = self.config.child_env();
+        env.push(("ENABLEMENT__HTTP__LISTEN".into(), listen.into()));
+        env
     }
 }
 
