@@ -501,17 +501,26 @@ impl Config {
     /// database, consumer group and listener (used by the bench and the integration tests).
     pub fn child_env(&self) -> Vec<(String, String)> {
         vec![
-            ("ENABLEMENT__POSTGRES__URL".into(), self.postgres.url.clone()),
+            (
+                "ENABLEMENT__POSTGRES__URL".into(),
+                self.postgres.url.clone(),
+            ),
             (
                 "ENABLEMENT__POSTGRES__MIGRATE_URL".into(),
                 self.postgres.migrate_url.clone(),
             ),
-            ("ENABLEMENT__KAFKA__GROUP_ID".into(), self.kafka.group_id.clone()),
+            (
+                "ENABLEMENT__KAFKA__GROUP_ID".into(),
+                self.kafka.group_id.clone(),
+            ),
             (
                 "ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(),
                 self.kafka.tenant_refresh_ms.to_string(),
             ),
-            ("ENABLEMENT__HTTP__LISTEN".into(), self.http.listen.to_string()),
+            (
+                "ENABLEMENT__HTTP__LISTEN".into(),
+                self.http.listen.to_string(),
+            ),
         ]
     }
 
