@@ -12,8 +12,9 @@ command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; 
 export ENABLEMENT_BROKER_STORAGE="${ENABLEMENT_BROKER_STORAGE:-memory://tansu/}"
 ./scripts/dev-services.sh
 
-# Each integration test creates its own database t_*; drop those of earlier runs.
-for db in $(psql -h 127.0.0.1 -U postgres -tAc "select datname from pg_database where datname ~ '^[tm]_[0-9]+_'" postgres); do
+# Each integration test creates its own database t_* (the bench smoke test bench_<scenario>_<pid>);
+# drop those of earlier runs.
+for db in $(psql -h 127.0.0.1 -U postgres -tAc "select datname from pg_database where datname ~ '^([tm]_[0-9]+_|bench_[a-z]+_[0-9]+$)'" postgres); do
   psql -h 127.0.0.1 -U postgres -qc "drop database if exists \"$db\"" postgres >/dev/null 2>&1 || true
 done
 
