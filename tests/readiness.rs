@@ -335,12 +335,13 @@ async fn provisional_while_syncs_are_queued_then_final_once_the_consumer_drains_
         ],
     )
     .await;
-    // u2's progress was synced two days ago: older than the one-day freshness.
+    // u2's progress was synced two days ago (older than the one-day freshness), on a course
+    // the platform no longer assigns (the simulator knows c1..c6): the refresh removes it.
     seed_progress(&env, &t, &[("u1", "c1", "completed", Some(90.0))], 0.0).await;
     seed_progress(
         &env,
         &t,
-        &[("u2", "c1", "in_progress", Some(40.0))],
+        &[("u2", "c99", "in_progress", Some(40.0))],
         172_800.0,
     )
     .await;
@@ -399,6 +400,15 @@ async fn provisional_while_syncs_are_queued_then_final_once_the_consumer_drains_
     assert!(last["reportId"].as_i64() > r2["reportId"].as_i64());
     assert_eq!(last["pendingSyncJobs"], 0);
     assert_eq!(last["staleProgressRows"], 0);
+    assert_eq!(
+        env.count(
+            "select count(*) from course_progress where tenant_id = $1 and course_id = 'c99'",
+            &t
+        )
+        .await,
+        0,
+        "the sync replaced u2's course set"
+    );
     assert_ne!(
         last["trigger"], "manual",
         "the re-aggregation was automatic"

@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_readiness.sql",
         include_str!("../../migrations/0005_readiness.sql"),
     ),
+    (
+        6,
+        "0006_progress_sync_replaces.sql",
+        include_str!("../../migrations/0006_progress_sync_replaces.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

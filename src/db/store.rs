@@ -344,6 +344,13 @@ async fn record_progress_tx(
         )
         .await?;
     }
+    // The platform's answer is the user's whole course set: courses no longer assigned go.
+    tx.execute(
+        "delete from course_progress
+          where tenant_id = $1 and user_id = $2 and not (course_id = any($3::text[]))",
+        &[&t, &u, &ids],
+    )
+    .await?;
     let synced: OffsetDateTime = tx.query_one("select now()", &[]).await?.get(0);
     let snapshot = ProgressSnapshot {
         user_id: u.to_owned(),
