@@ -399,6 +399,16 @@ fn valid_user_id(raw: &str) -> Result<&str, ApiError> {
     Ok(raw)
 }
 
+/// 202 with `Location`: the work goes on (queued or running); its result is at `location`.
+fn accepted(status: &str, location: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [("location", location.to_owned())],
+        Json(json!({"status": status, "location": location})),
+    )
+        .into_response()
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "request failed");
     ApiError::new(
@@ -432,14 +442,7 @@ async fn sync_progress(
     }
     let user = user.to_owned();
     let location = format!("/api/tenants/{tenant}/users/{user}/sync-progress");
-    let queued = || {
-        (
-            StatusCode::ACCEPTED,
-            [("location", location.clone())],
-            Json(json!({"status": "queued", "location": location})),
-        )
-            .into_response()
-    };
+    let queued = || accepted("queued", &location);
     if local_actor(&s, &tenant).await.is_none() {
         // The tenant's consumer runs in another process (api role, or another instance):
         // queue the sync durably; that consumer is woken through PostgreSQL.
@@ -498,12 +501,7 @@ async fn aggregate_readiness(
         .map_err(unavailable)?
     {
         Aggregation::Computed(report) => Ok(Json(report).into_response()),
-        Aggregation::Running | Aggregation::NotDue => Ok((
-            StatusCode::ACCEPTED,
-            [("location", location.clone())],
-            Json(json!({"status": "running", "location": location})),
-        )
-            .into_response()),
+        Aggregation::Running | Aggregation::NotDue => Ok(accepted("running", &location)),
         Aggregation::UnknownTenant => Err(not_found()),
     }
 }
