@@ -189,7 +189,7 @@ impl Default for KafkaConfig {
             group_instance_id: String::new(),
             topic_partitions: 1,
             replication_factor: 1,
-            session_timeout_ms: 10_000,
+            session_timeout_ms: 45_000,
             fetch_max_bytes_per_partition: 262_144,
             queued_max_kbytes_per_partition: 1_024,
             auto_commit_interval_ms: 1_000,
@@ -516,6 +516,10 @@ impl Config {
             (
                 "ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(),
                 self.kafka.tenant_refresh_ms.to_string(),
+            ),
+            (
+                "ENABLEMENT__KAFKA__SESSION_TIMEOUT_MS".into(),
+                self.kafka.session_timeout_ms.to_string(),
             ),
             (
                 "ENABLEMENT__HTTP__LISTEN".into(),

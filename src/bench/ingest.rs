@@ -5,7 +5,15 @@
 //!     from 4 connections, same tables, indexes and RLS, no Kafka, no actors;
 //! (b) the raw broker ceiling: a plain consumer reading the same topics to their end;
 //! (c) the original per-event design: the same service with one transaction per event
-//!     (`pipeline.max_batch_events = 1`).
+//!     (`pipeline.max_batch_events = 1`);
+//! (d) the raw broker write ceiling: the change announcements the service relays (one
+//!     `user.changed` record per event, same shape) produced straight to the broker.
+//!
+//! The service does the work of (a), (b) and (d) on the same cores. From the CPU each
+//! baseline used, the bench also reports the combined ceiling: the rate at which those
+//! three minimal implementations together would saturate the machine. No implementation
+//! of the pipeline can beat it on this machine; it shows how much of the gap to
+//! min(a, b) is the service's own overhead and how much is work (a) and (b) leave out.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +23,7 @@ use serde_json::{json, Value};
 
 use super::harness::{fail, pg, produce, scim_event, BenchWorld, ServiceProcess};
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
+use crate::actors::ports::{EventPublisher, OutboundRecord};
 use crate::actors::{TenantId, TopicKind};
 use crate::db::TenantScopedStore;
 use crate::kafka::KafkaPublisher;
@@ -101,6 +110,19 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
     )?);
     let db_eps = total as f64 / db_secs;
 
+    // (d) the raw broker write ceiling: the announcements, straight to the broker.
+    let cpu = CpuMeter::start();
+    let relay_secs = raw_produce(&world, &raw, sizes.events_per_tenant).await?;
+    let relay_cpu = cpu.busy_cores();
+    let relay_eps = total as f64 / relay_secs;
+    // Core-seconds each baseline spent per event; together the work the service must do.
+    let per_event_core_s = |busy: f64, secs: f64| busy * secs / total as f64;
+    let combined_core_s = per_event_core_s(db_cpu, db_secs)
+        + per_event_core_s(broker_cpu, broker_secs)
+        + per_event_core_s(relay_cpu, relay_secs);
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let combined_eps = cores / combined_core_s.max(1e-12);
+
     // The service, batched (the default configuration), then one transaction per event;
     // each run consumes only its own tenants (the others are suspended meanwhile).
     set_status(&world, per_event.iter().chain(raw.iter()), "suspended").await?;
@@ -132,6 +154,27 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         ),
         Figure::at_least("service / min(a, b)", pipeline_eps / ceiling, "ratio", 0.70),
         Figure::at_least("service / (c)", pipeline_eps / per_event_eps, "ratio", 4.0),
+        Figure::plain(
+            "(d) raw broker write ceiling (announcements)",
+            relay_eps,
+            "events/s",
+        ),
+        Figure::plain(
+            "combined ceiling: all cores / CPU per event of (a) + (b) + (d)",
+            combined_eps,
+            "events/s",
+        ),
+        Figure::plain(
+            "service / combined ceiling",
+            pipeline_eps / combined_eps,
+            "ratio",
+        ),
+        Figure::plain(
+            "min(a, b) / combined ceiling (> 1: 0.70 x min(a, b) needs more than the machine)",
+            ceiling / combined_eps,
+            "ratio",
+        ),
+        Figure::plain("CPU busy during (d), whole machine", relay_cpu, "cores"),
         Figure::plain("CPU busy during (a), whole machine", db_cpu, "cores"),
         Figure::plain("CPU busy during (b), whole machine", broker_cpu, "cores"),
         Figure::plain(
@@ -143,6 +186,11 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         Figure::plain(
             "CPU core-seconds per 10k events: (a) + (b)",
             (db_cpu * db_secs + broker_cpu * broker_secs) / total as f64 * 10_000.0,
+            "core-s",
+        ),
+        Figure::plain(
+            "CPU core-seconds per 10k events: (a) + (b) + (d)",
+            combined_core_s * 10_000.0,
             "core-s",
         ),
         Figure::plain(
@@ -163,6 +211,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
             "service time: from its first committed batch to the last event committed (startup and group join excluded; polled every 100 ms from /metrics)".into(),
             "CPU busy: whole-machine busy cores from /proc/stat over the phase (PostgreSQL, the broker, the service and the bench share the machine)".into(),
             "the service also relays every change to user_changed, invalidates the Redis roster and marks the readiness schedule; the raw writer does not".into(),
+            "combined ceiling: the machine's cores divided by the core-seconds per event that (a), (b) and (d) used; the service must do all three on the same cores, so it cannot exceed it".into(),
         ],
     })
 }
@@ -341,6 +390,53 @@ async fn write_batch(
         })
         .await
         .map_err(fail)
+}
+
+/// Produces one `user.changed` announcement per event (the shape the service relays) to
+/// the tenants' `user_changed` topics, all tenants at once, each in the chunks the relay
+/// uses; returns the seconds until the broker acknowledged the last one.
+async fn raw_produce(
+    world: &BenchWorld,
+    tenants: &[TenantId],
+    per_tenant: usize,
+) -> Result<f64, BenchError> {
+    let publisher = KafkaPublisher::new(&world.config.kafka).map_err(fail)?;
+    let mut work = Vec::new();
+    for t in tenants {
+        let records: Vec<Vec<OutboundRecord>> = events_for(t, per_tenant)
+            .into_iter()
+            .filter_map(|(user, e)| {
+                let e: Value = serde_json::from_str(&e).ok()?;
+                let payload = json!({"type": "user.changed", "tenantId": e["tenantId"],
+                    "userId": user, "change": "created", "version": 1, "user": e["user"]});
+                Some(OutboundRecord {
+                    topic: TopicKind::UserChanged,
+                    key: Some(user.into_bytes()),
+                    payload: payload.to_string().into_bytes(),
+                    headers: vec![],
+                })
+            })
+            .collect::<Vec<_>>()
+            .chunks(1000)
+            .map(<[OutboundRecord]>::to_vec)
+            .collect();
+        work.push((t.clone(), records));
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (t, chunks) in work {
+        let publisher = publisher.clone();
+        tasks.spawn(async move {
+            for chunk in chunks {
+                publisher.publish(&t, chunk).await.map_err(fail)?;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(fail)??;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Starts the service (consumer role) and times its first to last applied event, read from

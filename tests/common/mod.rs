@@ -85,6 +85,9 @@ impl TestEnv {
         config.postgres.migrate_url = with_database(&config.postgres.migrate_url, &db_name);
         config.kafka.group_id = unique("g");
         config.kafka.tenant_refresh_ms = 300;
+        // Crash tests restart a consumer in the same group: a short session lets the
+        // coordinator give the dead member's partitions back sooner.
+        config.kafka.session_timeout_ms = 10_000;
         migrate(&config.postgres).await.expect("migrate");
         let (owner, conn) = tokio_postgres::connect(&config.postgres.migrate_url, NoTls)
             .await
