@@ -117,11 +117,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
     let relay_eps = total as f64 / relay_secs;
     // Core-seconds each baseline spent per event; together the work the service must do.
     let per_event_core_s = |busy: f64, secs: f64| busy * secs / total as f64;
-    let combined_core_s = per_event_core_s(db_cpu, db_secs)
-        + per_event_core_s(broker_cpu, broker_secs)
-        + per_event_core_s(relay_cpu, relay_secs);
-    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-    let combined_eps = cores / combined_core_s.max(1e-12);
+    let baselines_core_s =
+        per_event_core_s(db_cpu, db_secs) + per_event_core_s(broker_cpu, broker_secs);
+    let combined_core_s = baselines_core_s + per_event_core_s(relay_cpu, relay_secs);
+    let combined_eps = machine_cores() / combined_core_s.max(1e-12);
 
     // The service, batched (the default configuration), then one transaction per event;
     // each run consumes only its own tenants (the others are suspended meanwhile).
@@ -185,7 +184,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         Figure::plain("CPU busy during (c), whole machine", per_event_cpu, "cores"),
         Figure::plain(
             "CPU core-seconds per 10k events: (a) + (b)",
-            (db_cpu * db_secs + broker_cpu * broker_secs) / total as f64 * 10_000.0,
+            baselines_core_s * 10_000.0,
             "core-s",
         ),
         Figure::plain(
@@ -214,6 +213,11 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
             "combined ceiling: the machine's cores divided by the core-seconds per event that (a), (b) and (d) used; the service must do all three on the same cores, so it cannot exceed it".into(),
         ],
     })
+}
+
+/// The cores the machine offers (the unit of the CPU figures).
+fn machine_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// Whole-machine CPU use between `start` and `busy_cores`, from /proc/stat.
@@ -246,11 +250,8 @@ impl CpuMeter {
     /// Average busy cores since `start`.
     fn busy_cores(&self) -> f64 {
         let (busy, total) = cpu_ticks();
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as f64;
         let share = (busy - self.busy) as f64 / (total - self.total).max(1) as f64;
-        share * cores
+        share * machine_cores()
     }
 }
 
