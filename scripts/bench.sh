@@ -8,6 +8,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
+# A broker started here keeps its log in memory: a benchmark needs no durability, and the
+# SQLite storage engine of the development broker is slower and has stalled under the
+# ingest load (see BENCHMARKS.md). A broker already running is used as it is.
+export ENABLEMENT_BROKER_STORAGE="${ENABLEMENT_BROKER_STORAGE:-memory://tansu/}"
 ./scripts/dev-services.sh
 echo "== building (release)"
 cargo build --release --quiet --bin enablement

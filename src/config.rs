@@ -235,6 +235,7 @@ pub struct PipelineConfig {
     pub outbox_batch: usize,
     pub outbox_retry_ms: u64,
     pub job_poll_ms: u64,
+    pub max_concurrent_batches: usize,
 }
 
 impl Default for PipelineConfig {
@@ -249,6 +250,7 @@ impl Default for PipelineConfig {
             outbox_batch: d.outbox_batch,
             outbox_retry_ms: d.outbox_retry.as_millis() as u64,
             job_poll_ms: d.job_poll.as_millis() as u64,
+            max_concurrent_batches: d.max_concurrent_batches,
         }
     }
 }
@@ -452,6 +454,14 @@ impl Config {
         if p.max_batch_events == 0 {
             return bad("pipeline.max_batch_events", "must be at least 1");
         }
+        if p.max_concurrent_batches == 0
+            || p.max_concurrent_batches >= self.postgres.pool_max_size as usize
+        {
+            return bad(
+                "pipeline.max_concurrent_batches",
+                "must be at least 1 and below postgres.pool_max_size",
+            );
+        }
         if p.low_water_messages >= p.high_water_messages {
             return bad(
                 "pipeline.low_water_messages",
@@ -553,6 +563,8 @@ impl Config {
             outbox_batch: p.outbox_batch,
             outbox_retry: Duration::from_millis(p.outbox_retry_ms),
             job_poll: Duration::from_millis(p.job_poll_ms.max(1)),
+            max_concurrent_batches: p.max_concurrent_batches,
+            ..PipelineSettings::default()
         }
     }
 
@@ -677,6 +689,11 @@ mod tests {
         assert_eq!(
             key_of("[postgres]\napp_role = \"x; drop\"\n", &[]),
             "postgres.app_role"
+        );
+        // Batch transactions must leave pool connections for job pumps and the API.
+        assert_eq!(
+            key_of("[postgres]\npool_max_size = 4\n", &[]),
+            "pipeline.max_concurrent_batches"
         );
         assert_eq!(
             key_of("[kafka]\ntopic_prefix = \"a b\"\n", &[]),

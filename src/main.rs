@@ -4,6 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// The service allocates and frees many short-lived buffers per batch (decoded records,
+/// SCIM documents, bind messages); glibc's allocator spent about half the service's CPU
+/// on them under load (`perf`, see BENCHMARKS.md), mimalloc a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use enablement::actors::{TenantId, TopicKind};
 use enablement::config::Config;
 use enablement::db::{connect_pool, migrate, Registry};

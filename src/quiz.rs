@@ -166,10 +166,15 @@ pub async fn record(
                     "score": sub.score, "answers": answers,
                     "submittedAt": sub.submitted_at
                         .format(&time::format_description::well_known::Rfc3339).ok(),
-                });
-                tx.execute(
-                    "insert into outbox (tenant_id, topic, message_key, payload) values ($1, 'events', $2, $3)",
-                    &[&t, &sub.user_id, &payload],
+                })
+                .to_string();
+                crate::db::outbox::append(
+                    tx,
+                    &t,
+                    crate::actors::TopicKind::Events,
+                    &[&sub.user_id],
+                    &[&payload],
+                    0,
                 )
                 .await?;
                 crate::readiness::schedule::mark_changed(

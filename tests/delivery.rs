@@ -81,7 +81,8 @@ async fn assert_exactly_once(
     let ids = eventually("outbox fully relayed", Duration::from_secs(60), || async {
         let unsent = env
             .count(
-                "select count(*) from outbox where tenant_id = $1 and sent_at is null",
+                "select count(*) from outbox where tenant_id = $1
+                   and seq > (select relayed_seq from outbox_relay where tenant_id = $1)",
                 t,
             )
             .await;

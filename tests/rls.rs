@@ -7,7 +7,7 @@ use common::{tenant, TestEnv};
 use enablement::actors::ports::{ScimBatch, TenantStore};
 use enablement::actors::scim::parse_event;
 use enablement::actors::TenantId;
-use enablement::db::{migrate, TenantScopedStore};
+use enablement::db::{migrate, migrate_through, TenantScopedStore};
 
 async fn seed_user(store: &TenantScopedStore, t: &TenantId, user: &str) {
     let line = common::scim_event(
@@ -22,13 +22,29 @@ async fn seed_user(store: &TenantScopedStore, t: &TenantId, user: &str) {
     store
         .apply_scim_batch(
             t,
-            &ScimBatch {
+            ScimBatch {
                 events: vec![ev],
                 security_events: vec![],
             },
+            0,
         )
         .await
         .expect("apply");
+}
+
+/// Runs one statement in `scope`'s transaction with `other`'s id as `$1`.
+async fn execute_as(
+    store: &TenantScopedStore,
+    scope: &TenantId,
+    sql: &'static str,
+    other: &TenantId,
+) -> Result<u64, enablement::actors::ports::StoreError> {
+    let other = other.to_string();
+    store
+        .scoped(scope, move |tx| {
+            Box::pin(async move { tx.execute(sql, &[&other]).await })
+        })
+        .await
 }
 
 async fn visible_users(store: &TenantScopedStore, scope: &TenantId) -> Vec<(String, String)> {
@@ -65,19 +81,14 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
     assert_eq!(visible_users(&store, &b).await.len(), 2);
 
     // Inserting a row that names another tenant is refused by the policy's WITH CHECK.
-    let b_id = b.to_string();
-    let err = store
-        .scoped(&a, move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "insert into processed_events (tenant_id, event_id) values ($1, 'x')",
-                    &[&b_id],
-                )
-                .await
-            })
-        })
-        .await
-        .expect_err("cross-tenant insert must fail");
+    let err = execute_as(
+        &store,
+        &a,
+        "insert into processed_events (tenant_id, event_id) values ($1, 'x')",
+        &b,
+    )
+    .await
+    .expect_err("cross-tenant insert must fail");
     assert!(err.to_string().contains("row-level security"), "{err}");
     assert_eq!(
         env.count(
@@ -90,32 +101,20 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
     );
 
     // Re-labelling one's own row as another tenant's is refused too.
-    let b_id = b.to_string();
-    let err = store
-        .scoped(&a, move |tx| {
-            Box::pin(async move {
-                tx.execute("update users set tenant_id = $1", &[&b_id])
-                    .await
-            })
-        })
+    let err = execute_as(&store, &a, "update users set tenant_id = $1", &b)
         .await
         .expect_err("moving a row to another tenant must fail");
     assert!(err.to_string().contains("row-level security"), "{err}");
 
     // Updating another tenant's rows by id silently matches nothing.
-    let b_id = b.to_string();
-    let touched = store
-        .scoped(&a, move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "update users set active = false where tenant_id = $1",
-                    &[&b_id],
-                )
-                .await
-            })
-        })
-        .await
-        .expect("update runs");
+    let touched = execute_as(
+        &store,
+        &a,
+        "update users set active = false where tenant_id = $1",
+        &b,
+    )
+    .await
+    .expect("update runs");
     assert_eq!(touched, 0);
     assert_eq!(
         env.count(
@@ -124,6 +123,28 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
         )
         .await,
         2
+    );
+
+    // The outbox and its relay cursor: A's relay sees only A's rows and cannot move B's
+    // cursor (which would make B's announcements look published).
+    let pending = store.pending_outbox(&a, 0, 100).await.expect("pending");
+    assert_eq!(pending.len(), 1, "A's relay reads A's one row only");
+    let touched = execute_as(
+        &store,
+        &a,
+        "update outbox_relay set relayed_seq = relayed_seq + 100 where tenant_id = $1",
+        &b,
+    )
+    .await
+    .expect("update runs");
+    assert_eq!(touched, 0);
+    assert_eq!(
+        env.count(
+            "select relayed_seq from outbox_relay where tenant_id = $1",
+            &b
+        )
+        .await,
+        0
     );
 }
 
@@ -231,12 +252,13 @@ async fn the_service_role_is_least_privileged_and_cannot_touch_policies() {
                 "users",
                 "processed_events",
                 "outbox",
+                "outbox_relay",
                 "security_events",
             ]],
         )
         .await
         .expect("pg_class");
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     for r in rows {
         let (name, on, forced): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
         assert!(on && forced, "{name} must enable and force RLS");
@@ -382,4 +404,92 @@ async fn migrate_is_idempotent_and_safe_from_two_processes_at_once() {
     let all = format!("applied: {total};");
     assert!(outs.iter().any(|o| o.contains(&all)), "{outs:?}");
     assert!(outs.iter().any(|o| o.contains("applied: 0;")), "{outs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_to_the_relay_cursor_keeps_unsent_outbox_rows_pending() {
+    let env = TestEnv::new().await;
+    let fresh = common::unique("m").replace('-', "_");
+    env.owner
+        .batch_execute(&format!("create database {fresh}"))
+        .await
+        .unwrap();
+    let mut cfg = env.config.postgres.clone();
+    cfg.migrate_url = cfg.migrate_url.replace(&env.db_name, &fresh);
+    // A deployment on the schema before migration 0007: rows marked sent one by one.
+    migrate_through(&cfg, 6).await.expect("migrate to 0006");
+    let (owner, conn) = tokio_postgres::connect(&cfg.migrate_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    owner
+        .batch_execute(
+            "insert into tenants (tenant_id, display_name) values
+                 ('up-a', 'A'), ('up-b', 'B'), ('up-c', 'C');
+             insert into outbox (tenant_id, topic, message_key, payload, sent_at) values
+                 ('up-a', 'user_changed', 'u1', '{\"n\": 1}', now()),
+                 ('up-b', 'user_changed', 'u1', '{\"n\": 1}', now()),
+                 ('up-a', 'user_changed', 'u2', '{\"n\": 2}', now()),
+                 ('up-a', 'events', 'u1', '{\"n\": 3}', null),
+                 ('up-b', 'user_changed', 'u2', '{\"n\": 2}', now()),
+                 ('up-a', 'user_changed', 'u3', '{\"n\": 4}', null);",
+        )
+        .await
+        .unwrap();
+    let report = migrate(&cfg).await.expect("upgrade");
+    assert!(report
+        .applied
+        .iter()
+        .any(|m| m == "0007_outbox_relay_cursor.sql"));
+    // Per tenant, seq follows the old id order; the cursor stops before the first unsent row.
+    let seqs: Vec<(String, i64, i64)> = owner
+        .query(
+            "select tenant_id, (payload->>'n')::int8, seq from outbox order by tenant_id, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expect = |t: &str, n: i64, seq: i64| (t.to_string(), n, seq);
+    assert_eq!(
+        seqs,
+        vec![
+            expect("up-a", 1, 1),
+            expect("up-a", 2, 2),
+            expect("up-a", 3, 3),
+            expect("up-a", 4, 4),
+            expect("up-b", 1, 1),
+            expect("up-b", 2, 2),
+        ]
+    );
+    let cursors: Vec<(String, i64, i64)> = owner
+        .query(
+            "select tenant_id, next_seq, relayed_seq from outbox_relay order by tenant_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        cursors,
+        vec![
+            expect("up-a", 5, 2),
+            expect("up-b", 3, 2),
+            expect("up-c", 1, 0),
+        ]
+    );
+    // The upgraded table is still forced under RLS.
+    let forced: bool = owner
+        .query_one(
+            "select relforcerowsecurity from pg_class where relname = 'outbox'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(forced);
 }

@@ -104,7 +104,10 @@ impl FeedSource for FakeFeeds {
 pub struct TenantData {
     pub users: HashMap<String, StoredUser>,
     pub processed: HashSet<String>,
-    pub outbox: Vec<(OutboxRecord, bool)>,
+    /// The outbox in `seq` order (seq = position + 1).
+    pub outbox: Vec<OutboxRecord>,
+    /// The stored relay cursor.
+    pub relayed_seq: i64,
     pub security: Vec<SecurityEvent>,
 }
 
@@ -137,6 +140,18 @@ impl FakeStore {
         let mut data = self.data.lock().unwrap();
         f(data.entry(tenant.clone()).or_default())
     }
+    /// An outbox row written by another writer (a progress sync, an aggregator).
+    pub fn append_outbox(&self, tenant: &TenantId, topic: TopicKind, key: &str, payload: &[u8]) {
+        let mut all = self.data.lock().unwrap();
+        let data = all.entry(tenant.clone()).or_default();
+        let seq = data.outbox.len() as i64 + 1;
+        data.outbox.push(OutboxRecord {
+            seq,
+            topic,
+            key: key.to_owned(),
+            payload: payload.to_vec(),
+        });
+    }
 }
 
 #[async_trait]
@@ -144,7 +159,8 @@ impl TenantStore for FakeStore {
     async fn apply_scim_batch(
         &self,
         tenant: &TenantId,
-        batch: &ScimBatch,
+        batch: ScimBatch,
+        relayed_through: i64,
     ) -> Result<BatchReport, StoreError> {
         let gate = self.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
@@ -170,7 +186,7 @@ impl TenantStore for FakeStore {
         self.batches.fetch_add(1, Ordering::SeqCst);
         let mut all = self.data.lock().unwrap();
         let data = all.entry(tenant.clone()).or_default();
-        let plan = plan_batch(data.users.clone(), &data.processed, &batch.events);
+        let plan = plan_batch(data.users.clone(), &data.processed, batch.events);
         let mut report = BatchReport::default();
         for (id, outcome) in &plan.outcomes {
             report.count(*outcome);
@@ -179,33 +195,34 @@ impl TenantStore for FakeStore {
         for u in plan.upserts {
             data.users.insert(u.user_id.clone(), u);
         }
+        data.relayed_seq = data.relayed_seq.max(relayed_through);
         for c in plan.changes {
-            let id = data.outbox.len() as i64 + 1;
-            data.outbox.push((
-                OutboxRecord {
-                    id,
-                    topic: TopicKind::UserChanged,
-                    key: c.user_id.clone(),
-                    payload: serde_json::to_vec(&c).unwrap(),
-                },
-                false,
-            ));
+            let record = OutboxRecord {
+                seq: data.outbox.len() as i64 + 1,
+                topic: TopicKind::UserChanged,
+                key: c.user_id.clone(),
+                payload: serde_json::to_vec(&c).unwrap(),
+            };
+            data.outbox.push(record.clone());
+            report.outbox.push(record);
         }
-        data.security.extend(batch.security_events.iter().cloned());
+        data.security.extend(batch.security_events);
         Ok(report)
     }
 
     async fn pending_outbox(
         &self,
         tenant: &TenantId,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
         Ok(self.with(tenant, |d| {
+            let after = after.max(d.relayed_seq);
             d.outbox
                 .iter()
-                .filter(|(_, sent)| !sent)
+                .filter(|r| r.seq > after)
                 .take(limit)
-                .map(|(r, _)| r.clone())
+                .cloned()
                 .collect()
         }))
     }
@@ -294,14 +311,14 @@ impl TenantStore for FakeStore {
         })
     }
 
-    async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError> {
+    async fn mark_outbox_relayed(
+        &self,
+        tenant: &TenantId,
+        through_seq: i64,
+    ) -> Result<(), StoreError> {
         let mut all = self.data.lock().unwrap();
         let data = all.entry(tenant.clone()).or_default();
-        for (r, sent) in data.outbox.iter_mut() {
-            if ids.contains(&r.id) {
-                *sent = true;
-            }
-        }
+        data.relayed_seq = data.relayed_seq.max(through_seq);
         Ok(())
     }
 }
@@ -309,9 +326,22 @@ impl TenantStore for FakeStore {
 #[derive(Default)]
 pub struct FakePublisher {
     pub published: Mutex<Vec<(TenantId, OutboundRecord)>>,
+    /// The next this many publish calls fail (a broker outage).
+    pub failures: AtomicUsize,
 }
 
 impl FakePublisher {
+    /// The `outbox.seq` header of every record published for the tenant, in publish order.
+    pub fn outbox_seqs(&self, tenant: &TenantId) -> Vec<i64> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == tenant)
+            .filter_map(|(_, r)| r.headers.iter().find(|(k, _)| k == "outbox.seq"))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .collect()
+    }
     pub fn on(&self, tenant: &TenantId, topic: TopicKind) -> Vec<OutboundRecord> {
         self.published
             .lock()
@@ -330,6 +360,12 @@ impl EventPublisher for FakePublisher {
         tenant: &TenantId,
         records: Vec<OutboundRecord>,
     ) -> Result<(), PublishError> {
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(PublishError::Broker("injected outage".into()));
+        }
         let mut p = self.published.lock().unwrap();
         p.extend(records.into_iter().map(|r| (tenant.clone(), r)));
         Ok(())

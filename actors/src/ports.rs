@@ -70,6 +70,11 @@ pub struct BatchReport {
     pub unchanged: u64,
     pub stale: u64,
     pub duplicate: u64,
+    /// The outbox rows the batch committed, in `seq` order (consecutive seqs): the actor
+    /// publishes them from memory when they directly follow what it relayed before.
+    pub outbox: Vec<OutboxRecord>,
+    /// Upstream jobs the batch queued (SCIM pushes); the job pump is woken only for these.
+    pub jobs_queued: u64,
 }
 
 impl BatchReport {
@@ -83,10 +88,11 @@ impl BatchReport {
     }
 }
 
-/// A row of the transactional outbox waiting to be relayed.
-#[derive(Debug, Clone, PartialEq)]
+/// A row of the transactional outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRecord {
-    pub id: i64,
+    /// Per-tenant sequence: commit order, gap-free (see migration 0007).
+    pub seq: i64,
     pub topic: TopicKind,
     pub key: String,
     pub payload: Vec<u8>,
@@ -107,19 +113,28 @@ pub enum StoreError {
 #[async_trait]
 pub trait TenantStore: Send + Sync + 'static {
     /// Applies the batch (idempotency records, user upserts, outbox rows, security events)
-    /// atomically.
+    /// atomically. In the same transaction, moves the tenant's relay cursor up to
+    /// `relayed_through` (rows the caller published since its last cursor write).
     async fn apply_scim_batch(
         &self,
         tenant: &TenantId,
-        batch: &ScimBatch,
+        batch: ScimBatch,
+        relayed_through: i64,
     ) -> Result<BatchReport, StoreError>;
-    /// Oldest unsent outbox rows, at most `limit`.
+    /// Outbox rows not yet relayed, in `seq` order, at most `limit`: those after the stored
+    /// relay cursor and after `after` (what the caller knows it relayed already).
     async fn pending_outbox(
         &self,
         tenant: &TenantId,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError>;
-    async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError>;
+    /// Moves the tenant's relay cursor up to `through_seq` (never back).
+    async fn mark_outbox_relayed(
+        &self,
+        tenant: &TenantId,
+        through_seq: i64,
+    ) -> Result<(), StoreError>;
     /// Adds a job to the tenant's durable upstream queue; returns its id.
     async fn enqueue_job(&self, tenant: &TenantId, job: &NewJob) -> Result<i64, StoreError>;
     /// The next pending job in priority order (interactive, SCIM push, background).

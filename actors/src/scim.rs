@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -181,7 +182,7 @@ pub fn parse_event(
     }
     let root: Value = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(RejectCode::InvalidJson, format!("not JSON: {e}")))?;
-    let Value::Object(env) = root else {
+    let Value::Object(mut env) = root else {
         return Err(Rejection::new(
             RejectCode::InvalidJson,
             "envelope must be a JSON object",
@@ -216,7 +217,8 @@ pub fn parse_event(
             "occurredAt must be an RFC 3339 timestamp",
         )
     })?;
-    let user = match field(&env, "user") {
+    // Taken out of the envelope: the user object becomes the stored resource, not a copy.
+    let user = match env.remove("user").filter(|v| !v.is_null()) {
         None => return Err(Rejection::new(RejectCode::MissingField, "user is required")),
         Some(Value::Object(u)) => parse_user(u, operation)?,
         Some(_) => {
@@ -235,7 +237,19 @@ pub fn parse_event(
     })
 }
 
-fn parse_user(u: &serde_json::Map<String, Value>, op: Operation) -> Result<ScimUser, Rejection> {
+fn parse_user(u: serde_json::Map<String, Value>, op: Operation) -> Result<ScimUser, Rejection> {
+    let fields = parse_user_fields(&u, op)?;
+    Ok(ScimUser {
+        resource: Value::Object(u),
+        ..fields
+    })
+}
+
+/// The typed fields of a SCIM user; `resource` is filled in by the caller.
+fn parse_user_fields(
+    u: &serde_json::Map<String, Value>,
+    op: Operation,
+) -> Result<ScimUser, Rejection> {
     match field(u, "schemas") {
         Some(Value::Array(items)) if items.iter().any(|s| s == CORE_USER_SCHEMA) => {}
         Some(Value::Array(_)) => {
@@ -329,7 +343,7 @@ fn parse_user(u: &serde_json::Map<String, Value>, op: Operation) -> Result<ScimU
         external_id,
         manager_id,
         active,
-        resource: Value::Object(u.clone()),
+        resource: Value::Null,
     })
 }
 
@@ -435,7 +449,8 @@ pub struct UserChanged {
     pub active: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
-    pub user: Value,
+    /// The user's SCIM resource, serialised once when the change is planned.
+    pub user: Box<RawValue>,
 }
 
 /// Everything a batch writes, computed before writing.
@@ -457,39 +472,46 @@ pub struct BatchPlan {
 pub fn plan_batch(
     mut current: HashMap<String, StoredUser>,
     seen: &std::collections::HashSet<String>,
-    events: &[ScimEvent],
+    events: Vec<ScimEvent>,
 ) -> BatchPlan {
     let mut plan = BatchPlan::default();
     let mut batch_ids = std::collections::HashSet::new();
-    let mut touched: Vec<String> = Vec::new();
+    let mut touched: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut touched_order: Vec<String> = Vec::new();
     for ev in events {
         if seen.contains(&ev.event_id) || !batch_ids.insert(ev.event_id.clone()) {
-            plan.outcomes
-                .push((ev.event_id.clone(), EventOutcome::Duplicate));
+            plan.outcomes.push((ev.event_id, EventOutcome::Duplicate));
             continue;
         }
+        let (event_id, tenant_id, operation, occurred_at) = (
+            ev.event_id.clone(),
+            ev.tenant.clone(),
+            ev.operation,
+            ev.occurred_at,
+        );
         let prev = current.get(&ev.user.id);
         let (outcome, next) = apply_event(prev, ev);
         if let Some(next) = next {
             if outcome == EventOutcome::Applied {
                 plan.changes.push(UserChanged {
-                    event_id: ev.event_id.clone(),
-                    tenant_id: ev.tenant.clone(),
-                    operation: ev.operation,
+                    event_id: event_id.clone(),
+                    tenant_id,
+                    operation,
                     user_id: next.user_id.clone(),
                     version: next.version,
                     active: next.active,
-                    occurred_at: ev.occurred_at,
-                    user: next.resource.clone(),
+                    occurred_at,
+                    user: raw_json(&next.resource),
                 });
             }
-            if !touched.contains(&next.user_id) {
-                touched.push(next.user_id.clone());
+            if touched.insert(next.user_id.clone()) {
+                touched_order.push(next.user_id.clone());
             }
             current.insert(next.user_id.clone(), next);
         }
-        plan.outcomes.push((ev.event_id.clone(), outcome));
+        plan.outcomes.push((event_id, outcome));
     }
+    let touched = touched_order;
     plan.upserts = touched
         .into_iter()
         .filter_map(|id| current.remove(&id))
@@ -497,11 +519,14 @@ pub fn plan_batch(
     plan
 }
 
+/// Serialises a JSON value once, for records that embed it verbatim.
+fn raw_json(v: &Value) -> Box<RawValue> {
+    // Cannot fail for a `Value`: its map keys are strings.
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
 /// Applies one event to one user's state. Returns the new state when it must be written.
-pub fn apply_event(
-    prev: Option<&StoredUser>,
-    ev: &ScimEvent,
-) -> (EventOutcome, Option<StoredUser>) {
+pub fn apply_event(prev: Option<&StoredUser>, ev: ScimEvent) -> (EventOutcome, Option<StoredUser>) {
     if let Some(p) = prev {
         if ev.occurred_at < p.occurred_at {
             return (EventOutcome::Stale, None);
@@ -518,27 +543,28 @@ pub fn apply_event(
             n
         }
         _ => {
-            let mut resource = ev.user.resource.clone();
+            let user = ev.user;
+            let mut resource = user.resource;
             if let Value::Object(obj) = &mut resource {
-                obj.insert("active".into(), Value::Bool(ev.user.active));
+                obj.insert("active".into(), Value::Bool(user.active));
             }
             StoredUser {
-                user_id: ev.user.id.clone(),
-                user_name: ev.user.user_name.clone(),
-                email: ev.user.email.clone(),
-                role: ev.user.role,
-                external_id: ev.user.external_id.clone(),
-                manager_id: ev.user.manager_id.clone(),
-                active: ev.user.active,
+                user_id: user.id,
+                user_name: user.user_name,
+                email: user.email,
+                role: user.role,
+                external_id: user.external_id,
+                manager_id: user.manager_id,
+                active: user.active,
                 resource,
                 version: prev.map_or(0, |p| p.version),
                 occurred_at: ev.occurred_at,
-                last_event_id: ev.event_id.clone(),
+                last_event_id: String::new(),
             }
         }
     };
     next.occurred_at = ev.occurred_at;
-    next.last_event_id = ev.event_id.clone();
+    next.last_event_id = ev.event_id;
     let changed = prev.is_none_or(|p| !p.same_content(&next));
     if changed {
         next.version = prev.map_or(1, |p| p.version + 1);
@@ -688,7 +714,7 @@ pub(crate) mod tests {
             ev("e4", "DELETE", "u1", "2026-01-04T00:00:00Z", "b@acme.test"),
             ev("e2", "UPDATE", "u1", "2026-01-02T00:00:00Z", "b@acme.test"),
         ];
-        let plan = plan_batch(HashMap::new(), &HashSet::new(), &events);
+        let plan = plan_batch(HashMap::new(), &HashSet::new(), events);
         let outcomes: Vec<_> = plan.outcomes.iter().map(|(_, o)| *o).collect();
         assert_eq!(
             outcomes,
@@ -714,7 +740,7 @@ pub(crate) mod tests {
         let first = plan_batch(
             HashMap::new(),
             &HashSet::new(),
-            &[ev(
+            vec![ev(
                 "e1",
                 "UPDATE",
                 "u1",
@@ -731,7 +757,7 @@ pub(crate) mod tests {
         let plan = plan_batch(
             stored,
             &seen,
-            &[
+            vec![
                 ev(
                     "e0",
                     "CREATE",
@@ -761,7 +787,7 @@ pub(crate) mod tests {
         let plan = plan_batch(
             HashMap::new(),
             &HashSet::new(),
-            &[ev(
+            vec![ev(
                 "e9",
                 "DELETE",
                 "u9",
@@ -780,7 +806,7 @@ pub(crate) mod tests {
         let again = plan_batch(
             stored,
             &HashSet::new(),
-            &[ev(
+            vec![ev(
                 "e8",
                 "CREATE",
                 "u9",

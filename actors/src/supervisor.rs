@@ -107,6 +107,8 @@ struct Slot {
 
 pub struct SupervisorState {
     slots: HashMap<TenantId, Slot>,
+    /// Batch transactions of this process's tenants in flight at once (shared, FIFO).
+    batch_slots: Arc<tokio::sync::Semaphore>,
     by_actor: HashMap<ActorId, TenantId>,
     jitter: std::collections::hash_map::RandomState,
 }
@@ -123,6 +125,9 @@ impl Actor for Supervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         Ok(SupervisorState {
             slots: HashMap::new(),
+            batch_slots: Arc::new(tokio::sync::Semaphore::new(
+                self.pipeline.max_concurrent_batches.max(1),
+            )),
             by_actor: HashMap::new(),
             jitter: Default::default(),
         })
@@ -262,6 +267,7 @@ impl Supervisor {
             settings: self.pipeline.clone(),
             drain: drain.clone(),
             drained: Arc::new(drained_tx),
+            batch_slots: state.batch_slots.clone(),
         };
         let spawned = Actor::spawn_linked(None, actor, (), myself.get_cell()).await;
         let Some(slot) = state.slots.get_mut(tenant) else {
@@ -537,10 +543,68 @@ mod tests {
             h.publisher.on(&acme, TopicKind::UserChanged).len() == 2
         })
         .await;
-        assert!(h
-            .store
-            .with(&acme, |d| d.outbox.iter().all(|(_, sent)| *sent)));
+        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2]);
+        // The cursor is stored once no further batch carries it.
+        wait_for("relay cursor stored", || {
+            h.store.with(&acme, |d| d.relayed_seq) == 2
+        })
+        .await;
         assert!(!h.cache.invalidations.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_of_another_writer_are_relayed_in_seq_order_before_a_batch() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        log.append(event("acme", 1, "u1", "ada"));
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("first batch relayed", || {
+            h.publisher.outbox_seqs(&acme) == [1]
+        })
+        .await;
+        // A progress sync commits seq 2 without telling the actor; the next batch gets 3.
+        h.store.append_outbox(
+            &acme,
+            TopicKind::Events,
+            "u1",
+            b"{\"type\":\"progress.synced\"}",
+        );
+        log.append(event("acme", 2, "u2", "bob"));
+        wait_for("second batch relayed", || {
+            h.publisher.outbox_seqs(&acme).len() == 3
+        })
+        .await;
+        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2, 3]);
+        wait_for("relay cursor stored", || {
+            h.store.with(&acme, |d| d.relayed_seq) == 3
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_relay_is_retried_from_the_table_before_newer_rows() {
+        let pipeline = PipelineSettings {
+            outbox_retry: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let h = harness(pipeline, SupervisorSettings::default()).await;
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        h.publisher.failures.store(1, Ordering::SeqCst);
+        log.append(event("acme", 1, "u1", "ada"));
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        // Committed (offset stored) although its announcement failed: the row is durable.
+        wait_for("first batch committed", || log.stored() == 1).await;
+        assert!(h.publisher.outbox_seqs(&acme).is_empty());
+        // The same user changes again long before the retry: its older change goes first.
+        log.append(event("acme", 2, "u1", "ada"));
+        wait_for("both relayed", || h.publisher.outbox_seqs(&acme).len() == 2).await;
+        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2]);
     }
 
     #[tokio::test(start_paused = true)]

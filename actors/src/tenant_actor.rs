@@ -13,6 +13,13 @@
 //! - offsets are stored only after the actor replied, i.e. after the batch's transaction
 //!   committed (its DLQ records acknowledged, its outbox rows durable).
 //!
+//! The outbox is relayed by cursor. A batch's outbox rows come back from its commit with
+//! their per-tenant `seq`; when they directly follow the last seq this actor relayed, it
+//! publishes them from memory and carries the new cursor in its next transaction (or
+//! stores it after `cursor_store_delay` when no batch follows). Anything else (rows of
+//! another writer in between, a relay that failed, a restart) is relayed from the table in
+//! `seq` order, so per-key order holds and a crash at any point republishes, never loses.
+//!
 //! A failing batch makes the handler return an error: the actor dies, the supervisor
 //! restarts it with backoff, and the new actor's feed rewinds to the last stored offset.
 
@@ -27,8 +34,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::metric_names as m;
 use crate::ports::{
-    EventPublisher, FeedSource, InboundRecord, OutboundRecord, PartitionFeed, RosterCache,
-    ScimBatch, SecurityEvent, TenantStore,
+    EventPublisher, FeedSource, InboundRecord, OutboundRecord, OutboxRecord, PartitionFeed,
+    RosterCache, ScimBatch, SecurityEvent, TenantStore,
 };
 use crate::ports::{Job, JobKind, JobPriority, NewJob, ProgressSnapshot};
 use crate::scim::{self, RejectCode};
@@ -77,6 +84,14 @@ pub struct PipelineSettings {
     pub outbox_retry: Duration,
     /// How often an idle job pump looks at the queue without being woken.
     pub job_poll: Duration,
+    /// How long a relay cursor may wait for the next batch to carry it before it is
+    /// stored on its own (a crash in between republishes, at least once, never loses).
+    pub cursor_store_delay: Duration,
+    /// Batch transactions one process runs at once, across its tenants. Each tenant has
+    /// at most one in flight anyway; this bounds how many the database works on together
+    /// (more concurrent writers than its cores only add contention) and leaves the rest
+    /// of the pool to job pumps and the API. Waiting batches are served in arrival order.
+    pub max_concurrent_batches: usize,
 }
 
 impl Default for PipelineSettings {
@@ -90,6 +105,8 @@ impl Default for PipelineSettings {
             outbox_batch: 1000,
             outbox_retry: Duration::from_secs(1),
             job_poll: Duration::from_secs(10),
+            cursor_store_delay: Duration::from_secs(1),
+            max_concurrent_batches: 4,
         }
     }
 }
@@ -100,6 +117,8 @@ pub enum TenantMsg {
     ProcessBatch(Vec<InboundRecord>, RpcReplyPort<i64>),
     /// Relay unsent outbox rows to Kafka.
     FlushOutbox,
+    /// Store the relay cursor if no batch carried it meanwhile.
+    StoreRelayCursor,
     /// Fetch a user's course progress from MindTickle (under the tenant's limiter), store
     /// it and announce `progress.synced`. Runs beside the SCIM pipeline, never blocking it.
     SyncProgress(String, RpcReplyPort<Result<ProgressSnapshot, SyncError>>),
@@ -121,6 +140,8 @@ pub struct TenantActor {
     pub drain: CancellationToken,
     /// Set to `true` by the feeder once drained (its last offset stored).
     pub drained: Arc<watch::Sender<bool>>,
+    /// Shared by the process's tenant actors: a batch transaction runs only with a slot.
+    pub batch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct TenantState {
@@ -131,6 +152,13 @@ pub struct TenantState {
     wake_pump: Arc<tokio::sync::Notify>,
     /// The tenant's upstream budget: every MindTickle call of this tenant waits here.
     limiter: Arc<TenantLimiter>,
+    /// The outbox relay cursor as this actor knows it: every seq up to it was published.
+    /// 0 until the first relay (the stored cursor then counts as well).
+    relayed_through: i64,
+    /// The highest cursor this actor wrote to the store.
+    cursor_stored: i64,
+    /// A `StoreRelayCursor` is on its way.
+    cursor_store_scheduled: bool,
     /// Stops the feeder when the state is dropped, including when the actor fails.
     _feeder_guard: DropGuard,
 }
@@ -183,6 +211,9 @@ impl Actor for TenantActor {
             waiters: Default::default(),
             wake_pump,
             limiter,
+            relayed_through: 0,
+            cursor_stored: 0,
+            cursor_store_scheduled: false,
             _feeder_guard: alive.drop_guard(),
         })
     }
@@ -195,18 +226,18 @@ impl Actor for TenantActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TenantMsg::ProcessBatch(records, reply) => {
-                let (next, changed) = self.process_batch(&myself, records).await?;
-                if changed {
-                    // SCIM pushes may have been queued with the changes.
-                    state.wake_pump.notify_one();
-                }
+                let next = self.process_batch(&myself, state, records).await?;
                 let _ = state.feed.store_offset(next);
                 let _ = reply.send(next);
             }
-            TenantMsg::FlushOutbox => self.flush_outbox(&myself).await,
+            TenantMsg::FlushOutbox => self.flush_outbox(&myself, state).await,
+            TenantMsg::StoreRelayCursor => {
+                state.cursor_store_scheduled = false;
+                self.store_cursor(&myself, state).await;
+            }
             TenantMsg::Wake => {
                 state.wake_pump.notify_one();
-                self.flush_outbox(&myself).await;
+                self.flush_outbox(&myself, state).await;
             }
             TenantMsg::SyncProgress(user_id, reply) => {
                 // Durable first: the job survives a restart; the caller waits for it only
@@ -250,23 +281,24 @@ impl Actor for TenantActor {
     async fn post_stop(
         &self,
         myself: ActorRef<TenantMsg>,
-        _state: &mut TenantState,
+        state: &mut TenantState,
     ) -> Result<(), ActorProcessingErr> {
-        self.flush_outbox(&myself).await;
+        self.flush_outbox(&myself, state).await;
+        self.store_cursor(&myself, state).await;
         tracing::info!(tenant = %self.tenant, "tenant actor stopped");
         Ok(())
     }
 }
 
 impl TenantActor {
-    /// Validates, dead-letters and applies one micro-batch. Returns the next offset.
+    /// Validates, dead-letters, applies and relays one micro-batch. Returns the next offset.
     async fn process_batch(
         &self,
         myself: &ActorRef<TenantMsg>,
+        state: &mut TenantState,
         records: Vec<InboundRecord>,
-    ) -> Result<(i64, bool), ActorProcessingErr> {
+    ) -> Result<i64, ActorProcessingErr> {
         let started = Instant::now();
-        let mut changed = false;
         let tenant = &self.tenant;
         let label = tenant.as_str().to_owned();
         let Some(next_offset) = records.iter().map(|r| r.offset + 1).max() else {
@@ -304,7 +336,20 @@ impl TenantActor {
         }
         let event_count = batch.events.len();
         if event_count > 0 || !batch.security_events.is_empty() {
-            let report = self.deps.store.apply_scim_batch(tenant, &batch).await?;
+            // The cursor rides along when this actor relayed rows since it last stored one.
+            let carry = if state.relayed_through > state.cursor_stored {
+                state.relayed_through
+            } else {
+                0
+            };
+            let slot = self.batch_slots.acquire().await?;
+            let report = self
+                .deps
+                .store
+                .apply_scim_batch(tenant, batch, carry)
+                .await?;
+            drop(slot);
+            state.cursor_stored = state.cursor_stored.max(carry);
             for (outcome, n) in [
                 ("applied", report.applied),
                 ("unchanged", report.unchanged),
@@ -317,26 +362,92 @@ impl TenantActor {
                     .increment(n);
                 }
             }
+            if report.jobs_queued > 0 {
+                state.wake_pump.notify_one();
+            }
             if report.applied > 0 {
-                changed = true;
                 if let Err(e) = self.deps.cache.invalidate_roster(tenant).await {
                     tracing::warn!(tenant = %tenant, error = %e, "roster invalidation failed");
                     metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "invalidate")
                         .increment(1);
                 }
-                self.flush_outbox(myself).await;
+            }
+            if !report.outbox.is_empty() {
+                self.relay_committed(myself, state, report.outbox).await;
             }
         }
         metrics::histogram!(m::SCIM_BATCH_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::SCIM_BATCH_SIZE_EVENTS).record(event_count as f64);
-        Ok((next_offset, changed))
+        Ok(next_offset)
     }
 
-    /// Relays the outbox until it is empty. A failure is logged and retried later: the rows
-    /// are durable, so the batch that wrote them stays committed.
-    async fn flush_outbox(&self, myself: &ActorRef<TenantMsg>) {
+    /// Publishes rows this actor just committed, from memory, when they directly follow
+    /// what it relayed before; otherwise relays from the table so `seq` order holds.
+    async fn relay_committed(
+        &self,
+        myself: &ActorRef<TenantMsg>,
+        state: &mut TenantState,
+        rows: Vec<OutboxRecord>,
+    ) {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return;
+        };
+        let (first, last, n) = (first.seq, last.seq, rows.len());
+        if first != state.relayed_through + 1 {
+            self.flush_outbox(myself, state).await;
+            return;
+        }
+        let records = rows.into_iter().map(outbound).collect();
+        match self.deps.publisher.publish(&self.tenant, records).await {
+            Ok(()) => {
+                state.relayed_through = last;
+                metrics::counter!(m::OUTBOX_PUBLISHED_TOTAL,
+                    "tenant" => self.tenant.as_str().to_owned())
+                .increment(n as u64);
+                if !state.cursor_store_scheduled {
+                    state.cursor_store_scheduled = true;
+                    myself.send_after(self.settings.cursor_store_delay, || {
+                        TenantMsg::StoreRelayCursor
+                    });
+                }
+            }
+            Err(e) => {
+                // The rows are durable: the retry relays them from the table, in order.
+                tracing::warn!(tenant = %self.tenant, error = %e, "outbox relay failed; retrying");
+                myself.send_after(self.settings.outbox_retry, || TenantMsg::FlushOutbox);
+            }
+        }
+    }
+
+    /// Stores the relay cursor when no batch carried it. A failure is retried later; in
+    /// between, a crash would only republish.
+    async fn store_cursor(&self, myself: &ActorRef<TenantMsg>, state: &mut TenantState) {
+        if state.relayed_through <= state.cursor_stored {
+            return;
+        }
+        let through = state.relayed_through;
+        match self
+            .deps
+            .store
+            .mark_outbox_relayed(&self.tenant, through)
+            .await
+        {
+            Ok(()) => state.cursor_stored = state.cursor_stored.max(through),
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, error = %e, "storing the relay cursor failed");
+                if !state.cursor_store_scheduled {
+                    state.cursor_store_scheduled = true;
+                    myself.send_after(self.settings.outbox_retry, || TenantMsg::StoreRelayCursor);
+                }
+            }
+        }
+    }
+
+    /// Relays the outbox from the table until it is empty. A failure is logged and retried
+    /// later: the rows are durable, so the batch that wrote them stays committed.
+    async fn flush_outbox(&self, myself: &ActorRef<TenantMsg>, state: &mut TenantState) {
         loop {
-            match self.relay_once().await {
+            match self.relay_once(state).await {
                 Ok(0) => return,
                 Ok(n) if n < self.settings.outbox_batch => return,
                 Ok(_) => continue,
@@ -349,30 +460,41 @@ impl TenantActor {
         }
     }
 
-    async fn relay_once(&self) -> Result<usize, ActorProcessingErr> {
+    async fn relay_once(&self, state: &mut TenantState) -> Result<usize, ActorProcessingErr> {
         let rows = self
             .deps
             .store
-            .pending_outbox(&self.tenant, self.settings.outbox_batch)
+            .pending_outbox(
+                &self.tenant,
+                state.relayed_through,
+                self.settings.outbox_batch,
+            )
             .await?;
-        if rows.is_empty() {
+        let Some(last) = rows.last().map(|r| r.seq) else {
             return Ok(0);
-        }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let records = rows
-            .into_iter()
-            .map(|r| OutboundRecord {
-                topic: r.topic,
-                key: Some(r.key.into_bytes()),
-                payload: r.payload,
-                headers: vec![("outbox.id".into(), r.id.to_string().into_bytes())],
-            })
-            .collect();
+        };
+        let n = rows.len();
+        let records = rows.into_iter().map(outbound).collect();
         self.deps.publisher.publish(&self.tenant, records).await?;
-        self.deps.store.mark_outbox_sent(&self.tenant, &ids).await?;
+        state.relayed_through = state.relayed_through.max(last);
+        self.deps
+            .store
+            .mark_outbox_relayed(&self.tenant, last)
+            .await?;
+        state.cursor_stored = state.cursor_stored.max(last);
         metrics::counter!(m::OUTBOX_PUBLISHED_TOTAL, "tenant" => self.tenant.as_str().to_owned())
-            .increment(ids.len() as u64);
-        Ok(ids.len())
+            .increment(n as u64);
+        Ok(n)
+    }
+}
+
+/// The Kafka record of an outbox row; `outbox.seq` lets consumers drop republished rows.
+fn outbound(r: OutboxRecord) -> OutboundRecord {
+    OutboundRecord {
+        topic: r.topic,
+        key: Some(r.key.into_bytes()),
+        payload: r.payload,
+        headers: vec![("outbox.seq".into(), r.seq.to_string().into_bytes())],
     }
 }
 

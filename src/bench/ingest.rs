@@ -1,8 +1,9 @@
 //! ingest: SCIM events applied per second by the service, against three baselines measured
 //! in the same run on the same data shape:
 //! (a) the raw database ceiling: the rows the pipeline commits per event (idempotency record,
-//!     user upsert, outbox row) written straight into PostgreSQL in multi-row transactions
-//!     from 4 connections, same tables, indexes and RLS, no Kafka, no actors;
+//!     user upsert, outbox row under the tenant's outbox sequence) written straight into
+//!     PostgreSQL in multi-row transactions from 4 connections, same tables, indexes and
+//!     RLS, no Kafka, no actors;
 //! (b) the raw broker ceiling: a plain consumer reading the same topics to their end;
 //! (c) the original per-event design: the same service with one transaction per event
 //!     (`pipeline.max_batch_events = 1`);
@@ -25,7 +26,7 @@ use super::harness::{fail, pg, produce, scim_event, BenchWorld, ServiceProcess};
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
 use crate::actors::ports::{EventPublisher, OutboundRecord};
 use crate::actors::{TenantId, TopicKind};
-use crate::db::TenantScopedStore;
+use crate::db::{outbox, TenantScopedStore};
 use crate::kafka::KafkaPublisher;
 
 struct Sizes {
@@ -294,22 +295,35 @@ fn raw_consume(
 }
 
 /// Writes the pipeline's rows per event straight into PostgreSQL: 4 connections, one
-/// transaction per 500 events (the pipeline's default batch), through the same RLS scope.
+/// transaction per `pipeline.max_batch_events` events (the service's batch), through the
+/// same RLS scope.
 async fn raw_write(
     world: &BenchWorld,
     tenants: &[TenantId],
     per_tenant: usize,
 ) -> Result<f64, BenchError> {
     let store = TenantScopedStore::new(world.app_pool().await?);
-    // Prepared outside the timing: the rows each event becomes.
-    let mut work = Vec::new();
+    // Prepared outside the timing: the rows each event becomes. Tenants interleaved, so
+    // the 4 connections write 4 different tenants (a tenant's outbox writers take turns on
+    // its sequence row, as the service's one-batch-per-tenant pipeline does).
+    let mut per_tenant_chunks = Vec::new();
     for t in tenants {
         let rows: Vec<Value> = events_for(t, per_tenant)
             .into_iter()
             .filter_map(|(_, e)| serde_json::from_str(&e).ok())
             .collect();
-        for chunk in rows.chunks(500) {
-            work.push((t.clone(), chunk.to_vec()));
+        let chunks: Vec<Vec<Value>> = rows
+            .chunks(world.config.pipeline.max_batch_events.max(1))
+            .map(<[Value]>::to_vec)
+            .collect();
+        per_tenant_chunks.push((t.clone(), chunks.into_iter()));
+    }
+    let mut work = Vec::new();
+    while per_tenant_chunks.iter().any(|(_, c)| c.len() > 0) {
+        for (t, chunks) in per_tenant_chunks.iter_mut() {
+            if let Some(chunk) = chunks.next() {
+                work.push((t.clone(), chunk));
+            }
         }
     }
     let queue = std::sync::Arc::new(tokio::sync::Mutex::new(work));
@@ -357,11 +371,12 @@ async fn write_batch(
                             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
                     })
                     .collect();
-                let payloads: Vec<Value> = batch
+                let payloads: Vec<String> = batch
                     .iter()
                     .map(|e| json!({"type": "user.changed", "tenantId": e["tenantId"], "userId": e["user"]["id"],
-                                    "change": "created", "version": 1, "user": e["user"]}))
+                                    "change": "created", "version": 1, "user": e["user"]}).to_string())
                     .collect();
+                let texts: Vec<&str> = payloads.iter().map(String::as_str).collect();
                 tx.execute(
                     "insert into processed_events (tenant_id, event_id)
                      select $1, unnest($2::text[]) on conflict do nothing",
@@ -380,12 +395,7 @@ async fn write_batch(
                     &[&tenant, &users, &names, &emails, &roles, &actives, &scims, &versions, &ats, &ids],
                 )
                 .await?;
-                tx.execute(
-                    "insert into outbox (tenant_id, topic, message_key, payload)
-                     select $1, 'user_changed', k, p from unnest($2::text[], $3::jsonb[]) as x(k, p)",
-                    &[&tenant, &users, &payloads],
-                )
-                .await?;
+                outbox::append(tx, &tenant, TopicKind::UserChanged, &users, &texts, 0).await?;
                 Ok(())
             })
         })

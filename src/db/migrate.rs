@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_progress_sync_replaces.sql",
         include_str!("../../migrations/0006_progress_sync_replaces.sql"),
     ),
+    (
+        7,
+        "0007_outbox_relay_cursor.sql",
+        include_str!("../../migrations/0007_outbox_relay_cursor.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).
@@ -76,6 +81,15 @@ fn db(e: tokio_postgres::Error) -> MigrateError {
 }
 
 pub async fn migrate(cfg: &PostgresConfig) -> Result<MigrationReport, MigrateError> {
+    migrate_through(cfg, i32::MAX).await
+}
+
+/// Applies the migrations up to and including version `last` (tests of upgrades start
+/// from an older schema this way).
+pub async fn migrate_through(
+    cfg: &PostgresConfig,
+    last: i32,
+) -> Result<MigrationReport, MigrateError> {
     if !is_sql_identifier(&cfg.app_role) {
         return Err(MigrateError::RoleName);
     }
@@ -91,7 +105,7 @@ pub async fn migrate(cfg: &PostgresConfig) -> Result<MigrationReport, MigrateErr
         .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .map_err(db)?;
-    let result = apply_all(&mut client, cfg).await;
+    let result = apply_all(&mut client, cfg, last).await;
     let _ = client
         .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
@@ -103,6 +117,7 @@ pub async fn migrate(cfg: &PostgresConfig) -> Result<MigrationReport, MigrateErr
 async fn apply_all(
     client: &mut tokio_postgres::Client,
     cfg: &PostgresConfig,
+    last: i32,
 ) -> Result<MigrationReport, MigrateError> {
     let role = format!("\"{}\"", cfg.app_role);
     client
@@ -174,7 +189,7 @@ async fn apply_all(
         .map_err(db)?;
 
     let mut report = MigrationReport::default();
-    for (version, name, sql) in MIGRATIONS {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v <= last) {
         let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
         let row = client
             .query_opt(

@@ -5,11 +5,12 @@
 //! is the only code that sets it, and always inside the transaction that does the work.
 
 mod migrate;
+pub mod outbox;
 mod registry;
 mod signals;
 mod store;
 
-pub use migrate::{migrate, MigrateError, MigrationReport};
+pub use migrate::{migrate, migrate_through, MigrateError, MigrationReport};
 pub use registry::{Registry, RegistryError, TenantRecord};
 pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};
 pub(crate) use store::store_error;

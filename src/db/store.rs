@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 
-use super::PgPool;
+use super::{outbox, PgPool};
 use crate::actors::ports::{
     BatchReport, Job, JobKind, JobPriority, NewJob, OutboxRecord, ProgressSnapshot, ScimBatch,
     StoreError, TenantStore,
@@ -361,13 +361,9 @@ async fn record_progress_tx(
         "type": "progress.synced", "tenantId": t, "userId": u,
         "courses": snapshot.courses, "syncedAt": snapshot.synced_at
             .and_then(|s| s.format(&time::format_description::well_known::Rfc3339).ok()),
-    });
-    tx.execute(
-        "insert into outbox (tenant_id, topic, message_key, payload)
-                         values ($1, 'events', $2, $3)",
-        &[&t, &u, &payload],
-    )
-    .await?;
+    })
+    .to_string();
+    outbox::append(tx, t, TopicKind::Events, &[u], &[&payload], 0).await?;
     schedule::mark_changed(tx, t, schedule::PROGRESS_SYNCED).await?;
     Ok(snapshot)
 }
@@ -413,12 +409,18 @@ fn row_to_user(r: &tokio_postgres::Row) -> StoredUser {
 async fn apply_batch_tx(
     tx: &Transaction<'_>,
     tenant: &str,
-    batch: &ScimBatch,
+    batch: ScimBatch,
+    relayed_through: i64,
 ) -> Result<BatchReport, tokio_postgres::Error> {
     let mut report = BatchReport::default();
-    if !batch.events.is_empty() {
+    let mut cursor_carried = false;
+    let ScimBatch {
+        events,
+        security_events,
+    } = batch;
+    if !events.is_empty() {
         // 1. Idempotency records: ids returned are new; the rest were applied before.
-        let ids: Vec<&str> = batch.events.iter().map(|e| e.event_id.as_str()).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         let fresh: HashSet<String> = tx
             .query(
                 "insert into processed_events (tenant_id, event_id)
@@ -435,7 +437,7 @@ async fn apply_batch_tx(
             .map(|id| id.to_string())
             .collect();
         // 2. Current state of the users involved, locked for this transaction.
-        let mut user_ids: Vec<&str> = batch.events.iter().map(|e| e.user.id.as_str()).collect();
+        let mut user_ids: Vec<&str> = events.iter().map(|e| e.user.id.as_str()).collect();
         user_ids.sort_unstable();
         user_ids.dedup();
         let current: HashMap<String, StoredUser> = tx
@@ -454,7 +456,7 @@ async fn apply_batch_tx(
             })
             .collect();
         // 3. The pure rules decide; this function only writes their plan.
-        let plan = plan_batch(current, &seen, &batch.events);
+        let plan = plan_batch(current, &seen, events);
         for (_, outcome) in &plan.outcomes {
             report.count(*outcome);
         }
@@ -505,36 +507,57 @@ async fn apply_batch_tx(
             .await?;
         }
         if !plan.changes.is_empty() {
-            let keys: Vec<&str> = plan.changes.iter().map(|c| c.user_id.as_str()).collect();
-            let payloads: Vec<Value> = plan
+            // Serialised once: the same text becomes the jsonb row and the Kafka record.
+            let payloads: Vec<String> = plan
                 .changes
                 .iter()
-                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .map(|c| serde_json::to_string(c).unwrap_or_else(|_| "null".into()))
                 .collect();
-            tx.execute(
-                "insert into outbox (tenant_id, topic, message_key, payload)
-                 select $1, 'user_changed', k, p
-                   from unnest($2::text[], $3::jsonb[]) with ordinality as x(k, p, n)
-                  order by n",
-                &[&tenant, &keys, &payloads],
+            let keys: Vec<&str> = plan.changes.iter().map(|c| c.user_id.as_str()).collect();
+            let texts: Vec<&str> = payloads.iter().map(String::as_str).collect();
+            let first = outbox::append(
+                tx,
+                tenant,
+                TopicKind::UserChanged,
+                &keys,
+                &texts,
+                relayed_through,
             )
             .await?;
+            cursor_carried = true;
+            let n = payloads.len() as i64;
             // Each change is also pushed to MindTickle, through the tenant's durable queue,
-            // when the tenant has upstream credentials.
-            tx.execute(
-                "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
-                 select $1, 1, 'push_user', k, p
-                   from unnest($2::text[], $3::jsonb[]) with ordinality as x(k, p, n)
-                  where exists (select 1 from tenant_secrets s
-                                 where s.tenant_id = $1 and s.upstream_client_id is not null)
-                  order by n",
-                &[&tenant, &keys, &payloads],
-            )
-            .await?;
+            // when the tenant has upstream credentials (read back only then).
+            report.jobs_queued = tx
+                .execute(
+                    "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
+                     select $1, 1, 'push_user', o.message_key, o.payload from outbox o
+                      where o.tenant_id = $1 and o.seq >= $2 and o.seq < $2 + $3
+                        and exists (select 1 from tenant_secrets s
+                                     where s.tenant_id = $1 and s.upstream_client_id is not null)
+                      order by o.seq",
+                    &[&tenant, &first, &n],
+                )
+                .await?;
             schedule::mark_changed(tx, tenant, schedule::USERS_CHANGED).await?;
+            report.outbox = plan
+                .changes
+                .iter()
+                .zip(payloads)
+                .zip(first..)
+                .map(|((c, payload), seq)| OutboxRecord {
+                    seq,
+                    topic: TopicKind::UserChanged,
+                    key: c.user_id.clone(),
+                    payload: payload.into_bytes(),
+                })
+                .collect();
         }
     }
-    for sec in &batch.security_events {
+    if relayed_through > 0 && !cursor_carried {
+        outbox::store_cursor(tx, tenant, relayed_through).await?;
+    }
+    for sec in &security_events {
         tx.execute(
             "insert into security_events (tenant_id, kind, detail) values ($1, $2, $3)",
             &[&tenant, &sec.kind, &sec.detail],
@@ -549,12 +572,12 @@ impl TenantStore for TenantScopedStore {
     async fn apply_scim_batch(
         &self,
         tenant: &TenantId,
-        batch: &ScimBatch,
+        batch: ScimBatch,
+        relayed_through: i64,
     ) -> Result<BatchReport, StoreError> {
         let t = tenant.as_str().to_owned();
-        let batch = batch.clone();
         self.scoped(tenant, move |tx| {
-            Box::pin(async move { apply_batch_tx(tx, &t, &batch).await })
+            Box::pin(async move { apply_batch_tx(tx, &t, batch, relayed_through).await })
         })
         .await
     }
@@ -562,6 +585,7 @@ impl TenantStore for TenantScopedStore {
     async fn pending_outbox(
         &self,
         tenant: &TenantId,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
         let t = tenant.as_str().to_owned();
@@ -570,9 +594,12 @@ impl TenantStore for TenantScopedStore {
             .scoped(tenant, move |tx| {
                 Box::pin(async move {
                     tx.query(
-                        "select id, topic, message_key, payload::text from outbox
-                          where tenant_id = $1 and sent_at is null order by id limit $2",
-                        &[&t, &limit],
+                        "select seq, topic, message_key, payload::text from outbox
+                          where tenant_id = $1
+                            and seq > greatest($2, (select relayed_seq from outbox_relay
+                                                     where tenant_id = $1))
+                          order by seq limit $3",
+                        &[&t, &after, &limit],
                     )
                     .await
                 })
@@ -582,7 +609,7 @@ impl TenantStore for TenantScopedStore {
             .iter()
             .filter_map(|r| {
                 Some(OutboxRecord {
-                    id: r.get(0),
+                    seq: r.get(0),
                     topic: TopicKind::parse(r.get(1))?,
                     key: r.get(2),
                     payload: r.get::<_, String>(3).into_bytes(),
@@ -768,19 +795,15 @@ impl TenantStore for TenantScopedStore {
         Ok(())
     }
 
-    async fn mark_outbox_sent(&self, tenant: &TenantId, ids: &[i64]) -> Result<(), StoreError> {
+    async fn mark_outbox_relayed(
+        &self,
+        tenant: &TenantId,
+        through_seq: i64,
+    ) -> Result<(), StoreError> {
         let t = tenant.as_str().to_owned();
-        let ids = ids.to_vec();
         self.scoped(tenant, move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "update outbox set sent_at = now() where tenant_id = $1 and id = any($2)",
-                    &[&t, &ids],
-                )
-                .await
-            })
+            Box::pin(async move { outbox::store_cursor(tx, &t, through_seq).await })
         })
-        .await?;
-        Ok(())
+        .await
     }
 }

@@ -289,10 +289,14 @@ async fn aggregate_tx(
         .await?
         .get(0);
     report.report_id = Some(id);
-    tx.execute(
-        "insert into outbox (tenant_id, topic, message_key, payload)
-         values ($1, 'events', 'readiness', $2)",
-        &[&t, &report.announcement()],
+    let announcement = report.announcement().to_string();
+    crate::db::outbox::append(
+        tx,
+        t,
+        crate::actors::TopicKind::Events,
+        &["readiness"],
+        &[&announcement],
+        0,
     )
     .await?;
     // Bounded history: keep the newest `history_per_tenant` reports.
