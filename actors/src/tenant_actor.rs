@@ -163,6 +163,16 @@ pub struct TenantState {
     _feeder_guard: DropGuard,
 }
 
+impl TenantState {
+    /// Sends one `StoreRelayCursor` after `delay` unless one is already on its way.
+    fn schedule_cursor_store(&mut self, myself: &ActorRef<TenantMsg>, delay: Duration) {
+        if !self.cursor_store_scheduled {
+            self.cursor_store_scheduled = true;
+            myself.send_after(delay, || TenantMsg::StoreRelayCursor);
+        }
+    }
+}
+
 impl Actor for TenantActor {
     type Msg = TenantMsg;
     type State = TenantState;
@@ -404,12 +414,7 @@ impl TenantActor {
                 metrics::counter!(m::OUTBOX_PUBLISHED_TOTAL,
                     "tenant" => self.tenant.as_str().to_owned())
                 .increment(n as u64);
-                if !state.cursor_store_scheduled {
-                    state.cursor_store_scheduled = true;
-                    myself.send_after(self.settings.cursor_store_delay, || {
-                        TenantMsg::StoreRelayCursor
-                    });
-                }
+                state.schedule_cursor_store(myself, self.settings.cursor_store_delay);
             }
             Err(e) => {
                 // The rows are durable: the retry relays them from the table, in order.
@@ -435,10 +440,7 @@ impl TenantActor {
             Ok(()) => state.cursor_stored = state.cursor_stored.max(through),
             Err(e) => {
                 tracing::warn!(tenant = %self.tenant, error = %e, "storing the relay cursor failed");
-                if !state.cursor_store_scheduled {
-                    state.cursor_store_scheduled = true;
-                    myself.send_after(self.settings.outbox_retry, || TenantMsg::StoreRelayCursor);
-                }
+                state.schedule_cursor_store(myself, self.settings.outbox_retry);
             }
         }
     }

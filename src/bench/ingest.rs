@@ -356,9 +356,18 @@ async fn write_batch(
         .scoped(t, move |tx| {
             Box::pin(async move {
                 let ids: Vec<&str> = batch.iter().filter_map(|e| e["eventId"].as_str()).collect();
-                let users: Vec<&str> = batch.iter().filter_map(|e| e["user"]["id"].as_str()).collect();
-                let names: Vec<&str> = batch.iter().filter_map(|e| e["user"]["userName"].as_str()).collect();
-                let emails: Vec<Option<&str>> = batch.iter().map(|e| e["user"]["emails"][0]["value"].as_str()).collect();
+                let users: Vec<&str> = batch
+                    .iter()
+                    .filter_map(|e| e["user"]["id"].as_str())
+                    .collect();
+                let names: Vec<&str> = batch
+                    .iter()
+                    .filter_map(|e| e["user"]["userName"].as_str())
+                    .collect();
+                let emails: Vec<Option<&str>> = batch
+                    .iter()
+                    .map(|e| e["user"]["emails"][0]["value"].as_str())
+                    .collect();
                 let roles: Vec<&str> = batch.iter().map(|_| "rep").collect();
                 let actives: Vec<bool> = batch.iter().map(|_| true).collect();
                 let scims: Vec<Value> = batch.iter().map(|e| e["user"].clone()).collect();
@@ -366,16 +375,19 @@ async fn write_batch(
                 let ats: Vec<time::OffsetDateTime> = batch
                     .iter()
                     .map(|e| {
-                        e["occurredAt"].as_str()
-                            .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+                        e["occurredAt"]
+                            .as_str()
+                            .and_then(|s| {
+                                time::OffsetDateTime::parse(
+                                    s,
+                                    &time::format_description::well_known::Rfc3339,
+                                )
+                                .ok()
+                            })
                             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
                     })
                     .collect();
-                let payloads: Vec<String> = batch
-                    .iter()
-                    .map(|e| json!({"type": "user.changed", "tenantId": e["tenantId"], "userId": e["user"]["id"],
-                                    "change": "created", "version": 1, "user": e["user"]}).to_string())
-                    .collect();
+                let payloads: Vec<String> = batch.iter().map(announcement).collect();
                 let texts: Vec<&str> = payloads.iter().map(String::as_str).collect();
                 tx.execute(
                     "insert into processed_events (tenant_id, event_id)
@@ -392,7 +404,10 @@ async fn write_batch(
                      on conflict (tenant_id, user_id) do update set
                          user_name = excluded.user_name, email = excluded.email,
                          scim = excluded.scim, version = excluded.version, updated_at = now()",
-                    &[&tenant, &users, &names, &emails, &roles, &actives, &scims, &versions, &ats, &ids],
+                    &[
+                        &tenant, &users, &names, &emails, &roles, &actives, &scims, &versions,
+                        &ats, &ids,
+                    ],
                 )
                 .await?;
                 outbox::append(tx, &tenant, TopicKind::UserChanged, &users, &texts, 0).await?;
@@ -403,9 +418,18 @@ async fn write_batch(
         .map_err(fail)
 }
 
+/// The `user_changed` announcement of a created user (the shape and size the service
+/// writes to the outbox and relays), as JSON text.
+fn announcement(e: &Value) -> String {
+    json!({"type": "user.changed", "tenantId": e["tenantId"], "userId": e["user"]["id"],
+           "change": "created", "version": 1, "user": e["user"]})
+    .to_string()
+}
+
 /// Produces one `user.changed` announcement per event (the shape the service relays) to
-/// the tenants' `user_changed` topics, all tenants at once, each in the chunks the relay
-/// uses; returns the seconds until the broker acknowledged the last one.
+/// the tenants' `user_changed` topics, all tenants at once, in the service's batches (the
+/// relay publishes a committed batch at once); returns the seconds until the broker
+/// acknowledged the last one.
 async fn raw_produce(
     world: &BenchWorld,
     tenants: &[TenantId],
@@ -418,17 +442,15 @@ async fn raw_produce(
             .into_iter()
             .filter_map(|(user, e)| {
                 let e: Value = serde_json::from_str(&e).ok()?;
-                let payload = json!({"type": "user.changed", "tenantId": e["tenantId"],
-                    "userId": user, "change": "created", "version": 1, "user": e["user"]});
                 Some(OutboundRecord {
                     topic: TopicKind::UserChanged,
                     key: Some(user.into_bytes()),
-                    payload: payload.to_string().into_bytes(),
+                    payload: announcement(&e).into_bytes(),
                     headers: vec![],
                 })
             })
             .collect::<Vec<_>>()
-            .chunks(1000)
+            .chunks(world.config.pipeline.max_batch_events.max(1))
             .map(<[OutboundRecord]>::to_vec)
             .collect();
         work.push((t.clone(), records));

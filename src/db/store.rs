@@ -413,7 +413,6 @@ async fn apply_batch_tx(
     relayed_through: i64,
 ) -> Result<BatchReport, tokio_postgres::Error> {
     let mut report = BatchReport::default();
-    let mut cursor_carried = false;
     let ScimBatch {
         events,
         security_events,
@@ -524,7 +523,6 @@ async fn apply_batch_tx(
                 relayed_through,
             )
             .await?;
-            cursor_carried = true;
             let n = payloads.len() as i64;
             // Each change is also pushed to MindTickle, through the tenant's durable queue,
             // when the tenant has upstream credentials (read back only then).
@@ -554,7 +552,8 @@ async fn apply_batch_tx(
                 .collect();
         }
     }
-    if relayed_through > 0 && !cursor_carried {
+    // `outbox::append` carried the cursor when the batch wrote outbox rows.
+    if relayed_through > 0 && report.outbox.is_empty() {
         outbox::store_cursor(tx, tenant, relayed_through).await?;
     }
     for sec in &security_events {
