@@ -427,9 +427,9 @@ fn announcement(e: &Value) -> String {
 }
 
 /// Produces one `user.changed` announcement per event (the shape the service relays) to
-/// the tenants' `user_changed` topics, all tenants at once, in the service's batches (the
-/// relay publishes a committed batch at once); returns the seconds until the broker
-/// acknowledged the last one.
+/// the tenants' `user_changed` topics, all tenants at once, in `pipeline.outbox_batch`
+/// chunks (the relay's largest publish); returns the seconds until the broker acknowledged
+/// the last one.
 async fn raw_produce(
     world: &BenchWorld,
     tenants: &[TenantId],
@@ -450,7 +450,7 @@ async fn raw_produce(
                 })
             })
             .collect::<Vec<_>>()
-            .chunks(world.config.pipeline.max_batch_events.max(1))
+            .chunks(world.config.pipeline.outbox_batch.max(1))
             .map(<[OutboundRecord]>::to_vec)
             .collect();
         work.push((t.clone(), records));
