@@ -236,6 +236,9 @@ pub struct PipelineConfig {
     pub outbox_retry_ms: u64,
     pub job_poll_ms: u64,
     pub max_concurrent_batches: usize,
+    pub max_future_skew_s: u64,
+    pub retry_backoff_initial_ms: u64,
+    pub retry_backoff_max_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -251,6 +254,9 @@ impl Default for PipelineConfig {
             outbox_retry_ms: d.outbox_retry.as_millis() as u64,
             job_poll_ms: d.job_poll.as_millis() as u64,
             max_concurrent_batches: d.max_concurrent_batches,
+            max_future_skew_s: d.max_future_skew.as_secs(),
+            retry_backoff_initial_ms: d.retry_backoff.initial.as_millis() as u64,
+            retry_backoff_max_ms: d.retry_backoff.max.as_millis() as u64,
         }
     }
 }
@@ -468,6 +474,13 @@ impl Config {
                 "must be below pipeline.high_water_messages",
             );
         }
+        if p.retry_backoff_initial_ms == 0 || p.retry_backoff_max_ms < p.retry_backoff_initial_ms
+        {
+            return bad(
+                "pipeline.retry_backoff_max_ms",
+                "retry_backoff_initial_ms must be positive and not above retry_backoff_max_ms",
+            );
+        }
         if p.max_message_bytes == 0 || p.outbox_batch == 0 {
             return bad(
                 "pipeline",
@@ -564,6 +577,11 @@ impl Config {
             outbox_retry: Duration::from_millis(p.outbox_retry_ms),
             job_poll: Duration::from_millis(p.job_poll_ms.max(1)),
             max_concurrent_batches: p.max_concurrent_batches,
+            max_future_skew: Duration::from_secs(p.max_future_skew_s),
+            retry_backoff: crate::actors::backoff::Backoff::new(
+                Duration::from_millis(p.retry_backoff_initial_ms.max(1)),
+                Duration::from_millis(p.retry_backoff_max_ms.max(1)),
+            ),
             ..PipelineSettings::default()
         }
     }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{tenant, TestEnv};
 use enablement::actors::ports::{ScimBatch, TenantStore};
-use enablement::actors::scim::parse_event;
+use enablement::actors::scim::{parse_event, ParseLimits};
 use enablement::actors::TenantId;
 use enablement::db::{migrate, migrate_through, TenantScopedStore};
 
@@ -18,13 +18,18 @@ async fn seed_user(store: &TenantScopedStore, t: &TenantId, user: &str) {
         1,
         "a@b.test",
     );
-    let ev = parse_event(t, line.as_bytes(), 1 << 20).expect("valid event");
+    let limits = ParseLimits::at(
+        time::OffsetDateTime::now_utc(),
+        1 << 20,
+        std::time::Duration::from_secs(3600),
+    );
+    let ev = parse_event(t, line.as_bytes(), limits).expect("valid event");
     store
         .apply_scim_batch(
             t,
             ScimBatch {
                 events: vec![ev],
-                security_events: vec![],
+                ..Default::default()
             },
             0,
         )
@@ -254,11 +259,12 @@ async fn the_service_role_is_least_privileged_and_cannot_touch_policies() {
                 "outbox",
                 "outbox_relay",
                 "security_events",
+                "dead_letters",
             ]],
         )
         .await
         .expect("pg_class");
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     for r in rows {
         let (name, on, forced): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
         assert!(on && forced, "{name} must enable and force RLS");

@@ -109,6 +109,8 @@ pub struct TenantData {
     /// The stored relay cursor.
     pub relayed_seq: i64,
     pub security: Vec<SecurityEvent>,
+    /// Source offsets dead-lettered (the database's unique key), with their reason.
+    pub dead_letters: HashMap<i64, &'static str>,
 }
 
 #[derive(Default)]
@@ -123,6 +125,14 @@ pub struct FakeStore {
     pub batch_delay: Mutex<std::time::Duration>,
     /// The registry's per-tenant quota override.
     pub quota: Mutex<Option<u32>>,
+    /// The next this many batches fail as if the database were down (transient).
+    pub transient_failures: AtomicUsize,
+    /// Every batch of these tenants is refused, even one holding only dead letters.
+    pub refuse_tenants: Mutex<HashSet<TenantId>>,
+    /// Panic once right after the next commit (a crash between commit and offset store).
+    pub crash_after_commit: std::sync::atomic::AtomicBool,
+    /// Batch transactions attempted, committed or not.
+    pub attempts: AtomicUsize,
     /// (tenant, id, job, done)
     pub jobs: Mutex<Vec<(TenantId, i64, NewJob, bool)>>,
 }
@@ -148,8 +158,9 @@ impl FakeStore {
         data.outbox.push(OutboxRecord {
             seq,
             topic,
-            key: key.to_owned(),
+            key: Some(key.as_bytes().to_vec()),
             payload: payload.to_vec(),
+            headers: vec![],
         });
     }
 }
@@ -169,6 +180,16 @@ impl TenantStore for FakeStore {
         let delay = *self.batch_delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let outage = self
+            .transient_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if outage.is_ok() {
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
+        if self.refuse_tenants.lock().unwrap().contains(tenant) {
+            return Err(StoreError::Query("refused for this tenant".into()));
         }
         let poison = self.poison_user_name.lock().unwrap().clone();
         if let Some(p) = poison {
@@ -200,13 +221,33 @@ impl TenantStore for FakeStore {
             let record = OutboxRecord {
                 seq: data.outbox.len() as i64 + 1,
                 topic: TopicKind::UserChanged,
-                key: c.user_id.clone(),
+                key: Some(c.user_id.clone().into_bytes()),
                 payload: serde_json::to_vec(&c).unwrap(),
+                headers: vec![],
             };
             data.outbox.push(record.clone());
             report.outbox.push(record);
         }
+        for d in batch.dead_letters {
+            if data.dead_letters.insert(d.source_offset, d.reason).is_some() {
+                continue; // dead-lettered by an earlier run of this batch
+            }
+            let record = OutboxRecord {
+                seq: data.outbox.len() as i64 + 1,
+                topic: TopicKind::Dlq,
+                key: d.record.key,
+                payload: d.record.payload,
+                headers: d.record.headers,
+            };
+            report.dead_lettered += 1;
+            data.outbox.push(record.clone());
+            report.outbox.push(record);
+        }
         data.security.extend(batch.security_events);
+        drop(all);
+        if self.crash_after_commit.swap(false, Ordering::SeqCst) {
+            panic!("injected crash after commit");
+        }
         Ok(report)
     }
 

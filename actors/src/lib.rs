@@ -11,11 +11,14 @@
 //! - [`supervisor`]: the [`Supervisor`] that spawns, restarts (capped backoff), parks and
 //!   drains tenant actors.
 //! - [`readiness`]: the team readiness report and the rule that makes one provisional.
+//! - [`hostile`]: a seeded generator of hostile SCIM payloads for property and fuzz tests.
 //! - [`metric_names`]: every metric name the service emits, declared once.
 //!
 //! Nothing here depends on rdkafka, redis, tokio-postgres, bb8 or reqwest, so the unit tests
 //! run against in-memory fakes with a paused clock.
 
+pub mod backoff;
+pub mod hostile;
 pub mod metric_names;
 pub mod ports;
 pub mod readiness;

@@ -53,3 +53,13 @@ pub const READINESS_REAGGREGATIONS_SCHEDULED_TOTAL: &str =
 pub const READINESS_COALESCED_TOTAL: &str = "enablement_readiness_coalesced_total";
 /// Counter: aggregations that failed (the schedule keeps the tenant due).
 pub const READINESS_FAILURES_TOTAL: &str = "enablement_readiness_failures_total";
+/// Counter {reason=transient|split|isolated}: SCIM batch transactions tried again: after a
+/// transient database failure, split to isolate a refused record, or that record alone.
+pub const SCIM_BATCH_RETRIES_TOTAL: &str = "enablement_scim_batch_retries_total";
+/// Counter {reason}: consumer-group watchdog findings (`no_assignment`, `silent_feed`) and
+/// the consumer re-creations they caused.
+pub const KAFKA_GROUP_WEDGED_TOTAL: &str = "enablement_kafka_group_wedged_total";
+/// Counter {tenant}: records pausing a tenant's feed because its byte budget was full.
+pub const TENANT_BYTE_BUDGET_PAUSES_TOTAL: &str = "enablement_tenant_byte_budget_pauses_total";
+/// Counter {table}: rows deleted by the retention job.
+pub const RETENTION_DELETED_TOTAL: &str = "enablement_retention_deleted_total";

@@ -56,11 +56,28 @@ pub struct SecurityEvent {
     pub detail: Value,
 }
 
-/// A validated batch of SCIM events plus security events, applied in one transaction.
+/// A source record refused by validation or by the database, to be published on the
+/// tenant's DLQ topic through the outbox.
+///
+/// It is written in the same transaction as the rest of its batch, keyed by the source
+/// offset: a batch replayed after a crash or restart finds the offset already dead-lettered
+/// and publishes nothing twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub source_offset: i64,
+    /// Stable reason code (`dlq.reason`).
+    pub reason: &'static str,
+    /// The DLQ record: original key, bytes and headers plus the `dlq.*` headers.
+    pub record: OutboundRecord,
+}
+
+/// A validated batch of SCIM events plus security events and dead letters, applied in one
+/// transaction.
 #[derive(Debug, Clone, Default)]
 pub struct ScimBatch {
     pub events: Vec<ScimEvent>,
     pub security_events: Vec<SecurityEvent>,
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 /// What a committed batch did.
@@ -70,6 +87,8 @@ pub struct BatchReport {
     pub unchanged: u64,
     pub stale: u64,
     pub duplicate: u64,
+    /// Dead letters written by this batch (offsets dead-lettered before are not counted).
+    pub dead_lettered: u64,
     /// The outbox rows the batch committed, in `seq` order (consecutive seqs): the actor
     /// publishes them from memory when they directly follow what it relayed before.
     pub outbox: Vec<OutboxRecord>,
@@ -94,18 +113,32 @@ pub struct OutboxRecord {
     /// Per-tenant sequence: commit order, gap-free (see migration 0007).
     pub seq: i64,
     pub topic: TopicKind,
-    pub key: String,
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Headers besides `outbox.seq` (a dead letter's original and `dlq.*` headers).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Why the store could not do something. The class decides what the caller does:
+/// [`StoreError::Unavailable`] is transient (wait and retry the same work); the others are
+/// about the work itself (isolate the record that causes it, never retry it unchanged).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The database is down, restarting, overloaded or the transaction lost a race
+    /// (serialization failure, deadlock): the same work will succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("row-level security refused the operation: {0}")]
     PolicyViolation(String),
     #[error("database error: {0}")]
     Query(String),
+}
+
+impl StoreError {
+    /// True when retrying the same work later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// Tenant-scoped persistence. Every call runs in its own transaction with `app.tenant_id`

@@ -95,6 +95,13 @@ pub enum RejectCode {
     MissingField,
     UnknownOperation,
     TenantMismatch,
+    /// Valid JSON the database cannot store (a NUL character in a string or key).
+    Unstorable,
+    /// `occurredAt` further in the future than clock skew explains: applied, it would make
+    /// every later real event for the user look stale.
+    ImplausibleTimestamp,
+    /// Passed validation, but the database refused it; found by splitting its batch.
+    DatabaseRefused,
 }
 
 impl RejectCode {
@@ -106,12 +113,15 @@ impl RejectCode {
             RejectCode::MissingField => "missing_field",
             RejectCode::UnknownOperation => "unknown_operation",
             RejectCode::TenantMismatch => "tenant_mismatch",
+            RejectCode::Unstorable => "unstorable",
+            RejectCode::ImplausibleTimestamp => "implausible_timestamp",
+            RejectCode::DatabaseRefused => "database_refused",
         }
     }
 }
 
 impl Rejection {
-    fn new(code: RejectCode, detail: impl Into<String>) -> Self {
+    pub fn new(code: RejectCode, detail: impl Into<String>) -> Self {
         Self {
             code,
             detail: detail.into(),
@@ -168,12 +178,44 @@ fn optional_str(
     }
 }
 
+/// What [`parse_event`] accepts beyond the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Larger payloads are rejected as [`RejectCode::Oversized`].
+    pub max_bytes: usize,
+    /// Later `occurredAt` values are rejected as [`RejectCode::ImplausibleTimestamp`].
+    pub latest_occurred_at: OffsetDateTime,
+}
+
+impl ParseLimits {
+    /// `max_bytes`, and `occurredAt` at most `max_future_skew` after `now`.
+    pub fn at(now: OffsetDateTime, max_bytes: usize, max_future_skew: std::time::Duration) -> Self {
+        let skew = time::Duration::try_from(max_future_skew).unwrap_or(time::Duration::DAY);
+        Self {
+            max_bytes,
+            latest_occurred_at: now.saturating_add(skew),
+        }
+    }
+}
+
+/// True when a string or key anywhere in `v` holds a NUL character, which PostgreSQL
+/// refuses in `text` and `jsonb` alike.
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 /// Validates one inbound payload read from `topic_tenant`'s topic.
 pub fn parse_event(
     topic_tenant: &TenantId,
     payload: &[u8],
-    max_bytes: usize,
+    limits: ParseLimits,
 ) -> Result<ScimEvent, Rejection> {
+    let max_bytes = limits.max_bytes;
     if payload.len() > max_bytes {
         return Err(Rejection::new(
             RejectCode::Oversized,
@@ -182,6 +224,13 @@ pub fn parse_event(
     }
     let root: Value = serde_json::from_slice(payload)
         .map_err(|e| Rejection::new(RejectCode::InvalidJson, format!("not JSON: {e}")))?;
+    // A NUL can only arrive escaped (`\u0000`): walk the tree only when the text has one.
+    if payload.windows(6).any(|w| w == b"\\u0000") && holds_nul(&root) {
+        return Err(Rejection::new(
+            RejectCode::Unstorable,
+            "a string or key contains a NUL character (\\u0000), which the database cannot store",
+        ));
+    }
     let Value::Object(mut env) = root else {
         return Err(Rejection::new(
             RejectCode::InvalidJson,
@@ -217,6 +266,14 @@ pub fn parse_event(
             "occurredAt must be an RFC 3339 timestamp",
         )
     })?;
+    if occurred_at > limits.latest_occurred_at {
+        return Err(Rejection::new(
+            RejectCode::ImplausibleTimestamp,
+            format!(
+                "occurredAt {occurred_raw} is later than the accepted clock skew allows"
+            ),
+        ));
+    }
     // Taken out of the envelope: the user object becomes the stored resource, not a copy.
     let user = match env.remove("user").filter(|v| !v.is_null()) {
         None => return Err(Rejection::new(RejectCode::MissingField, "user is required")),
@@ -601,8 +658,15 @@ pub(crate) mod tests {
         .into_bytes()
     }
 
+    fn limits() -> ParseLimits {
+        ParseLimits {
+            max_bytes: 64 * 1024,
+            latest_occurred_at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(30_000),
+        }
+    }
+
     fn parse(bytes: &[u8]) -> Result<ScimEvent, Rejection> {
-        parse_event(&tenant(), bytes, 64 * 1024)
+        parse_event(&tenant(), bytes, limits())
     }
 
     #[test]
@@ -815,5 +879,88 @@ pub(crate) mod tests {
             )],
         );
         assert_eq!(again.outcomes[0].1, EventOutcome::Stale);
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_unstorable_and_an_escaped_backslash_is_not() {
+        let mut v: Value = serde_json::from_slice(&envelope(
+            "e1",
+            "CREATE",
+            "u1",
+            "2026-01-01T00:00:00Z",
+            "a@acme.test",
+        ))
+        .unwrap();
+        v["user"]["userName"] = Value::String("bad\u{0}name".into());
+        let r = parse(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(r.code, RejectCode::Unstorable);
+        let mut v2: Value = serde_json::from_slice(&envelope(
+            "e1",
+            "CREATE",
+            "u1",
+            "2026-01-01T00:00:00Z",
+            "a@acme.test",
+        ))
+        .unwrap();
+        v2["user"]["name"] = serde_json::json!({"k\u{0}ey": "x"});
+        assert_eq!(
+            parse(v2.to_string().as_bytes()).unwrap_err().code,
+            RejectCode::Unstorable
+        );
+        // The six characters `\u0000` as text (an escaped backslash) are storable.
+        v2["user"]["name"] = serde_json::json!({"givenName": "\\u0000"});
+        assert!(parse(v2.to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn an_occurred_at_beyond_the_skew_is_implausible() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let limits = ParseLimits::at(now, 64 * 1024, std::time::Duration::from_secs(3600));
+        let at = |d: time::Duration| {
+            (now + d)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let ok = envelope("e1", "CREATE", "u1", &at(time::Duration::minutes(59)), "a@acme.test");
+        assert!(parse_event(&tenant(), &ok, limits).is_ok());
+        let late = envelope("e1", "CREATE", "u1", &at(time::Duration::minutes(61)), "a@acme.test");
+        assert_eq!(
+            parse_event(&tenant(), &late, limits).unwrap_err().code,
+            RejectCode::ImplausibleTimestamp
+        );
+        let far = envelope("e1", "CREATE", "u1", "9999-12-31T23:59:59Z", "a@acme.test");
+        assert_eq!(
+            parse_event(&tenant(), &far, limits).unwrap_err().code,
+            RejectCode::ImplausibleTimestamp
+        );
+    }
+
+    /// Property: whatever bytes arrive, the parser answers (no panic) and everything it
+    /// accepts is storable: no NUL, ids within bounds, a timestamp within the limit.
+    #[test]
+    fn hostile_payloads_never_panic_and_what_passes_is_storable() {
+        let t = tenant();
+        let mut gen = crate::hostile::HostileEvents::new(0x5eed, t.as_str());
+        let mut accepted = 0;
+        let mut by_code: HashMap<&'static str, usize> = HashMap::new();
+        for _ in 0..20_000 {
+            let (payload, _) = gen.next_payload();
+            match parse_event(&t, &payload, limits()) {
+                Ok(ev) => {
+                    accepted += 1;
+                    assert!(!holds_nul(&ev.user.resource));
+                    assert!(!ev.event_id.contains('\0') && ev.event_id.len() <= MAX_ID_LEN);
+                    assert!(ev.user.id.len() <= MAX_ID_LEN);
+                    assert!(ev.occurred_at <= limits().latest_occurred_at);
+                }
+                Err(r) => *by_code.entry(r.code.as_str()).or_default() += 1,
+            }
+        }
+        // The generator produces both outcomes, and every rejection reason is exercised.
+        assert!(accepted > 1_000, "accepted {accepted}");
+        for code in ["invalid_json", "unstorable", "implausible_timestamp", "oversized",
+                     "invalid_field", "missing_field", "tenant_mismatch"] {
+            assert!(by_code.get(code).copied().unwrap_or(0) > 0, "no {code} in {by_code:?}");
+        }
     }
 }

@@ -8,7 +8,6 @@
 //! commits and its offset is stored, then the actor stops (flushing its outbox).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::metric_names as m;
 use crate::tenant::TenantId;
 use crate::tenant_actor::{PipelineSettings, TenantActor, TenantDeps, TenantMsg};
@@ -346,15 +346,12 @@ impl Supervisor {
         tenant: &TenantId,
         attempt: u32,
     ) -> Duration {
-        let base = self.settings.restart_backoff_initial;
-        let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let capped = exp.min(self.settings.restart_backoff_max);
         // Up to +25% jitter so tenants failing together do not retry in lockstep.
-        let mut h = jitter.build_hasher();
-        h.write(tenant.as_str().as_bytes());
-        h.write_u32(attempt);
-        let frac = (h.finish() % 1000) as f64 / 4000.0;
-        capped.mul_f64(1.0 + frac)
+        Backoff::new(
+            self.settings.restart_backoff_initial,
+            self.settings.restart_backoff_max,
+        )
+        .jittered(jitter, tenant.as_str().as_bytes(), attempt, 1.0, 1.25)
     }
 
     fn publish_gauges(&self, state: &SupervisorState) {
@@ -518,6 +515,11 @@ mod tests {
         let users = h.store.users(&acme);
         assert_eq!(users.len(), 1);
         assert_eq!(users["u1"].version, 2);
+        // Dead letters ride the outbox: committed with the batch, relayed after it.
+        wait_for("dead letters relayed", || {
+            h.publisher.on(&acme, TopicKind::Dlq).len() == 2
+        })
+        .await;
         let dlq = h.publisher.on(&acme, TopicKind::Dlq);
         let reasons: Vec<String> = dlq
             .iter()
@@ -543,10 +545,12 @@ mod tests {
             h.publisher.on(&acme, TopicKind::UserChanged).len() == 2
         })
         .await;
-        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2]);
+        let mut seqs = h.publisher.outbox_seqs(&acme);
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 2, 3, 4]);
         // The cursor is stored once no further batch carries it.
         wait_for("relay cursor stored", || {
-            h.store.with(&acme, |d| d.relayed_seq) == 2
+            h.store.with(&acme, |d| d.relayed_seq) == 4
         })
         .await;
         assert!(!h.cache.invalidations.lock().unwrap().is_empty());
@@ -617,8 +621,9 @@ mod tests {
             ..Default::default()
         };
         let h = harness(PipelineSettings::default(), settings).await;
-        *h.store.poison_user_name.lock().unwrap() = Some("poison".into());
         let (bad, good) = (t("bad"), t("good"));
+        // Persistent for this tenant: even the dead letter of its refused record is refused.
+        h.store.refuse_tenants.lock().unwrap().insert(bad.clone());
         h.feeds.log(&bad).append(event("bad", 1, "u1", "poison"));
         h.sup
             .cast(SupervisorMsg::Assign(vec![bad.clone(), good.clone()]))
@@ -796,5 +801,103 @@ mod tests {
         assert_eq!(h.store.batches.load(Ordering::SeqCst), 1);
         assert_eq!(h.store.users(&acme).len(), 10);
         assert!(health(&h.sup).await.is_empty());
+    }
+
+    fn dlq_reasons(h: &Harness, tenant: &TenantId) -> Vec<(String, String)> {
+        h.publisher
+            .on(tenant, TopicKind::Dlq)
+            .iter()
+            .map(|r| {
+                let get = |name: &str| {
+                    let (_, v) = r.headers.iter().find(|(k, _)| k == name).unwrap();
+                    String::from_utf8(v.clone()).unwrap()
+                };
+                (get("dlq.reason"), get("dlq.source.offset"))
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_the_database_refuses_is_dead_lettered_alone_and_the_rest_applied() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        *h.store.poison_user_name.lock().unwrap() = Some("poison".into());
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        for n in 0..10 {
+            let name = if n == 6 { "poison" } else { "fine" };
+            log.append(event("acme", n, &format!("u{n}"), name));
+        }
+        log.append(b"[]".to_vec());
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("all offsets stored", || log.stored() == 11).await;
+        assert_eq!(h.store.users(&acme).len(), 9, "every other event applied");
+        assert!(!h.store.users(&acme).contains_key("u6"));
+        wait_for("dead letters relayed", || {
+            h.publisher.on(&acme, TopicKind::Dlq).len() == 2
+        })
+        .await;
+        let mut reasons = dlq_reasons(&h, &acme);
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                ("database_refused".to_string(), "6".to_string()),
+                ("invalid_json".to_string(), "10".to_string())
+            ]
+        );
+        let hs = health(&h.sup).await;
+        assert_eq!((hs[0].status, hs[0].restarts), (ActorStatus::Running, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_database_outage_is_waited_out_without_a_restart() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        // Longer than the supervisor would tolerate as crashes (8 failures park a tenant).
+        h.store.transient_failures.store(20, Ordering::SeqCst);
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        for n in 0..5 {
+            log.append(event("acme", n, &format!("u{n}"), "fine"));
+        }
+        let started = Instant::now();
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("applied after the outage", || log.stored() == 5).await;
+        assert_eq!(h.store.users(&acme).len(), 5);
+        assert!(h.store.attempts.load(Ordering::SeqCst) >= 21);
+        // Backoff: 200 ms doubling to the 10 s cap over 20 failures.
+        assert!(started.elapsed() >= Duration::from_secs(100), "{:?}", started.elapsed());
+        let hs = health(&h.sup).await;
+        assert_eq!((hs[0].status, hs[0].restarts), (ActorStatus::Running, 0));
+        assert!(h.publisher.on(&acme, TopicKind::Dlq).is_empty(), "nothing dead-lettered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_is_published_once_even_when_its_batch_is_replayed() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        log.append(b"{not json".to_vec());
+        log.append(event("acme", 1, "u1", "fine"));
+        // The actor dies after the commit and before its offsets are stored: the restart
+        // replays both records.
+        h.store.crash_after_commit.store(true, Ordering::SeqCst);
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("stored after the replay", || log.stored() == 2).await;
+        assert!(h.store.batches.load(Ordering::SeqCst) >= 2, "the batch was replayed");
+        wait_for("relayed", || {
+            h.publisher.on(&acme, TopicKind::UserChanged).len() == 1
+        })
+        .await;
+        assert_eq!(
+            dlq_reasons(&h, &acme),
+            [("invalid_json".to_string(), "0".to_string())]
+        );
+        assert_eq!(health(&h.sup).await[0].restarts, 1);
     }
 }

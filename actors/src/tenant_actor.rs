@@ -32,13 +32,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::backoff::Backoff;
 use crate::metric_names as m;
 use crate::ports::{
-    EventPublisher, FeedSource, InboundRecord, OutboundRecord, OutboxRecord, PartitionFeed,
-    RosterCache, ScimBatch, SecurityEvent, TenantStore,
+    BatchReport, DeadLetter, EventPublisher, FeedSource, InboundRecord, OutboundRecord,
+    OutboxRecord, PartitionFeed, RosterCache, ScimBatch, SecurityEvent, TenantStore,
 };
 use crate::ports::{Job, JobKind, JobPriority, NewJob, ProgressSnapshot};
-use crate::scim::{self, RejectCode};
+use crate::scim::{self, ParseLimits, RejectCode, Rejection};
 use crate::tenant::{TenantId, TopicKind};
 use crate::upstream::{
     CatalogCourse, LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError,
@@ -92,6 +93,11 @@ pub struct PipelineSettings {
     /// (more concurrent writers than its cores only add contention) and leaves the rest
     /// of the pool to job pumps and the API. Waiting batches are served in arrival order.
     pub max_concurrent_batches: usize,
+    /// `occurredAt` later than now plus this is dead-lettered as implausible.
+    pub max_future_skew: Duration,
+    /// Waiting out a database outage: a batch whose transaction failed for a transient
+    /// reason is retried after this capped, jittered backoff (never skipped, never parked).
+    pub retry_backoff: Backoff,
 }
 
 impl Default for PipelineSettings {
@@ -107,6 +113,8 @@ impl Default for PipelineSettings {
             job_poll: Duration::from_secs(10),
             cursor_store_delay: Duration::from_secs(1),
             max_concurrent_batches: 4,
+            max_future_skew: Duration::from_secs(24 * 3600),
+            retry_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
         }
     }
 }
@@ -159,6 +167,8 @@ pub struct TenantState {
     cursor_stored: i64,
     /// A `StoreRelayCursor` is on its way.
     cursor_store_scheduled: bool,
+    /// Seeds the jitter of this tenant's retry backoff.
+    jitter: std::collections::hash_map::RandomState,
     /// Stops the feeder when the state is dropped, including when the actor fails.
     _feeder_guard: DropGuard,
 }
@@ -185,8 +195,13 @@ impl Actor for TenantActor {
     ) -> Result<TenantState, ActorProcessingErr> {
         let feed = self.deps.feeds.open(&self.tenant).await?;
         let mut limits = self.deps.limits.clone();
-        if let Some(per_min) = self.deps.store.quota_override(&self.tenant).await? {
-            limits.requests_per_min = per_min;
+        match self.deps.store.quota_override(&self.tenant).await {
+            Ok(Some(per_min)) => limits.requests_per_min = per_min,
+            Ok(None) => {}
+            // A database outage must not keep the tenant's pipeline from starting; the
+            // default budget applies until the next start.
+            Err(e) => tracing::warn!(tenant = %self.tenant, error = %e,
+                "reading the quota override failed; using the default budget"),
         }
         let alive = CancellationToken::new();
         let feeder = Feeder {
@@ -224,6 +239,7 @@ impl Actor for TenantActor {
             relayed_through: 0,
             cursor_stored: 0,
             cursor_store_scheduled: false,
+            jitter: Default::default(),
             _feeder_guard: alive.drop_guard(),
         })
     }
@@ -309,86 +325,173 @@ impl TenantActor {
         records: Vec<InboundRecord>,
     ) -> Result<i64, ActorProcessingErr> {
         let started = Instant::now();
-        let tenant = &self.tenant;
-        let label = tenant.as_str().to_owned();
         let Some(next_offset) = records.iter().map(|r| r.offset + 1).max() else {
             return Err("empty batch handed to tenant actor".into());
         };
-        let mut batch = ScimBatch::default();
-        let mut dead = Vec::new();
-        for rec in records {
-            match scim::parse_event(tenant, &rec.payload, self.settings.max_message_bytes) {
-                Ok(ev) => batch.events.push(ev),
-                Err(rejection) => {
-                    if rejection.code == RejectCode::TenantMismatch {
-                        tracing::error!(tenant = %tenant, offset = rec.offset,
-                            "security event: payload names another tenant");
-                        metrics::counter!(m::SECURITY_EVENTS_TOTAL, "kind" => "tenant_mismatch")
-                            .increment(1);
-                        batch.security_events.push(SecurityEvent {
-                            kind: "tenant_mismatch",
-                            detail: serde_json::json!({
-                                "source": "scim_topic",
-                                "offset": rec.offset,
-                                "detail": rejection.detail,
-                            }),
-                        });
-                    }
-                    metrics::counter!(m::SCIM_DLQ_TOTAL, "tenant" => label.clone(),
-                        "reason" => rejection.code.as_str())
-                    .increment(1);
-                    dead.push(dead_letter(rec, &rejection));
-                }
-            }
-        }
-        if !dead.is_empty() {
-            self.deps.publisher.publish(tenant, dead).await?;
-        }
-        let event_count = batch.events.len();
-        if event_count > 0 || !batch.security_events.is_empty() {
-            // The cursor rides along when this actor relayed rows since it last stored one.
-            let carry = if state.relayed_through > state.cursor_stored {
-                state.relayed_through
-            } else {
-                0
-            };
-            let slot = self.batch_slots.acquire().await?;
-            let report = self
-                .deps
-                .store
-                .apply_scim_batch(tenant, batch, carry)
-                .await?;
-            drop(slot);
-            state.cursor_stored = state.cursor_stored.max(carry);
-            for (outcome, n) in [
-                ("applied", report.applied),
-                ("unchanged", report.unchanged),
-                ("stale", report.stale),
-                ("duplicate", report.duplicate),
-            ] {
-                if n > 0 {
-                    metrics::counter!(m::SCIM_EVENTS_TOTAL, "tenant" => label.clone(),
-                        "outcome" => outcome)
-                    .increment(n);
-                }
-            }
-            if report.jobs_queued > 0 {
-                state.wake_pump.notify_one();
-            }
-            if report.applied > 0 {
-                if let Err(e) = self.deps.cache.invalidate_roster(tenant).await {
-                    tracing::warn!(tenant = %tenant, error = %e, "roster invalidation failed");
-                    metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "invalidate")
-                        .increment(1);
-                }
-            }
-            if !report.outbox.is_empty() {
-                self.relay_committed(myself, state, report.outbox).await;
-            }
-        }
+        let limits = ParseLimits::at(
+            time::OffsetDateTime::now_utc(),
+            self.settings.max_message_bytes,
+            self.settings.max_future_skew,
+        );
+        let event_count = self
+            .commit_isolating(myself, state, &records, None, limits)
+            .await?;
         metrics::histogram!(m::SCIM_BATCH_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::SCIM_BATCH_SIZE_EVENTS).record(event_count as f64);
         Ok(next_offset)
+    }
+
+    /// Commits the effects of `records` (plus `refused`, a record the database refused
+    /// before): a transient failure is waited out and retried; a batch the database refuses
+    /// for any other reason is split in halves until the refused record is alone, and that
+    /// record is dead-lettered while every other record is applied. Returns the events
+    /// applied. Fails only when even a dead letter alone cannot be committed (persistent for
+    /// this tenant: the supervisor restarts, then parks it) or the actor is draining.
+    fn commit_isolating<'a>(
+        &'a self,
+        myself: &'a ActorRef<TenantMsg>,
+        state: &'a mut TenantState,
+        records: &'a [InboundRecord],
+        refused: Option<DeadLetter>,
+        limits: ParseLimits,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, ActorProcessingErr>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let mut attempt = 0u32;
+            let error = loop {
+                // Parsed again on every attempt: the store consumes the batch, and the
+                // happy path must not pay for a copy.
+                let prepared = prepare(&self.tenant, records, refused.clone(), limits);
+                if prepared.batch.events.is_empty()
+                    && prepared.batch.security_events.is_empty()
+                    && prepared.batch.dead_letters.is_empty()
+                {
+                    return Ok(0);
+                }
+                let events = prepared.batch.events.len();
+                // The cursor rides along when this actor relayed rows since it last stored one.
+                let carry = if state.relayed_through > state.cursor_stored {
+                    state.relayed_through
+                } else {
+                    0
+                };
+                let slot = self.batch_slots.acquire().await?;
+                let result = self
+                    .deps
+                    .store
+                    .apply_scim_batch(&self.tenant, prepared.batch, carry)
+                    .await;
+                drop(slot);
+                match result {
+                    Ok(report) => {
+                        state.cursor_stored = state.cursor_stored.max(carry);
+                        self.after_commit(myself, state, report, &prepared.notes).await;
+                        return Ok(events);
+                    }
+                    Err(e) if e.is_transient() => {
+                        attempt += 1;
+                        let delay = self.settings.retry_backoff.jittered(
+                            &state.jitter,
+                            self.tenant.as_str().as_bytes(),
+                            attempt,
+                            1.0,
+                            1.25,
+                        );
+                        metrics::counter!(m::SCIM_BATCH_RETRIES_TOTAL, "reason" => "transient")
+                            .increment(1);
+                        tracing::warn!(tenant = %self.tenant, error = %e, attempt,
+                            delay_ms = delay.as_millis() as u64,
+                            "batch hit a transient database failure; waiting it out");
+                        tokio::select! {
+                            _ = self.drain.cancelled() => return Err(e.into()),
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            };
+            match records {
+                [] => {
+                    // Only dead letters and security events were left, and even they were
+                    // refused: nothing to isolate any more.
+                    tracing::error!(tenant = %self.tenant, error = %error,
+                        "a batch of dead letters alone was refused");
+                    Err(error.into())
+                }
+                [single] => {
+                    metrics::counter!(m::SCIM_BATCH_RETRIES_TOTAL, "reason" => "isolated")
+                        .increment(1);
+                    tracing::warn!(tenant = %self.tenant, offset = single.offset,
+                        error = %error, "the database refused one record; dead-lettering it");
+                    let rejection = Rejection::new(
+                        RejectCode::DatabaseRefused,
+                        format!("the database refused the event: {error}"),
+                    );
+                    let letter = dead_letter(single.clone(), &rejection);
+                    self.commit_isolating(myself, state, &[], Some(letter), limits)
+                        .await
+                }
+                _ => {
+                    metrics::counter!(m::SCIM_BATCH_RETRIES_TOTAL, "reason" => "split")
+                        .increment(1);
+                    tracing::info!(tenant = %self.tenant, records = records.len(),
+                        error = %error, "batch refused; splitting it to isolate the record");
+                    let (left, right) = records.split_at(records.len() / 2);
+                    let a = self
+                        .commit_isolating(myself, state, left, refused, limits)
+                        .await?;
+                    let b = self
+                        .commit_isolating(myself, state, right, None, limits)
+                        .await?;
+                    Ok(a + b)
+                }
+            }
+        })
+    }
+
+    /// Counts, logs, invalidates and relays what a committed batch did.
+    async fn after_commit(
+        &self,
+        myself: &ActorRef<TenantMsg>,
+        state: &mut TenantState,
+        report: BatchReport,
+        notes: &BatchNotes,
+    ) {
+        let tenant = &self.tenant;
+        let label = tenant.as_str().to_owned();
+        for offset in &notes.mismatches {
+            tracing::error!(tenant = %tenant, offset,
+                "security event: payload names another tenant");
+            metrics::counter!(m::SECURITY_EVENTS_TOTAL, "kind" => "tenant_mismatch").increment(1);
+        }
+        for reason in &notes.dead_reasons {
+            metrics::counter!(m::SCIM_DLQ_TOTAL, "tenant" => label.clone(), "reason" => *reason)
+                .increment(1);
+        }
+        for (outcome, n) in [
+            ("applied", report.applied),
+            ("unchanged", report.unchanged),
+            ("stale", report.stale),
+            ("duplicate", report.duplicate),
+        ] {
+            if n > 0 {
+                metrics::counter!(m::SCIM_EVENTS_TOTAL, "tenant" => label.clone(),
+                    "outcome" => outcome)
+                .increment(n);
+            }
+        }
+        if report.jobs_queued > 0 {
+            state.wake_pump.notify_one();
+        }
+        if report.applied > 0 {
+            if let Err(e) = self.deps.cache.invalidate_roster(tenant).await {
+                tracing::warn!(tenant = %tenant, error = %e, "roster invalidation failed");
+                metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "invalidate").increment(1);
+            }
+        }
+        if !report.outbox.is_empty() {
+            self.relay_committed(myself, state, report.outbox).await;
+        }
     }
 
     /// Publishes rows this actor just committed, from memory, when they directly follow
@@ -492,22 +595,81 @@ impl TenantActor {
 
 /// The Kafka record of an outbox row; `outbox.seq` lets consumers drop republished rows.
 fn outbound(r: OutboxRecord) -> OutboundRecord {
+    let mut headers = r.headers;
+    headers.push(("outbox.seq".into(), r.seq.to_string().into_bytes()));
     OutboundRecord {
         topic: r.topic,
-        key: Some(r.key.into_bytes()),
+        key: r.key,
         payload: r.payload,
-        headers: vec![("outbox.seq".into(), r.seq.to_string().into_bytes())],
+        headers,
     }
 }
 
-/// The DLQ record: original bytes and key, original headers, plus the reason and source.
-fn dead_letter(rec: InboundRecord, rejection: &scim::Rejection) -> OutboundRecord {
-    let mut headers = rec.headers;
+/// What validation found besides the batch, reported once the batch committed.
+#[derive(Default)]
+struct BatchNotes {
+    /// Offsets of payloads naming another tenant (security events).
+    mismatches: Vec<i64>,
+    /// Reason of every dead letter in the batch.
+    dead_reasons: Vec<&'static str>,
+}
+
+struct Prepared {
+    batch: ScimBatch,
+    notes: BatchNotes,
+}
+
+/// Validates the records into a batch: events, dead letters (with their reason) and
+/// security events. Pure, so a retry or a split prepares the same batch again.
+fn prepare(
+    tenant: &TenantId,
+    records: &[InboundRecord],
+    refused: Option<DeadLetter>,
+    limits: ParseLimits,
+) -> Prepared {
+    let mut batch = ScimBatch::default();
+    let mut notes = BatchNotes::default();
+    for rec in records {
+        match scim::parse_event(tenant, &rec.payload, limits) {
+            Ok(ev) => batch.events.push(ev),
+            Err(rejection) => {
+                if rejection.code == RejectCode::TenantMismatch {
+                    notes.mismatches.push(rec.offset);
+                    batch.security_events.push(SecurityEvent {
+                        kind: "tenant_mismatch",
+                        detail: serde_json::json!({
+                            "source": "scim_topic",
+                            "offset": rec.offset,
+                            "detail": rejection.detail,
+                        }),
+                    });
+                }
+                batch.dead_letters.push(dead_letter(rec.clone(), &rejection));
+            }
+        }
+    }
+    batch.dead_letters.extend(refused);
+    notes.dead_reasons = batch.dead_letters.iter().map(|d| d.reason).collect();
+    Prepared { batch, notes }
+}
+
+/// The dead letter of a record: original bytes and key, original headers, plus the reason
+/// and source. Text the database could not store (a NUL) is escaped in the headers.
+fn dead_letter(rec: InboundRecord, rejection: &Rejection) -> DeadLetter {
+    let storable = |s: &str| s.replace('\0', "\\u0000");
+    let mut headers: Vec<(String, Vec<u8>)> = rec
+        .headers
+        .into_iter()
+        .map(|(k, v)| (storable(&k), v))
+        .collect();
     headers.push((
         "dlq.reason".into(),
         rejection.code.as_str().as_bytes().to_vec(),
     ));
-    headers.push(("dlq.detail".into(), rejection.detail.clone().into_bytes()));
+    headers.push((
+        "dlq.detail".into(),
+        storable(&rejection.detail).into_bytes(),
+    ));
     headers.push((
         "dlq.source.topic".into(),
         TopicKind::Scim.suffix().as_bytes().to_vec(),
@@ -516,11 +678,15 @@ fn dead_letter(rec: InboundRecord, rejection: &scim::Rejection) -> OutboundRecor
         "dlq.source.offset".into(),
         rec.offset.to_string().into_bytes(),
     ));
-    OutboundRecord {
-        topic: TopicKind::Dlq,
-        key: rec.key,
-        payload: rec.payload,
-        headers,
+    DeadLetter {
+        source_offset: rec.offset,
+        reason: rejection.code.as_str(),
+        record: OutboundRecord {
+            topic: TopicKind::Dlq,
+            key: rec.key,
+            payload: rec.payload,
+            headers,
+        },
     }
 }
 

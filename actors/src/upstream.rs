@@ -7,7 +7,6 @@
 //! the platform still answers 429 or 5xx, only that tenant pauses: for `Retry-After`
 //! (capped) when given, else for an exponential backoff with jitter.
 
-use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU32;
 use std::ops::Add;
 use std::sync::Mutex;
@@ -235,15 +234,9 @@ impl TenantLimiter {
         {
             return (*d).min(self.settings.max_retry_after);
         }
-        let exp = self
-            .settings
-            .backoff_initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.settings.backoff_max);
-        let mut h = self.jitter.build_hasher();
-        h.write_u32(attempt);
         // Full jitter on the upper half: between 50% and 100% of the exponential step.
-        exp.mul_f64(0.5 + (h.finish() % 1000) as f64 / 2000.0)
+        crate::backoff::Backoff::new(self.settings.backoff_initial, self.settings.backoff_max)
+            .jittered(&self.jitter, b"", attempt, 0.5, 1.0)
     }
 
     /// Runs `call` under the limiter, pausing only this tenant on 429/5xx and retrying up

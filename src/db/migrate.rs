@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0007_outbox_relay_cursor.sql",
         include_str!("../../migrations/0007_outbox_relay_cursor.sql"),
     ),
+    (
+        8,
+        "0008_dead_letters.sql",
+        include_str!("../../migrations/0008_dead_letters.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

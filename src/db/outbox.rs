@@ -7,10 +7,13 @@
 //! so "everything up to `relayed_seq` was published" is one number per tenant instead of
 //! a `sent_at` update per row.
 //!
+//! Dead letters use [`append_raw`]: their bytes need not be JSON.
+//!
 //! Lock order: call [`append`] before touching `readiness_schedule` (every writer does).
 
 use tokio_postgres::Transaction;
 
+use crate::actors::ports::OutboundRecord;
 use crate::actors::TopicKind;
 
 /// Appends rows (key, JSON text) to the tenant's outbox under consecutive seqs and moves
@@ -48,6 +51,69 @@ pub async fn append(
                 &payloads,
                 &n,
                 &relayed_through,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Appends raw records (bytes that need not be JSON: dead letters) to the tenant's outbox
+/// under consecutive seqs, like [`append`]. Returns the first seq.
+pub async fn append_raw(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    records: &[&OutboundRecord],
+    relayed_through: i64,
+) -> Result<i64, tokio_postgres::Error> {
+    let n = records.len() as i64;
+    let topics: Vec<&str> = records.iter().map(|r| r.topic.suffix()).collect();
+    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
+    let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+    // Headers travel as one text[] and one bytea[] per row, packed as JSON-free arrays of
+    // (row, name, value) so rows with different header counts fit one statement.
+    let mut h_row: Vec<i64> = Vec::new();
+    let mut h_name: Vec<&str> = Vec::new();
+    let mut h_value: Vec<&[u8]> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        for (k, v) in &r.headers {
+            h_row.push(i as i64 + 1);
+            h_name.push(k);
+            h_value.push(v);
+        }
+    }
+    let row = tx
+        .query_one(
+            "with alloc as (
+                 insert into outbox_relay as r (tenant_id, next_seq) values ($1, 1 + $5::int8)
+                 on conflict (tenant_id) do update set
+                     next_seq = r.next_seq + $5::int8,
+                     relayed_seq = greatest(r.relayed_seq, $6::int8),
+                     relayed_at = case when $6::int8 > r.relayed_seq then now()
+                                       else r.relayed_at end
+                 returning next_seq - $5::int8 as first),
+             hdr as (
+                 select h.r, array_agg(h.k order by h.o) as names, array_agg(h.v order by h.o) as vals
+                   from unnest($7::int8[], $8::text[], $9::bytea[]) with ordinality as h(r, k, v, o)
+                  group by h.r),
+             ins as (
+                 insert into outbox (tenant_id, topic, message_key, raw_key, raw_payload,
+                                     header_names, header_values, seq)
+                 select $1, x.t, '', x.k, x.p, hdr.names, hdr.vals, alloc.first + x.n - 1
+                   from alloc,
+                        unnest($2::text[], $3::bytea[], $4::bytea[]) with ordinality as x(t, k, p, n)
+                   left join hdr on hdr.r = x.n
+                 returning 1)
+             select first, (select count(*) from ins) from alloc",
+            &[
+                &tenant,
+                &topics,
+                &keys,
+                &payloads,
+                &n,
+                &relayed_through,
+                &h_row,
+                &h_name,
+                &h_value,
             ],
         )
         .await?;

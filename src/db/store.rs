@@ -17,8 +17,8 @@ use tokio_postgres::Transaction;
 
 use super::{outbox, PgPool};
 use crate::actors::ports::{
-    BatchReport, Job, JobKind, JobPriority, NewJob, OutboxRecord, ProgressSnapshot, ScimBatch,
-    StoreError, TenantStore,
+    BatchReport, DeadLetter, Job, JobKind, JobPriority, NewJob, OutboundRecord, OutboxRecord,
+    ProgressSnapshot, ScimBatch, StoreError, TenantStore,
 };
 use crate::actors::scim::{plan_batch, Role, StoredUser};
 use crate::actors::upstream::{CourseStatus, UpstreamCourse};
@@ -47,13 +47,30 @@ pub(crate) fn store_error(e: tokio_postgres::Error) -> StoreError {
                     .unwrap_or_default(),
             )
         }
-        _ if e.is_closed() => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Query(
+        Some(c) if is_transient_state(c) => StoreError::Unavailable(e.to_string()),
+        // No SQLSTATE: the connection broke (I/O, closed, TLS): the server is unreachable.
+        None => StoreError::Unavailable(e.to_string()),
+        Some(_) => StoreError::Query(
             e.as_db_error()
                 .map(|d| d.message().to_owned())
                 .unwrap_or_else(|| e.to_string()),
         ),
     }
+}
+
+/// SQLSTATEs that say nothing about the work itself: the server is starting, shutting
+/// down, out of resources, or the transaction lost a race. The same work succeeds later.
+fn is_transient_state(c: &SqlState) -> bool {
+    let code = c.code();
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources (too many connections, disk full)
+        || code.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || code.starts_with("58") // system error (I/O)
+        || code == "40001" // serialization failure
+        || code == "40P01" // deadlock detected
+        || code == "55P03" // lock not available
+        || code == "57014" // query canceled (statement timeout, server shutting down)
+        || code == "25006" // read-only transaction (a replica promoted mid-failover)
 }
 
 impl TenantScopedStore {
@@ -416,6 +433,7 @@ async fn apply_batch_tx(
     let ScimBatch {
         events,
         security_events,
+        dead_letters,
     } = batch;
     if !events.is_empty() {
         // 1. Idempotency records: ids returned are new; the rest were applied before.
@@ -546,11 +564,15 @@ async fn apply_batch_tx(
                 .map(|((c, payload), seq)| OutboxRecord {
                     seq,
                     topic: TopicKind::UserChanged,
-                    key: c.user_id.clone(),
+                    key: Some(c.user_id.clone().into_bytes()),
                     payload: payload.into_bytes(),
+                    headers: Vec::new(),
                 })
                 .collect();
         }
+    }
+    if !dead_letters.is_empty() {
+        dead_letter_tx(tx, tenant, dead_letters, relayed_through, &mut report).await?;
     }
     // `outbox::append` carried the cursor when the batch wrote outbox rows.
     if relayed_through > 0 && report.outbox.is_empty() {
@@ -564,6 +586,62 @@ async fn apply_batch_tx(
         .await?;
     }
     Ok(report)
+}
+
+/// Records the batch's dead letters and appends the DLQ records of those whose source
+/// offset was not dead-lettered before (a replayed batch publishes nothing twice).
+async fn dead_letter_tx(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    dead_letters: Vec<DeadLetter>,
+    relayed_through: i64,
+    report: &mut BatchReport,
+) -> Result<(), tokio_postgres::Error> {
+    let offsets: Vec<i64> = dead_letters.iter().map(|d| d.source_offset).collect();
+    let reasons: Vec<&str> = dead_letters.iter().map(|d| d.reason).collect();
+    let details: Vec<String> = dead_letters
+        .iter()
+        .map(|d| {
+            d.record
+                .headers
+                .iter()
+                .find(|(k, _)| k == "dlq.detail")
+                .map(|(_, v)| String::from_utf8_lossy(v).replace('\0', ""))
+                .unwrap_or_default()
+        })
+        .collect();
+    let fresh: HashSet<i64> = tx
+        .query(
+            "insert into dead_letters (tenant_id, source_offset, reason, detail)
+             select $1, * from unnest($2::int8[], $3::text[], $4::text[])
+             on conflict (tenant_id, source_offset) do nothing
+             returning source_offset",
+            &[&tenant, &offsets, &reasons, &details],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let letters: Vec<DeadLetter> = dead_letters
+        .into_iter()
+        .filter(|d| fresh.contains(&d.source_offset))
+        .collect();
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<&OutboundRecord> = letters.iter().map(|d| &d.record).collect();
+    let first = outbox::append_raw(tx, tenant, &records, relayed_through).await?;
+    report.dead_lettered = letters.len() as u64;
+    report
+        .outbox
+        .extend(letters.into_iter().zip(first..).map(|(d, seq)| OutboxRecord {
+            seq,
+            topic: d.record.topic,
+            key: d.record.key,
+            payload: d.record.payload,
+            headers: d.record.headers,
+        }));
+    Ok(())
 }
 
 #[async_trait]
@@ -593,7 +671,9 @@ impl TenantStore for TenantScopedStore {
             .scoped(tenant, move |tx| {
                 Box::pin(async move {
                     tx.query(
-                        "select seq, topic, message_key, payload::text from outbox
+                        "select seq, topic, message_key, payload::text, raw_key, raw_payload,
+                                header_names, header_values
+                           from outbox
                           where tenant_id = $1
                             and seq > greatest($2, (select relayed_seq from outbox_relay
                                                      where tenant_id = $1))
@@ -607,11 +687,27 @@ impl TenantStore for TenantScopedStore {
         Ok(rows
             .iter()
             .filter_map(|r| {
+                let raw: Option<Vec<u8>> = r.get(5);
+                let (key, payload) = match raw {
+                    // A raw record (dead letter): key and bytes as received.
+                    Some(bytes) => (r.get::<_, Option<Vec<u8>>>(4), bytes),
+                    None => (
+                        Some(r.get::<_, String>(2).into_bytes()),
+                        r.get::<_, Option<String>>(3)?.into_bytes(),
+                    ),
+                };
+                let names: Option<Vec<String>> = r.get(6);
+                let values: Option<Vec<Vec<u8>>> = r.get(7);
                 Some(OutboxRecord {
                     seq: r.get(0),
                     topic: TopicKind::parse(r.get(1))?,
-                    key: r.get(2),
-                    payload: r.get::<_, String>(3).into_bytes(),
+                    key,
+                    payload,
+                    headers: names
+                        .unwrap_or_default()
+                        .into_iter()
+                        .zip(values.unwrap_or_default())
+                        .collect(),
                 })
             })
             .collect())
