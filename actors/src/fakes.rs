@@ -369,6 +369,10 @@ pub struct FakePublisher {
     pub published: Mutex<Vec<(TenantId, OutboundRecord)>>,
     /// The next this many publish calls fail (a broker outage).
     pub failures: AtomicUsize,
+    /// The next publish call delivers this many records, then fails.
+    pub ack_then_fail: AtomicUsize,
+    /// Calls of `last_outbox_seq`.
+    pub tail_reads: AtomicUsize,
 }
 
 impl FakePublisher {
@@ -408,8 +412,27 @@ impl EventPublisher for FakePublisher {
             return Err(PublishError::Broker("injected outage".into()));
         }
         let mut p = self.published.lock().unwrap();
+        let partial = self.ack_then_fail.swap(0, Ordering::SeqCst);
+        if partial > 0 {
+            // The broker took the first records, then the connection broke.
+            p.extend(records.into_iter().take(partial).map(|r| (tenant.clone(), r)));
+            return Err(PublishError::Broker("injected failure mid-publish".into()));
+        }
         p.extend(records.into_iter().map(|r| (tenant.clone(), r)));
         Ok(())
+    }
+
+    async fn last_outbox_seq(
+        &self,
+        tenant: &TenantId,
+        topic: TopicKind,
+    ) -> Result<Option<i64>, PublishError> {
+        self.tail_reads.fetch_add(1, Ordering::SeqCst);
+        Ok(self
+            .on(tenant, topic)
+            .last()
+            .and_then(|r| r.headers.iter().find(|(k, _)| k == "outbox.seq"))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok()))
     }
 }
 

@@ -234,6 +234,16 @@ pub trait EventPublisher: Send + Sync + 'static {
         tenant: &TenantId,
         records: Vec<OutboundRecord>,
     ) -> Result<(), PublishError>;
+
+    /// The `outbox.seq` header of the last record on the tenant's `topic` (`None`: empty,
+    /// or the last record carries none). The relay publishes a topic's rows in `seq` order
+    /// through an idempotent producer, so every row of that topic up to it is on the topic:
+    /// after a crash or a failed publish the relay skips them instead of publishing twice.
+    async fn last_outbox_seq(
+        &self,
+        tenant: &TenantId,
+        topic: TopicKind,
+    ) -> Result<Option<i64>, PublishError>;
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

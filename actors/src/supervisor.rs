@@ -386,6 +386,7 @@ mod tests {
     use super::*;
     use crate::fakes::*;
     use crate::scim::tests::envelope;
+    use crate::ports::{EventPublisher, OutboundRecord};
     use crate::tenant::TopicKind;
     use std::sync::atomic::Ordering;
 
@@ -899,5 +900,51 @@ mod tests {
             [("invalid_json".to_string(), "0".to_string())]
         );
         assert_eq!(health(&h.sup).await[0].restarts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_after_a_partial_publish_skips_what_reached_the_topic() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        for n in 0..3 {
+            log.append(event("acme", n, &format!("u{n}"), "fine"));
+        }
+        // The broker acknowledges the first record, then the connection breaks.
+        h.publisher.ack_then_fail.store(1, Ordering::SeqCst);
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("all relayed", || {
+            h.publisher.outbox_seqs(&acme).len() >= 3
+        })
+        .await;
+        wait_for("cursor stored", || h.store.with(&acme, |d| d.relayed_seq) == 3).await;
+        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2, 3], "nothing published twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_owner_does_not_republish_what_the_previous_one_published() {
+        let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+        let acme = t("acme");
+        // A previous instance committed rows 1-3 and published 1-2, then died before it
+        // stored its relay cursor.
+        for n in 1..=3 {
+            h.store
+                .append_outbox(&acme, TopicKind::UserChanged, &format!("u{n}"), b"{}");
+        }
+        let published: Vec<OutboundRecord> = h
+            .store
+            .with(&acme, |d| d.outbox[..2].to_vec())
+            .into_iter()
+            .map(super::super::tenant_actor::outbound_for_tests)
+            .collect();
+        h.publisher.publish(&acme, published).await.unwrap();
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("cursor stored", || h.store.with(&acme, |d| d.relayed_seq) == 3).await;
+        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2, 3], "rows 1-2 not republished");
+        assert!(h.publisher.tail_reads.load(Ordering::SeqCst) >= 1);
     }
 }

@@ -167,6 +167,10 @@ pub struct TenantState {
     cursor_stored: i64,
     /// A `StoreRelayCursor` is on its way.
     cursor_store_scheduled: bool,
+    /// Some outbox rows after `relayed_through` may already be on their topics (this is a
+    /// new incarnation, or a publish failed part-way): the next table relay looks at the
+    /// topics' last `outbox.seq` first.
+    relay_uncertain: bool,
     /// Seeds the jitter of this tenant's retry backoff.
     jitter: std::collections::hash_map::RandomState,
     /// Stops the feeder when the state is dropped, including when the actor fails.
@@ -239,6 +243,7 @@ impl Actor for TenantActor {
             relayed_through: 0,
             cursor_stored: 0,
             cursor_store_scheduled: false,
+            relay_uncertain: true,
             jitter: Default::default(),
             _feeder_guard: alive.drop_guard(),
         })
@@ -520,7 +525,9 @@ impl TenantActor {
                 state.schedule_cursor_store(myself, self.settings.cursor_store_delay);
             }
             Err(e) => {
-                // The rows are durable: the retry relays them from the table, in order.
+                // The rows are durable: the retry relays them from the table, in order,
+                // skipping what reached the topics before the failure.
+                state.relay_uncertain = true;
                 tracing::warn!(tenant = %self.tenant, error = %e, "outbox relay failed; retrying");
                 myself.send_after(self.settings.outbox_retry, || TenantMsg::FlushOutbox);
             }
@@ -566,7 +573,7 @@ impl TenantActor {
     }
 
     async fn relay_once(&self, state: &mut TenantState) -> Result<usize, ActorProcessingErr> {
-        let rows = self
+        let mut rows = self
             .deps
             .store
             .pending_outbox(
@@ -579,8 +586,33 @@ impl TenantActor {
             return Ok(0);
         };
         let n = rows.len();
+        if state.relay_uncertain {
+            // A previous incarnation (or a failed publish) may have put some of these rows
+            // on their topics without storing the cursor: skip what each topic already has.
+            let mut topics: Vec<TopicKind> = rows.iter().map(|r| r.topic).collect();
+            topics.sort_by_key(|t| t.suffix());
+            topics.dedup();
+            for topic in topics {
+                if let Some(on_topic) = self
+                    .deps
+                    .publisher
+                    .last_outbox_seq(&self.tenant, topic)
+                    .await?
+                {
+                    rows.retain(|r| r.topic != topic || r.seq > on_topic);
+                }
+            }
+            if rows.len() < n {
+                tracing::info!(tenant = %self.tenant, skipped = n - rows.len(),
+                    "outbox rows already on their topics; not republished");
+            }
+        }
         let records = rows.into_iter().map(outbound).collect();
-        self.deps.publisher.publish(&self.tenant, records).await?;
+        if let Err(e) = self.deps.publisher.publish(&self.tenant, records).await {
+            state.relay_uncertain = true;
+            return Err(e.into());
+        }
+        state.relay_uncertain = false;
         state.relayed_through = state.relayed_through.max(last);
         self.deps
             .store
@@ -603,6 +635,11 @@ fn outbound(r: OutboxRecord) -> OutboundRecord {
         payload: r.payload,
         headers,
     }
+}
+
+#[cfg(test)]
+pub(crate) fn outbound_for_tests(r: OutboxRecord) -> OutboundRecord {
+    outbound(r)
 }
 
 /// What validation found besides the batch, reported once the batch committed.
