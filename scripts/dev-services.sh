@@ -5,7 +5,8 @@
 # Then creates the `enablement` database. Safe to run again: everything is checked first.
 #
 # Environment: ENABLEMENT_DEV_DIR (default ./.dev) holds the broker's data and logs;
-# ENABLEMENT_BROKER_STORAGE overrides the broker storage URL (e.g. memory://tansu/).
+# ENABLEMENT_BROKER_STORAGE overrides the broker storage URL (e.g. memory://tansu/);
+# ENABLEMENT_BROKER_PORT the broker's port (default 9092).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,23 +64,24 @@ if ! port_open 6379; then
   wait_port 6379 Redis
 fi
 
-# 4. The development broker on 127.0.0.1:9092.
-if ! port_open 9092; then
-  if ! command -v tansu >/dev/null; then
-    log "installing the tansu broker from crates.io (one time, about 17 minutes)"
-    cargo install --locked tansu --version 0.6.0 --features libsql,dynostore >"$dev_dir/tansu-install.log" 2>&1 \
-      || { tail -20 "$dev_dir/tansu-install.log" >&2; exit 1; }
-  fi
+# 4. The development broker on 127.0.0.1:$ENABLEMENT_BROKER_PORT (default 9092).
+broker_port="${ENABLEMENT_BROKER_PORT:-9092}"
+if ! command -v tansu >/dev/null; then
+  log "installing the tansu broker from crates.io (one time, about 17 minutes)"
+  cargo install --locked tansu --version 0.6.0 --features libsql,dynostore >"$dev_dir/tansu-install.log" 2>&1 \
+    || { tail -20 "$dev_dir/tansu-install.log" >&2; exit 1; }
+fi
+if ! port_open "$broker_port"; then
   # tansu resolves sqlite:// paths against its working directory.
   storage="${ENABLEMENT_BROKER_STORAGE:-sqlite://tansu.db}"
-  log "starting tansu ($storage in $dev_dir)"
+  log "starting tansu on port $broker_port ($storage in $dev_dir)"
   cd "$dev_dir"
-  nohup tansu broker --listener-url tcp://127.0.0.1:9092 \
-    --advertised-listener-url tcp://127.0.0.1:9092 \
+  nohup tansu broker --listener-url "tcp://127.0.0.1:$broker_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$broker_port" \
     --storage-engine "$storage" >"$dev_dir/tansu.log" 2>&1 &
   echo $! >"$dev_dir/tansu.pid"
   cd "$root"
-  wait_port 9092 tansu || { tail -5 "$dev_dir/tansu.log" >&2; exit 1; }
+  wait_port "$broker_port" tansu || { tail -5 "$dev_dir/tansu.log" >&2; exit 1; }
 fi
 
 # 5. The database.

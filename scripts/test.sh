@@ -8,9 +8,18 @@ cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
 
-# Tests need no broker durability: a broker started here keeps its log in memory (faster).
-export ENABLEMENT_BROKER_STORAGE="${ENABLEMENT_BROKER_STORAGE:-memory://tansu/}"
-./scripts/dev-services.sh
+# The tests own their broker: a fresh one with in-memory storage on a free port of its
+# own, never whatever the quick start left on 9092 (a durable log grown by earlier runs
+# serves fetches slowly enough to expire consumer sessions). Stopped when the tests end.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+test_dir="$root/.dev/test-broker"
+mkdir -p "$test_dir"
+if [ -f "$test_dir/tansu.pid" ]; then kill "$(cat "$test_dir/tansu.pid")" 2>/dev/null || true; fi
+broker_port=$(free_port)
+ENABLEMENT_DEV_DIR="$test_dir" ENABLEMENT_BROKER_PORT="$broker_port" \
+  ENABLEMENT_BROKER_STORAGE=memory://tansu/ ./scripts/dev-services.sh
+trap 'kill "$(cat "$test_dir/tansu.pid")" 2>/dev/null || true' EXIT
+export ENABLEMENT__KAFKA__BROKERS="127.0.0.1:$broker_port"
 
 # Each integration test creates its own database t_* (the bench smoke test bench_<scenario>_<pid>);
 # drop those of earlier runs.

@@ -163,6 +163,13 @@ pub struct KafkaConfig {
     /// back at once instead of waiting for the group to expire the crashed member. Give
     /// every instance its own (e.g. the pod name).
     pub group_instance_id: String,
+    /// Join the group as a static member (`group.instance.id`). Off: a dynamic member,
+    /// for brokers whose static-membership rejoin misbehaves.
+    pub static_membership: bool,
+    /// The group watchdog: subscribed but not in a steady assignment, or a tenant feed
+    /// silent while its partition has lag, for this many session timeouts means a wedged
+    /// group; the consumer is then re-created as a fresh (dynamic) member. 0 disables.
+    pub group_wedged_after_sessions: u32,
     pub topic_partitions: i32,
     pub replication_factor: i32,
     pub session_timeout_ms: u64,
@@ -187,6 +194,8 @@ impl Default for KafkaConfig {
             topic_prefix: String::new(),
             group_id: "enablement".into(),
             group_instance_id: String::new(),
+            static_membership: true,
+            group_wedged_after_sessions: 3,
             topic_partitions: 1,
             replication_factor: 1,
             session_timeout_ms: 45_000,
@@ -448,6 +457,12 @@ impl Config {
             return bad(
                 "kafka.topic_partitions",
                 "must be 1: a tenant's events are totally ordered on one partition",
+            );
+        }
+        if self.kafka.group_wedged_after_sessions > 0 && self.kafka.statistics_interval_ms == 0 {
+            return bad(
+                "kafka.statistics_interval_ms",
+                "must be positive while kafka.group_wedged_after_sessions is (the watchdog reads the group state from statistics)",
             );
         }
         if self.kafka.replication_factor < 1 {

@@ -38,6 +38,8 @@ pub struct AppState {
     pub store: TenantScopedStore,
     pub publisher: KafkaPublisher,
     pub supervisor: Option<ActorRef<SupervisorMsg>>,
+    /// The consumer group's health as the Kafka hub sees it (consumer roles only).
+    pub group: Option<Arc<crate::kafka::GroupHealth>>,
     pub aggregator: Aggregator,
     pub role: Role,
     pub metrics: Option<PrometheusHandle>,
@@ -106,59 +108,89 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Time allowed to each readiness check; they run in parallel, so `/readyz` answers within
+/// about this long whatever is down.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_millis(800);
+
 async fn check<F, E>(f: F) -> Value
 where
     F: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    match tokio::time::timeout(Duration::from_secs(4), f).await {
+    match tokio::time::timeout(READY_CHECK_TIMEOUT, f).await {
         Ok(Ok(())) => json!({"ok": true}),
         Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
         Err(_) => json!({"ok": false, "error": "timed out"}),
     }
 }
 
-/// Ready when what the role uses answers (PostgreSQL; Redis and the broker except for the
-/// aggregator) and, where this process runs them, every tenant actor is running.
+/// Ready when this instance can serve: what its role uses answers (PostgreSQL; Redis and
+/// the broker except for the aggregator). Tenant actors and the consumer group are reported
+/// in the body: a parked or restarting tenant is that tenant's problem, and taking the
+/// instance out of service would stop every other tenant too.
 async fn readyz(State(s): State<AppState>) -> Response {
     let pg = check(async {
-        let conn = s.pool.get().await.map_err(crate::db::redact)?;
+        let conn = tokio::time::timeout(READY_CHECK_TIMEOUT, s.pool.get())
+            .await
+            .map_err(|_| "no pooled connection in time".to_string())?
+            .map_err(crate::db::redact)?;
         conn.simple_query("select 1")
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
-    })
-    .await;
-    let mut body = json!({"role": s.role.as_str(), "checks": {"postgres": pg}});
+    });
     // The aggregator needs only PostgreSQL; the other roles also use Redis and the broker.
-    if s.role != Role::Aggregator {
-        body["checks"]["redis"] = check(s.cache.ping()).await;
-        body["checks"]["kafka"] = check(s.publisher.broker_reachable()).await;
-    }
-    let mut ready = body["checks"]
-        .as_object()
-        .is_some_and(|checks| checks.values().all(|c| c["ok"] == true));
-    if let Some(sup) = &s.supervisor {
-        match ractor::call_t!(sup, SupervisorMsg::Health, 3_000) {
+    let uses_all = s.role != Role::Aggregator;
+    let redis = async {
+        if uses_all {
+            Some(check(s.cache.ping()).await)
+        } else {
+            None
+        }
+    };
+    let kafka = async {
+        if uses_all {
+            Some(check(s.publisher.broker_reachable()).await)
+        } else {
+            None
+        }
+    };
+    let tenants = async {
+        let sup = s.supervisor.as_ref()?;
+        let ms = READY_CHECK_TIMEOUT.as_millis() as u64;
+        Some(match ractor::call_t!(sup, SupervisorMsg::Health, ms) {
             Ok(tenants) => {
                 let not_running: Vec<_> = tenants
                     .iter()
                     .filter(|t| t.status != ActorStatus::Running)
                     .collect();
-                let ok = not_running.is_empty();
-                ready &= ok;
-                body["checks"]["tenant_actors"] = json!({
-                    "ok": ok,
+                let restarted: Vec<_> = tenants.iter().filter(|t| t.restarts > 0).collect();
+                json!({
                     "running": tenants.len() - not_running.len(),
+                    "parked": not_running.iter().filter(|t| t.status == ActorStatus::Parked).count(),
                     "not_running": not_running,
-                });
+                    "restarted": restarted,
+                })
             }
-            Err(_) => {
-                ready = false;
-                body["checks"]["tenant_actors"] =
-                    json!({"ok": false, "error": "supervisor not answering"});
-            }
-        }
+            Err(_) => json!({"error": "supervisor not answering"}),
+        })
+    };
+    let (pg, redis, kafka, tenants) = tokio::join!(pg, redis, kafka, tenants);
+    let mut body = json!({"role": s.role.as_str(), "checks": {"postgres": pg}});
+    if let Some(r) = redis {
+        body["checks"]["redis"] = r;
+    }
+    if let Some(k) = kafka {
+        body["checks"]["kafka"] = k;
+    }
+    let ready = body["checks"]
+        .as_object()
+        .is_some_and(|checks| checks.values().all(|c| c["ok"] == true));
+    if let Some(t) = tenants {
+        body["tenants"] = t;
+    }
+    if let Some(group) = &s.group {
+        body["consumer_group"] = group.snapshot();
     }
     body["ready"] = Value::Bool(ready);
     let status = if ready {
@@ -299,6 +331,7 @@ pub async fn authorize_tenant(
     };
     let token = bearer(headers).ok_or_else(unauthorized)?;
     if require_operator(s, headers).is_ok() {
+        refuse_suspended(s, &tenant).await?;
         return Ok(tenant);
     }
     let claimed = tokens::claimed_tenant(token).ok_or_else(unauthorized)?;
@@ -329,7 +362,28 @@ pub async fn authorize_tenant(
             .await;
         return Err(not_found());
     }
+    refuse_suspended(s, &tenant).await?;
     Ok(tenant)
+}
+
+/// A suspended tenant is cut off: its data is neither served nor cached again until
+/// `tenant resume`.
+async fn refuse_suspended(s: &AppState, tenant: &TenantId) -> Result<(), ApiError> {
+    let status = s.registry.status(tenant).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "retry later",
+        )
+    })?;
+    if status.as_deref() == Some("suspended") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_suspended",
+            "this tenant is suspended; an operator can resume it",
+        ));
+    }
+    Ok(())
 }
 
 /// `GET /api/tenants/{t}/users`: the SCIM-provisioned roster, cached in Redis

@@ -85,6 +85,9 @@ enum TenantCommand {
     Suspend { id: String },
     /// Re-activate a suspended tenant.
     Resume { id: String },
+    /// Replace the tenant's API token and print the new one once; the old one stops
+    /// working at once.
+    RotateToken { id: String },
     /// Store the tenant's MindTickle client credentials; the secret is read from stdin
     /// (never from the command line, where `ps` would show it).
     SetUpstream {
@@ -218,6 +221,22 @@ async fn run(command: Command, config: Config, config_path: &Path) -> Result<(),
                         }
                     }
                     eprintln!("tenant {tenant} is {status}");
+                    Ok(())
+                }
+                TenantCommand::RotateToken { id } => {
+                    let tenant = tenant_arg(&id)?;
+                    let token = enablement::tokens::generate(&tenant);
+                    let store = enablement::db::TenantScopedStore::new(registry.pool().clone());
+                    let updated = store
+                        .set_api_token_hash(&tenant, enablement::tokens::hash(&token))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !updated {
+                        return Err(format!("tenant {tenant} does not exist"));
+                    }
+                    eprintln!("API token of {tenant} replaced; the old one no longer works");
+                    eprintln!("new API token (shown once, store it now):");
+                    println!("{token}");
                     Ok(())
                 }
                 TenantCommand::List => {

@@ -128,6 +128,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
         store,
         publisher: publisher.clone(),
         supervisor: consumer.as_ref().map(|c| c.supervisor.clone()),
+        group: consumer.as_ref().map(|c| c.hub.health()),
         aggregator,
         metrics: Some(metrics),
     });

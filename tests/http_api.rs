@@ -275,7 +275,7 @@ async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
         || async {
             let (_, body) = svc.get("/readyz").await?;
             let v: Value = serde_json::from_str(&body).ok()?;
-            (v["checks"]["tenant_actors"]["running"] == 1).then_some(())
+            (v["tenants"]["running"] == 1).then_some(())
         },
     )
     .await;

@@ -42,6 +42,14 @@ impl FakeLog {
 pub struct FakeFeed {
     log: Arc<FakeLog>,
     pos: Mutex<usize>,
+    held: Arc<Held>,
+}
+
+/// Records fetched and not yet stored, across every feed of a [`FakeFeeds`].
+#[derive(Default)]
+pub struct Held {
+    pub now: AtomicUsize,
+    pub max: AtomicUsize,
 }
 
 #[async_trait]
@@ -59,6 +67,8 @@ impl PartitionFeed for FakeFeed {
                     self.log
                         .max_buffered_seen
                         .fetch_max(buffered, Ordering::SeqCst);
+                    let all = self.held.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    self.held.max.fetch_max(all, Ordering::SeqCst);
                     return Ok(rec);
                 }
             }
@@ -67,6 +77,11 @@ impl PartitionFeed for FakeFeed {
     }
     fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {
         let mut s = self.log.stored.lock().unwrap();
+        if next_offset > *s {
+            let _ = self.held.now.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub((next_offset - *s) as usize))
+            });
+        }
         *s = (*s).max(next_offset);
         Ok(())
     }
@@ -75,6 +90,7 @@ impl PartitionFeed for FakeFeed {
 #[derive(Default)]
 pub struct FakeFeeds {
     pub logs: Mutex<HashMap<TenantId, Arc<FakeLog>>>,
+    pub held: Arc<Held>,
 }
 
 impl FakeFeeds {
@@ -96,6 +112,7 @@ impl FeedSource for FakeFeeds {
         Ok(Arc::new(FakeFeed {
             log,
             pos: Mutex::new(pos),
+            held: self.held.clone(),
         }))
     }
 }

@@ -147,7 +147,7 @@ impl HostileEvents {
                     .into_bytes()
             }
             Mutation::HugeString => {
-                let len = [300, 5_000, 100_000][self.below(3) as usize];
+                let len = [300, 5_000, 80_000][self.below(3) as usize];
                 let f = self.user_field();
                 ev["user"][f] = Value::String("é".repeat(len / 2));
                 ev.to_string().into_bytes()
@@ -208,7 +208,7 @@ impl HostileEvents {
                 b
             }
             Mutation::Oversized => {
-                ev["user"]["x-blob"] = Value::String("z".repeat(300 * 1024));
+                ev["user"]["x-blob"] = Value::String("z".repeat(70 * 1024));
                 ev.to_string().into_bytes()
             }
         };

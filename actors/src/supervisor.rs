@@ -109,6 +109,8 @@ pub struct SupervisorState {
     slots: HashMap<TenantId, Slot>,
     /// Batch transactions of this process's tenants in flight at once (shared, FIFO).
     batch_slots: Arc<tokio::sync::Semaphore>,
+    /// Payload bytes held by the process's tenant feeders together.
+    process_bytes: Arc<std::sync::atomic::AtomicUsize>,
     by_actor: HashMap<ActorId, TenantId>,
     jitter: std::collections::hash_map::RandomState,
 }
@@ -128,6 +130,7 @@ impl Actor for Supervisor {
             batch_slots: Arc::new(tokio::sync::Semaphore::new(
                 self.pipeline.max_concurrent_batches.max(1),
             )),
+            process_bytes: Default::default(),
             by_actor: HashMap::new(),
             jitter: Default::default(),
         })
@@ -268,6 +271,7 @@ impl Supervisor {
             drain: drain.clone(),
             drained: Arc::new(drained_tx),
             batch_slots: state.batch_slots.clone(),
+            process_bytes: state.process_bytes.clone(),
         };
         let spawned = Actor::spawn_linked(None, actor, (), myself.get_cell()).await;
         let Some(slot) = state.slots.get_mut(tenant) else {
@@ -946,5 +950,67 @@ mod tests {
         wait_for("cursor stored", || h.store.with(&acme, |d| d.relayed_seq) == 3).await;
         assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2, 3], "rows 1-2 not republished");
         assert!(h.publisher.tail_reads.load(Ordering::SeqCst) >= 1);
+    }
+
+    fn padded_event(tenant: &str, n: usize, pad: usize) -> Vec<u8> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&event(tenant, n, &format!("u{n}"), "big")).unwrap();
+        v["user"]["x-pad"] = "p".repeat(pad).into();
+        v.to_string().into_bytes()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_payloads_pause_a_tenant_at_its_byte_budget_not_only_at_high_water() {
+        let pipeline = PipelineSettings {
+            high_water: 10_000,
+            low_water: 5_000,
+            max_batch_events: 2,
+            tenant_buffer_max_bytes: 64 * 1024,
+            ..Default::default()
+        };
+        let h = harness(pipeline, SupervisorSettings::default()).await;
+        // Slow commits: the feeder would buffer the whole flood if only records counted.
+        *h.store.batch_delay.lock().unwrap() = Duration::from_millis(50);
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        for n in 0..100 {
+            log.append(padded_event("acme", n, 10 * 1024));
+        }
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("all applied", || log.stored() == 100).await;
+        // ~10 KiB each: at most the budget plus the record that crossed it.
+        let held = log.max_buffered_seen.load(Ordering::SeqCst);
+        assert!(held <= 8, "held {held} records of 10 KiB under a 64 KiB budget");
+        assert_eq!(h.store.users(&acme).len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_process_byte_budget_bounds_all_tenants_together_and_starves_none() {
+        let pipeline = PipelineSettings {
+            high_water: 10_000,
+            low_water: 5_000,
+            max_batch_events: 2,
+            process_buffer_max_bytes: 64 * 1024,
+            ..Default::default()
+        };
+        let h = harness(pipeline, SupervisorSettings::default()).await;
+        *h.store.batch_delay.lock().unwrap() = Duration::from_millis(50);
+        let tenants: Vec<TenantId> = (0..4).map(|i| t(&format!("t{i}"))).collect();
+        for tenant in &tenants {
+            let log = h.feeds.log(tenant);
+            for n in 0..30 {
+                log.append(padded_event(tenant.as_str(), n, 10 * 1024));
+            }
+        }
+        h.sup.cast(SupervisorMsg::Assign(tenants.clone())).unwrap();
+        wait_for("every tenant applied", || {
+            tenants.iter().all(|t| h.feeds.log(t).stored() == 30)
+        })
+        .await;
+        let held = h.feeds.held.max.load(Ordering::SeqCst);
+        // Budget (6.4 records) plus at most one record per tenant beyond it.
+        assert!(held <= 7 + tenants.len(), "held {held} records together");
     }
 }

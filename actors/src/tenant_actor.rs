@@ -93,6 +93,13 @@ pub struct PipelineSettings {
     /// (more concurrent writers than its cores only add contention) and leaves the rest
     /// of the pool to job pumps and the API. Waiting batches are served in arrival order.
     pub max_concurrent_batches: usize,
+    /// Bytes of payload one tenant may hold in the service (buffered and in flight); its
+    /// feed pauses at this, like at `high_water` records, and resumes below half of it.
+    pub tenant_buffer_max_bytes: usize,
+    /// Bytes of payload all tenants of the process may hold together. Past it, a tenant
+    /// that already holds records fetches no more; one holding none may still take one,
+    /// so every tenant keeps moving and the total stays within this plus one record each.
+    pub process_buffer_max_bytes: usize,
     /// `occurredAt` later than now plus this is dead-lettered as implausible.
     pub max_future_skew: Duration,
     /// Waiting out a database outage: a batch whose transaction failed for a transient
@@ -113,6 +120,8 @@ impl Default for PipelineSettings {
             job_poll: Duration::from_secs(10),
             cursor_store_delay: Duration::from_secs(1),
             max_concurrent_batches: 4,
+            tenant_buffer_max_bytes: 8 * 1024 * 1024,
+            process_buffer_max_bytes: 128 * 1024 * 1024,
             max_future_skew: Duration::from_secs(24 * 3600),
             retry_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
         }
@@ -150,6 +159,8 @@ pub struct TenantActor {
     pub drained: Arc<watch::Sender<bool>>,
     /// Shared by the process's tenant actors: a batch transaction runs only with a slot.
     pub batch_slots: Arc<tokio::sync::Semaphore>,
+    /// Payload bytes held by all tenant feeders of the process.
+    pub process_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct TenantState {
@@ -216,6 +227,7 @@ impl Actor for TenantActor {
             drain: self.drain.clone(),
             alive: alive.clone(),
             drained: self.drained.clone(),
+            process_bytes: self.process_bytes.clone(),
         };
         tokio::spawn(feeder.run());
         // Relay whatever a previous incarnation committed but did not publish.
@@ -736,6 +748,40 @@ struct Feeder {
     drain: CancellationToken,
     alive: CancellationToken,
     drained: Arc<watch::Sender<bool>>,
+    process_bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Payload bytes a feeder holds, counted in its process's total too; released on drop
+/// (including when the feeder stops with records still buffered).
+struct HeldBytes {
+    mine: usize,
+    process: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HeldBytes {
+    fn add(&mut self, n: usize) {
+        self.mine += n;
+        self.process.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn release(&mut self, n: usize) {
+        let n = n.min(self.mine);
+        self.mine -= n;
+        self.process.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn process_total(&self) -> usize {
+        self.process.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        let n = self.mine;
+        self.release(n);
+    }
+}
+
+fn payload_bytes(records: &[InboundRecord]) -> usize {
+    records.iter().map(|r| r.payload.len()).sum()
 }
 
 type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Option<i64>> + Send>>;
@@ -745,7 +791,15 @@ impl Feeder {
         let label = self.tenant.as_str().to_owned();
         let backlog = metrics::gauge!(m::TENANT_BACKLOG_MESSAGES, "tenant" => label.clone());
         let mut buffer: VecDeque<InboundRecord> = VecDeque::new();
-        let mut in_flight: Option<(InFlight, usize)> = None;
+        let mut in_flight: Option<(InFlight, usize, usize)> = None;
+        let mut held = HeldBytes {
+            mine: 0,
+            process: self.process_bytes.clone(),
+        };
+        let (tenant_budget, process_budget) = (
+            self.settings.tenant_buffer_max_bytes,
+            self.settings.process_buffer_max_bytes,
+        );
         let mut paused = false;
         let mut draining = false;
         // Offset of the next record we expect; anything below it is a re-delivery.
@@ -753,7 +807,7 @@ impl Feeder {
         // When the oldest buffered record arrived while no batch was in flight.
         let mut linger_until: Option<Instant> = None;
         loop {
-            let inflight_len = in_flight.as_ref().map_or(0, |(_, n)| *n);
+            let inflight_len = in_flight.as_ref().map_or(0, |(_, n, _)| *n);
             backlog.set((buffer.len() + inflight_len) as f64);
             if draining && in_flight.is_none() {
                 break;
@@ -765,6 +819,7 @@ impl Feeder {
                 if full || due || self.settings.batch_linger.is_zero() {
                     let n = buffer.len().min(self.settings.max_batch_events);
                     let batch: Vec<InboundRecord> = buffer.drain(..n).collect();
+                    let batch_bytes = payload_bytes(&batch);
                     let actor = self.actor.clone();
                     let fut: InFlight = Box::pin(async move {
                         match actor
@@ -775,15 +830,22 @@ impl Feeder {
                             _ => None,
                         }
                     });
-                    in_flight = Some((fut, n));
+                    in_flight = Some((fut, n, batch_bytes));
                     linger_until = None;
-                    if paused && buffer.len() <= self.settings.low_water {
+                    let buffered_bytes = held.mine - batch_bytes;
+                    if paused
+                        && buffer.len() <= self.settings.low_water
+                        && buffered_bytes <= tenant_budget / 2
+                    {
                         tracing::debug!(tenant = %self.tenant, "resuming below low water");
                         paused = false;
                     }
                     continue;
                 }
             }
+            // The process-wide budget: while it is spent, a tenant holding records waits for
+            // its own to be committed; one holding none may still take one.
+            let over_process = held.mine > 0 && held.process_total() >= process_budget;
             let linger = linger_until;
             tokio::select! {
                 biased;
@@ -791,9 +853,11 @@ impl Feeder {
                 _ = self.drain.cancelled(), if !draining => {
                     draining = true;
                 }
-                done = async { in_flight.as_mut().map(|(f, _)| f).expect("guarded").await },
+                done = async { in_flight.as_mut().map(|(f, _, _)| f).expect("guarded").await },
                     if in_flight.is_some() => {
-                    in_flight = None;
+                    if let Some((_, _, bytes)) = in_flight.take() {
+                        held.release(bytes);
+                    }
                     if done.is_none() {
                         // The actor died mid-batch; its restart rewinds the feed.
                         return;
@@ -804,7 +868,10 @@ impl Feeder {
                 }
                 _ = async { tokio::time::sleep_until(linger.expect("guarded")).await },
                     if linger.is_some() && in_flight.is_none() => {}
-                rec = self.feed.recv(), if !paused && !draining => match rec {
+                _ = tokio::time::sleep(Duration::from_millis(20)), if over_process && !paused && !draining => {
+                    // Re-checked shortly: other tenants' commits free the budget.
+                }
+                rec = self.feed.recv(), if !paused && !draining && !over_process => match rec {
                     Ok(rec) if next_expected.is_some_and(|n| rec.offset < n) => {
                         // Re-delivered after a reposition: already buffered or handed over.
                         tracing::trace!(tenant = %self.tenant, offset = rec.offset, "re-delivery dropped");
@@ -818,6 +885,7 @@ impl Feeder {
                             metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "offset_gap").increment(1);
                         }
                         next_expected = Some(rec.offset + 1);
+                        held.add(rec.payload.len());
                         buffer.push_back(rec);
                         if linger_until.is_none() && in_flight.is_none() {
                             linger_until = Some(Instant::now() + self.settings.batch_linger);
@@ -826,6 +894,12 @@ impl Feeder {
                             tracing::debug!(tenant = %self.tenant, "pausing at high water");
                             paused = true;
                             metrics::counter!(m::TENANT_PARTITION_PAUSES_TOTAL, "tenant" => label.clone())
+                                .increment(1);
+                        } else if !paused && held.mine >= tenant_budget {
+                            tracing::debug!(tenant = %self.tenant, bytes = held.mine,
+                                "pausing at the tenant's byte budget");
+                            paused = true;
+                            metrics::counter!(m::TENANT_BYTE_BUDGET_PAUSES_TOTAL, "tenant" => label.clone())
                                 .increment(1);
                         }
                     }

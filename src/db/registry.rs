@@ -110,6 +110,19 @@ impl Registry {
         Ok(n == 1)
     }
 
+    /// The tenant's status (`active`, `suspended`); `None` when it does not exist.
+    pub async fn status(&self, tenant: &TenantId) -> Result<Option<String>, RegistryError> {
+        let conn = self.pool.get().await.map_err(db)?;
+        let row = conn
+            .query_opt(
+                "select status from tenants where tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     pub async fn exists(&self, tenant: &TenantId) -> Result<bool, RegistryError> {
         let conn = self.pool.get().await.map_err(db)?;
         let row = conn

@@ -311,6 +311,29 @@ impl TenantScopedStore {
         Ok(n == 1)
     }
 
+    /// Replaces the tenant's API token hash (rotation: the old token stops working at
+    /// once). False when the tenant does not exist.
+    pub async fn set_api_token_hash(
+        &self,
+        tenant: &TenantId,
+        token_sha256: [u8; 32],
+    ) -> Result<bool, StoreError> {
+        let t = tenant.as_str().to_owned();
+        let n = self
+            .scoped(tenant, move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "update tenant_secrets set api_token_sha256 = $2, rotated_at = now()
+                          where tenant_id = $1",
+                        &[&t, &token_sha256.as_slice()],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
     /// True when `token_sha256` is the tenant's API token hash (constant-time compare).
     pub async fn token_matches(
         &self,

@@ -10,10 +10,17 @@
 //!   stored) and commits synchronously before the partitions are released.
 //! - Offsets are stored by the actors only after their transaction committed and are
 //!   committed by librdkafka's auto-commit (`enable.auto.offset.store=false`).
+//! - A watchdog ([`GroupHealth`]) reads the group state from librdkafka's statistics. When
+//!   the consumer is subscribed but never settles into a steady assignment, or a tenant's
+//!   feed waits while its partition has lag, for `group_wedged_after_sessions` session
+//!   timeouts, the group or the broker is wedged (a broker can keep an evicted static member
+//!   as leader and answer "rebalance in progress" forever): the hub drains its tenants and
+//!   re-creates the consumer as a fresh dynamic member. The old consumer's callbacks are
+//!   disarmed first, so its late revocations never touch the new consumer's actors.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,7 +48,8 @@ pub enum HubError {
 }
 
 enum HubEvent {
-    Assigned(Vec<TenantId>),
+    /// Partitions assigned to the consumer of this generation.
+    Assigned(u64, Vec<TenantId>),
 }
 
 /// Rebalance hooks. They run on the thread polling the main queue.
@@ -50,6 +58,70 @@ pub struct HubContext {
     events: mpsc::UnboundedSender<HubEvent>,
     supervisor: OnceLock<ActorRef<SupervisorMsg>>,
     drain_timeout: Duration,
+    /// Which consumer this is (the hub re-creates a wedged one).
+    generation: u64,
+    /// Cleared when the hub replaces this consumer: its callbacks then do nothing.
+    armed: AtomicBool,
+    health: Arc<GroupHealth>,
+}
+
+/// What the hub knows about its consumer group: for `/readyz`, metrics and the watchdog.
+#[derive(Default)]
+pub struct GroupHealth {
+    state: Mutex<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    subscribed: usize,
+    assigned: usize,
+    /// librdkafka's view (`cgrp.state`, `cgrp.join_state`), from the last statistics.
+    group_state: String,
+    join_state: String,
+    /// Since when the consumer, subscribed, has not been in a steady assignment.
+    unsettled_since: Option<std::time::Instant>,
+    /// Consumer lag per tenant partition, from the last statistics.
+    lag: HashMap<TenantId, i64>,
+    wedged: Option<(&'static str, std::time::Instant)>,
+    recreations: u64,
+    static_membership: bool,
+}
+
+impl GroupHealth {
+    fn with<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The group's health as JSON (the `/readyz` body).
+    pub fn snapshot(&self) -> serde_json::Value {
+        self.with(|s| {
+            serde_json::json!({
+                "subscribed_tenants": s.subscribed,
+                "assigned_tenants": s.assigned,
+                "state": s.group_state,
+                "join_state": s.join_state,
+                "unsettled_for_ms": s.unsettled_since.map(|t| t.elapsed().as_millis() as u64),
+                "wedged": s.wedged.map(|(reason, since)| serde_json::json!({
+                    "reason": reason, "for_ms": since.elapsed().as_millis() as u64})),
+                "consumer_recreations": s.recreations,
+                "static_membership": s.static_membership,
+            })
+        })
+    }
+
+    fn observe_stats(&self, cgrp: Option<&rdkafka::statistics::ConsumerGroup>) {
+        let Some(cgrp) = cgrp else { return };
+        self.with(|s| {
+            s.group_state = cgrp.state.clone();
+            s.join_state = cgrp.join_state.clone();
+            let steady = cgrp.join_state == "steady" && cgrp.state == "up";
+            if steady || s.subscribed == 0 {
+                s.unsettled_since = None;
+            } else if s.unsettled_since.is_none() {
+                s.unsettled_since = Some(std::time::Instant::now());
+            }
+        });
+    }
 }
 
 impl HubContext {
@@ -64,8 +136,13 @@ impl HubContext {
 }
 
 impl ClientContext for HubContext {
-    /// Broker-side lag per tenant partition, from librdkafka's periodic statistics.
+    /// Broker-side lag per tenant partition and the group state, from librdkafka's
+    /// periodic statistics.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if !self.armed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.health.observe_stats(statistics.cgrp.as_ref());
         for (name, topic) in &statistics.topics {
             let Some(tenant) = TenantId::from_scim_topic(&self.prefix, name) else {
                 continue;
@@ -74,6 +151,7 @@ impl ClientContext for HubContext {
                 if p.consumer_lag >= 0 {
                     metrics::gauge!(m::TENANT_LAG_MESSAGES, "tenant" => tenant.as_str().to_owned())
                         .set(p.consumer_lag as f64);
+                    self.health.with(|s| s.lag.insert(tenant.clone(), p.consumer_lag));
                 }
             }
         }
@@ -82,6 +160,9 @@ impl ClientContext for HubContext {
 
 impl ConsumerContext for HubContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !self.armed.load(Ordering::SeqCst) {
+            return; // a replaced consumer closing: its tenants were drained already
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let tenants = self.tenants_of(tpl);
             tracing::info!(
@@ -109,14 +190,19 @@ impl ConsumerContext for HubContext {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "commit on revoke");
             }
+            self.health.with(|s| s.assigned = 0);
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !self.armed.load(Ordering::SeqCst) {
+            return;
+        }
         if let Rebalance::Assign(tpl) = rebalance {
             let tenants = self.tenants_of(tpl);
             tracing::info!(count = tenants.len(), "partitions assigned");
-            let _ = self.events.send(HubEvent::Assigned(tenants));
+            self.health.with(|s| s.assigned = tenants.len());
+            let _ = self.events.send(HubEvent::Assigned(self.generation, tenants));
         }
     }
 }
@@ -132,14 +218,24 @@ struct TenantQueue {
     /// Next offset whose effects are not known committed (-1: none stored yet).
     next_offset: AtomicI64,
     opened: AtomicBool,
+    /// Since when the tenant's actor has been waiting for a record (None: not waiting).
+    waiting_since: Mutex<Option<std::time::Instant>>,
 }
 
 pub struct KafkaHub {
-    consumer: Arc<HubConsumer>,
+    consumer: RwLock<Arc<HubConsumer>>,
+    /// How the consumer was made (re-used when the watchdog re-creates it).
+    client: rdkafka::ClientConfig,
     prefix: String,
     queues: Mutex<HashMap<TenantId, Arc<TenantQueue>>>,
+    events_tx: mpsc::UnboundedSender<HubEvent>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<HubEvent>>,
     refresh: Duration,
+    drain_timeout: Duration,
+    generation: AtomicU64,
+    health: Arc<GroupHealth>,
+    /// Subscribed-but-unsettled or silent-with-lag for this long means wedged.
+    wedged_after: Option<Duration>,
 }
 
 fn to_record(m: &BorrowedMessage<'_>) -> InboundRecord {
@@ -170,12 +266,6 @@ impl KafkaHub {
         drain_timeout: Duration,
     ) -> Result<Arc<Self>, HubError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let context = HubContext {
-            prefix: cfg.topic_prefix.clone(),
-            events: tx,
-            supervisor: OnceLock::new(),
-            drain_timeout,
-        };
         let mut client = base_client_config(cfg);
         client
             .set("group.id", &cfg.group_id)
@@ -203,20 +293,68 @@ impl KafkaHub {
                 "statistics.interval.ms",
                 cfg.statistics_interval_ms.to_string(),
             );
-        client.set("group.instance.id", group_instance_id);
-        let consumer: HubConsumer = client.create_with_context(context)?;
+        let health = Arc::new(GroupHealth::default());
+        let mut first = client.clone();
+        if cfg.static_membership {
+            first.set("group.instance.id", group_instance_id);
+        }
+        health.with(|s| s.static_membership = cfg.static_membership);
+        let consumer = Self::create(&first, &cfg.topic_prefix, &tx, drain_timeout, 0, &health)?;
+        let wedged_after = (cfg.group_wedged_after_sessions > 0).then(|| {
+            Duration::from_millis(cfg.session_timeout_ms)
+                .saturating_mul(cfg.group_wedged_after_sessions)
+        });
         Ok(Arc::new(Self {
-            consumer: Arc::new(consumer),
+            consumer: RwLock::new(Arc::new(consumer)),
+            client,
             prefix: cfg.topic_prefix.clone(),
             queues: Mutex::new(HashMap::new()),
+            events_tx: tx,
             events: tokio::sync::Mutex::new(rx),
             refresh: Duration::from_millis(cfg.tenant_refresh_ms),
+            drain_timeout,
+            generation: AtomicU64::new(0),
+            health,
+            wedged_after,
         }))
+    }
+
+    fn create(
+        client: &rdkafka::ClientConfig,
+        prefix: &str,
+        events: &mpsc::UnboundedSender<HubEvent>,
+        drain_timeout: Duration,
+        generation: u64,
+        health: &Arc<GroupHealth>,
+    ) -> Result<HubConsumer, HubError> {
+        let context = HubContext {
+            prefix: prefix.to_owned(),
+            events: events.clone(),
+            supervisor: OnceLock::new(),
+            drain_timeout,
+            generation,
+            armed: AtomicBool::new(true),
+            health: health.clone(),
+        };
+        Ok(client.create_with_context(context)?)
+    }
+
+    /// The consumer in use (the watchdog may replace it).
+    fn consumer(&self) -> Arc<HubConsumer> {
+        self.consumer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The group's health, for `/readyz`.
+    pub fn health(&self) -> Arc<GroupHealth> {
+        self.health.clone()
     }
 
     /// Connects the rebalance hooks to the supervisor (set once, before [`Self::run`]).
     pub fn attach_supervisor(&self, sup: ActorRef<SupervisorMsg>) {
-        let _ = self.consumer.context().supervisor.set(sup);
+        let _ = self.consumer().context().supervisor.set(sup);
     }
 
     fn ensure_split(&self, tenant: &TenantId) -> bool {
@@ -225,7 +363,7 @@ impl KafkaHub {
             return true;
         }
         let topic = tenant.topic(&self.prefix, TopicKind::Scim);
-        let Some(queue) = self.consumer.split_partition_queue(&topic, 0) else {
+        let Some(queue) = self.consumer().split_partition_queue(&topic, 0) else {
             tracing::warn!(tenant = %tenant, "cannot split partition queue");
             return false;
         };
@@ -239,6 +377,7 @@ impl KafkaHub {
                 strays_rx: tokio::sync::Mutex::new(strays_rx),
                 next_offset: AtomicI64::new(-1),
                 opened: AtomicBool::new(false),
+                waiting_since: Mutex::new(None),
             }),
         );
         true
@@ -248,8 +387,9 @@ impl KafkaHub {
         for t in tenants {
             self.ensure_split(t);
         }
+        self.health.with(|s| s.subscribed = tenants.len());
         if tenants.is_empty() {
-            self.consumer.unsubscribe();
+            self.consumer().unsubscribe();
             return Ok(());
         }
         let topics: Vec<String> = tenants
@@ -257,12 +397,12 @@ impl KafkaHub {
             .map(|t| t.topic(&self.prefix, TopicKind::Scim))
             .collect();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&refs)?;
+        self.consumer().subscribe(&refs)?;
         Ok(())
     }
 
     /// Serves the group (rebalances, stray records) and follows the registry until
-    /// `shutdown` is cancelled.
+    /// `shutdown` is cancelled; re-creates the consumer when the watchdog finds it wedged.
     pub async fn run(
         self: Arc<Self>,
         registry: Registry,
@@ -274,32 +414,43 @@ impl KafkaHub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = self.events.lock().await;
         loop {
+            let consumer = self.consumer();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => match registry.active().await {
-                    Ok(active) => {
-                        let active: BTreeSet<TenantId> = active.into_iter().collect();
-                        if subscribed.as_ref() != Some(&active) {
-                            match self.subscribe(&active) {
-                                Ok(()) => {
-                                    tracing::info!(tenants = active.len(), "subscription updated");
-                                    subscribed = Some(active);
+                _ = tick.tick() => {
+                    if let Some(reason) = self.wedged() {
+                        self.recreate(&supervisor, reason).await;
+                        subscribed = None;
+                        continue;
+                    }
+                    match registry.active().await {
+                        Ok(active) => {
+                            let active: BTreeSet<TenantId> = active.into_iter().collect();
+                            if subscribed.as_ref() != Some(&active) {
+                                match self.subscribe(&active) {
+                                    Ok(()) => {
+                                        tracing::info!(tenants = active.len(), "subscription updated");
+                                        subscribed = Some(active);
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "subscribe failed"),
                                 }
-                                Err(e) => tracing::warn!(error = %e, "subscribe failed"),
                             }
                         }
+                        Err(e) => tracing::warn!(error = %e, "reading the tenant registry failed"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "reading the tenant registry failed"),
                 },
                 Some(ev) = events.recv() => match ev {
-                    HubEvent::Assigned(tenants) => {
+                    HubEvent::Assigned(generation, tenants) => {
+                        if generation != self.generation.load(Ordering::SeqCst) {
+                            continue; // from a consumer replaced since
+                        }
                         let ready: Vec<TenantId> =
                             tenants.into_iter().filter(|t| self.ensure_split(t)).collect();
                         self.forget_positions(&ready);
                         let _ = supervisor.cast(SupervisorMsg::Assign(ready));
                     }
                 },
-                msg = self.consumer.recv() => match msg {
+                msg = consumer.recv() => match msg {
                     Ok(msg) => self.route_stray(&msg),
                     Err(e) => {
                         tracing::warn!(error = %e, "consumer error");
@@ -308,6 +459,103 @@ impl KafkaHub {
                 },
             }
         }
+    }
+
+    /// Why the group looks wedged, if it does: subscribed but unsettled, or a tenant feed
+    /// waiting while its partition has lag, for longer than `wedged_after`.
+    fn wedged(&self) -> Option<&'static str> {
+        let limit = self.wedged_after?;
+        let waiting: Vec<(TenantId, std::time::Instant)> = {
+            let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            queues
+                .iter()
+                .filter_map(|(t, q)| {
+                    let since = *q.waiting_since.lock().unwrap_or_else(|p| p.into_inner());
+                    since.map(|s| (t.clone(), s))
+                })
+                .collect()
+        };
+        self.health.with(|s| {
+            let reason = if s.subscribed > 0
+                && s.unsettled_since.is_some_and(|t| t.elapsed() >= limit)
+            {
+                Some("no_assignment")
+            } else if s.assigned > 0
+                && waiting.iter().any(|(t, since)| {
+                    since.elapsed() >= limit && s.lag.get(t).is_some_and(|lag| *lag > 0)
+                })
+            {
+                Some("silent_feed")
+            } else {
+                None
+            };
+            match reason {
+                Some(r) => {
+                    s.wedged.get_or_insert((r, std::time::Instant::now()));
+                }
+                None => s.wedged = None,
+            }
+            reason
+        })
+    }
+
+    /// Drains every tenant of this hub, then replaces the consumer by a fresh dynamic
+    /// member of the group. The old consumer is disarmed first (its late rebalance
+    /// callbacks do nothing) and closed off the runtime (closing may block on a wedged
+    /// broker). Offsets stored but not committed are re-read by the new member and are
+    /// no-ops there (idempotency records, dead letters keyed by offset).
+    async fn recreate(&self, supervisor: &ActorRef<SupervisorMsg>, reason: &'static str) {
+        tracing::warn!(reason, "consumer group wedged; re-creating the consumer as a fresh member");
+        metrics::counter!(m::KAFKA_GROUP_WEDGED_TOTAL, "reason" => reason).increment(1);
+        let tenants: Vec<TenantId> = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let old = self.consumer();
+        old.context().armed.store(false, Ordering::SeqCst);
+        let timeout = self.drain_timeout + Duration::from_secs(5);
+        if supervisor
+            .call(|r| SupervisorMsg::Revoke(tenants, r), Some(timeout))
+            .await
+            .is_err()
+        {
+            tracing::warn!("draining tenants before re-creating the consumer did not complete");
+        }
+        let _ = old.commit_consumer_state(CommitMode::Async);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let fresh = match Self::create(
+            &self.client,
+            &self.prefix,
+            &self.events_tx,
+            self.drain_timeout,
+            generation,
+            &self.health,
+        ) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "re-creating the consumer failed; keeping the old one");
+                old.context().armed.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let _ = fresh.context().supervisor.set(supervisor.clone());
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.consumer.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.health.with(|s| {
+            s.recreations += 1;
+            s.static_membership = false;
+            s.assigned = 0;
+            s.unsettled_since = None;
+            s.wedged = None;
+            s.lag.clear();
+        });
+        tokio::task::spawn_blocking(move || drop(old));
     }
 
     /// A fresh assignment starts from the group's committed offsets: forget what a previous
@@ -346,7 +594,7 @@ impl KafkaHub {
 
     /// Commits every stored offset now (shutdown).
     pub fn commit_now(&self) -> Result<(), HubError> {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        match self.consumer().commit_consumer_state(CommitMode::Sync) {
             Ok(()) => Ok(()),
             Err(rdkafka::error::KafkaError::ConsumerCommit(
                 rdkafka::error::RDKafkaErrorCode::NoOffset,
@@ -358,8 +606,9 @@ impl KafkaHub {
     fn committed_offset(&self, topic: &str) -> Option<i64> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, 0);
+        let consumer = self.consumer();
         let got = tokio::task::block_in_place(|| {
-            self.consumer.committed_offsets(tpl, Duration::from_secs(5))
+            consumer.committed_offsets(tpl, Duration::from_secs(5))
         })
         .ok()?;
         match got.find_partition(topic, 0)?.offset() {
@@ -392,15 +641,33 @@ impl FeedSource for KafkaHub {
             let mut strays = q.strays_rx.lock().await;
             while strays.try_recv().is_ok() {}
             drop(strays);
-            self.consumer
+            self.consumer()
                 .seek(&q.topic, 0, target, Duration::from_secs(5))
                 .map_err(|e| FeedError::Broker(e.to_string()))?;
             tracing::info!(tenant = %tenant, offset = ?target, "feed rewound for restarted actor");
         }
         Ok(Arc::new(KafkaFeed {
-            consumer: self.consumer.clone(),
+            consumer: self.consumer(),
             q,
         }))
+    }
+}
+
+/// Sets a feed's `waiting_since` while a `recv` is pending; clears it when dropped.
+struct Waiting<'a>(&'a Mutex<Option<std::time::Instant>>);
+
+impl<'a> Waiting<'a> {
+    fn start(slot: &'a Mutex<Option<std::time::Instant>>) -> Self {
+        slot.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(std::time::Instant::now);
+        Self(slot)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -412,6 +679,9 @@ struct KafkaFeed {
 #[async_trait]
 impl PartitionFeed for KafkaFeed {
     async fn recv(&self) -> Result<InboundRecord, FeedError> {
+        // Marks the actor as waiting for as long as this call is pending (the feeder drops
+        // the call when it pauses at high water: a paused feed is not a silent one).
+        let _waiting = Waiting::start(&self.q.waiting_since);
         tokio::select! {
             m = self.q.queue.recv() => m.map(|m| to_record(&m)).map_err(|e| FeedError::Broker(e.to_string())),
             Some(r) = async { self.q.strays_rx.lock().await.recv().await } => Ok(r),

@@ -10,7 +10,7 @@ mod producer;
 
 pub use admin::{create_tenant_topics, AdminError};
 pub use devtools::{push_events, tail_topic, TailOptions};
-pub use hub::{HubError, KafkaHub};
+pub use hub::{GroupHealth, HubError, KafkaHub};
 pub use producer::KafkaPublisher;
 
 use rdkafka::ClientConfig;

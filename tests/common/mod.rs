@@ -100,6 +100,24 @@ impl TestEnv {
         }
     }
 
+    /// Opens a new owner connection (after a PostgreSQL restart broke the old one).
+    pub async fn reconnect_owner(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match tokio_postgres::connect(&self.config.postgres.migrate_url, NoTls).await {
+                Ok((owner, conn)) => {
+                    tokio::spawn(conn);
+                    self.owner = owner;
+                    return;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "owner cannot reconnect: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     pub async fn app_pool(&self) -> PgPool {
         connect_pool(&self.config.postgres)
             .await
@@ -273,8 +291,12 @@ impl Service {
         eventually("service ready", Duration::from_secs(60), || async {
             let (status, body) = self.get("/readyz").await?;
             let v: Value = serde_json::from_str(&body).ok()?;
-            let running = v["checks"]["tenant_actors"]["running"].as_u64()? as usize;
-            (status == 200 && running >= want.len()).then_some(())
+            let running = v["tenants"]["running"].as_u64()? as usize;
+            let not_running = v["tenants"]["not_running"].as_array()?;
+            let any_down = not_running
+                .iter()
+                .any(|t| want.iter().any(|w| t["tenant"] == w.as_str()));
+            (status == 200 && running >= want.len() && !any_down).then_some(())
         })
         .await;
     }
@@ -369,4 +391,161 @@ pub async fn start_sim(settings: enablement::simulator::SimSettings) -> String {
         async move { axum::serve(listener, enablement::simulator::router(settings)).await },
     );
     format!("http://{addr}")
+}
+
+/// A development broker owned by one test: its own port and storage, so the test can
+/// SIGKILL, restart, SIGSTOP and SIGCONT it without touching any other test's broker.
+/// `tansu` is installed by `scripts/dev-services.sh` (run by `scripts/test.sh`).
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    storage: String,
+    dir: std::path::PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker on a free port. `durable` keeps its log in a SQLite file of its own
+    /// (fresh, so it stays small and fast), else in memory.
+    pub fn start(durable: bool) -> Self {
+        let dir = std::env::temp_dir().join(unique("broker"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let storage = if durable {
+            "sqlite://tansu.db".to_string()
+        } else {
+            "memory://tansu/".to_string()
+        };
+        let mut b = Self {
+            child: None,
+            port: free_port(),
+            storage,
+            dir,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("broker log");
+        let child = Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tansu (installed by scripts/dev-services.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "broker did not open its port");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+
+    /// SIGKILL, then start again on the same port and storage.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.thaw();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Counts of a tenant's exactly-once ledger: applied event ids, dead letters, outbox rows
+/// per topic, and the records actually on the tenant's topics.
+pub async fn assert_effects_once(env: &TestEnv, t: &TenantId, expected_records: i64) {
+    let processed = env.processed(t).await;
+    let dead = env
+        .count("select count(*) from dead_letters where tenant_id = $1", t)
+        .await;
+    assert_eq!(
+        processed + dead,
+        expected_records,
+        "{t}: every record applied ({processed}) or dead-lettered ({dead})"
+    );
+    for (kind, topic) in [
+        (TopicKind::UserChanged, "user_changed"),
+        (TopicKind::Dlq, "scim.dlq"),
+    ] {
+        let rows = env
+            .owner
+            .query_one(
+                "select count(*) from outbox where tenant_id = $1 and topic = $2",
+                &[&t.as_str(), &topic],
+            )
+            .await
+            .expect("outbox count")
+            .get::<_, i64>(0);
+        let recs = eventually(
+            &format!("{t}: every {topic} outbox row on its topic"),
+            Duration::from_secs(120),
+            || async {
+                let recs = read_topic(&env.config, t, kind).await;
+                (recs.len() as i64 >= rows).then_some(recs)
+            },
+        )
+        .await;
+        let seqs: std::collections::HashSet<String> = recs
+            .iter()
+            .filter_map(|r| r["headers"]["outbox.seq"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            (recs.len() as i64, seqs.len() as i64),
+            (rows, rows),
+            "{t}: {topic} has each outbox row exactly once"
+        );
+    }
+}
+
+/// Produces raw payloads (any bytes, newlines included) to a tenant's inbound topic.
+pub async fn push_raw(config: &Config, tenant: &TenantId, payloads: &[Vec<u8>]) {
+    use enablement::actors::ports::{EventPublisher, OutboundRecord};
+    let publisher = enablement::kafka::KafkaPublisher::new(&config.kafka).expect("producer");
+    let records = payloads
+        .iter()
+        .map(|p| OutboundRecord {
+            topic: TopicKind::Scim,
+            key: None,
+            payload: p.clone(),
+            headers: vec![],
+        })
+        .collect();
+    publisher.publish(tenant, records).await.expect("push raw");
 }

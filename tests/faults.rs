@@ -1,0 +1,221 @@
+//! Faults in the middle of a stream: PostgreSQL restarted, the broker SIGKILLed and
+//! restarted (durable storage), the service SIGKILLed at random points (some land between
+//! a batch's commit and its publish), Redis stopped, the broker frozen past the group's
+//! session timeout. Afterwards every event is applied exactly once, every effect is on its
+//! topic exactly once, and no tenant is parked.
+//!
+//! How the dependencies are restarted, on a developer machine and in CI alike:
+//! - the broker is this test's own `tansu` process (`common::Broker`, its own port and a
+//!   fresh SQLite file), SIGKILLed and started again on the same storage, or SIGSTOPped;
+//! - PostgreSQL is the machine's server, restarted with `pg_ctlcluster <version> main
+//!   restart` (Debian's wrapper; run as root, as `scripts/test.sh` and CI are). cargo runs
+//!   test binaries one after another, and the tests of this binary take a lock, so no
+//!   other test sees the restart;
+//! - Redis is the machine's server on 6379, stopped with `redis-cli shutdown nosave` (it
+//!   keeps nothing) and started again with `redis-server --daemonize yes`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{assert_effects_once, eventually, push, scim_event, tenant, Broker, Service, TestEnv};
+use enablement::actors::TenantId;
+
+/// Tests here restart shared services: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("Debian PostgreSQL layout (/etc/postgresql)")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a PostgreSQL cluster");
+    let ok = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .expect("pg_ctlcluster")
+        .success();
+    assert!(ok, "PostgreSQL restart failed");
+}
+
+fn stop_redis() {
+    let _ = Command::new("redis-cli")
+        .args(["-p", "6379", "shutdown", "nosave"])
+        .status();
+}
+
+fn start_redis() {
+    let ok = Command::new("redis-server")
+        .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379"])
+        .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+        .args(["--logfile", "/tmp/enablement-faults-redis.log"])
+        .status()
+        .expect("redis-server")
+        .success();
+    assert!(ok, "Redis did not start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
+        assert!(Instant::now() < deadline, "Redis did not open 6379");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn chunk(t: &TenantId, from: usize, to: usize) -> Vec<String> {
+    (from..to)
+        .map(|i| {
+            let op = if i % 7 == 6 { "UPDATE" } else { "CREATE" };
+            scim_event(t.as_str(), &format!("f{i}"), op, &format!("u{}", i % 400), i as u64, "f@f.test")
+        })
+        .collect()
+}
+
+async fn total(env: &TestEnv, tenants: &[TenantId]) -> i64 {
+    let mut n = 0;
+    for t in tenants {
+        n += env.processed(t).await;
+    }
+    n
+}
+
+/// Waits until at least `n` events are applied across `tenants`; returns how long it took.
+async fn applied_at_least(env: &TestEnv, tenants: &[TenantId], n: i64, what: &str) -> Duration {
+    let started = Instant::now();
+    eventually(what, Duration::from_secs(240), || async {
+        (total(env, tenants).await >= n).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// A few hundred milliseconds, different every time: where a SIGKILL lands.
+fn jitter() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_millis(50 + u64::from(nanos % 700))
+}
+
+fn service(env: &TestEnv, broker: &Broker) -> Service {
+    Service::start(
+        env,
+        &[
+            ("ENABLEMENT__KAFKA__BROKERS", broker.address().as_str()),
+            // Small batches: many commits, so kills land between a commit and its publish.
+            ("ENABLEMENT__PIPELINE__MAX_BATCH_EVENTS", "40"),
+            ("ENABLEMENT__KAFKA__GROUP_WEDGED_AFTER_SESSIONS", "2"),
+            ("ENABLEMENT__KAFKA__STATISTICS_INTERVAL_MS", "1000"),
+            ("ENABLEMENT__SUPERVISOR__MAX_CONSECUTIVE_FAILURES", "8"),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_kills_mid_stream_lose_nothing_and_apply_nothing_twice() {
+    let _serial = SERIAL.lock().await;
+    let mut broker = Broker::start(true);
+    let mut env = TestEnv::new().await;
+    env.config.kafka.brokers = broker.address();
+    let tenants: Vec<TenantId> = (0..4).map(|_| tenant("fault")).collect();
+    for t in &tenants {
+        env.add_tenant(t).await;
+    }
+    const PER_TENANT: usize = 1200;
+    const CHUNK: usize = PER_TENANT / 4;
+    let n = tenants.len() as i64;
+    let mut svc = service(&env, &broker);
+    svc.wait_ready(&tenants.iter().collect::<Vec<_>>()).await;
+
+    // 1. PostgreSQL restarts while the first chunk flows.
+    for t in &tenants {
+        push(&env.config, t, &chunk(t, 0, CHUNK)).await;
+    }
+    applied_at_least(&env, &tenants, n * 50, "first events").await;
+    restart_postgres();
+    env.reconnect_owner().await;
+    let d = applied_at_least(&env, &tenants, n * CHUNK as i64, "chunk 1 after the PostgreSQL restart").await;
+    println!("PostgreSQL restart: drained in {d:?}");
+
+    // 2. The service is SIGKILLed mid-stream and started again.
+    for t in &tenants {
+        push(&env.config, t, &chunk(t, CHUNK, 2 * CHUNK)).await;
+    }
+    tokio::time::sleep(jitter()).await;
+    svc.kill();
+    svc = service(&env, &broker);
+    let d = applied_at_least(&env, &tenants, n * 2 * CHUNK as i64, "chunk 2 after a SIGKILL").await;
+    println!("service SIGKILL: drained in {d:?}");
+
+    // 3. The broker is SIGKILLed and restarted on its durable storage.
+    broker.kill_and_restart();
+    for t in &tenants {
+        push(&env.config, t, &chunk(t, 2 * CHUNK, 3 * CHUNK)).await;
+    }
+    let d = applied_at_least(&env, &tenants, n * 3 * CHUNK as i64, "chunk 3 after a broker restart").await;
+    println!("broker SIGKILL and restart: drained in {d:?}");
+
+    // 4. Redis stops while the last chunk flows, and the service is SIGKILLed again.
+    stop_redis();
+    for t in &tenants {
+        push(&env.config, t, &chunk(t, 3 * CHUNK, PER_TENANT)).await;
+    }
+    tokio::time::sleep(jitter()).await;
+    svc.kill();
+    svc = service(&env, &broker);
+    tokio::time::sleep(jitter()).await;
+    start_redis();
+    let d = applied_at_least(&env, &tenants, n * PER_TENANT as i64, "everything after Redis and a SIGKILL").await;
+    println!("Redis stop and service SIGKILL: drained in {d:?}");
+
+    for t in &tenants {
+        assert_eq!(env.processed(t).await, PER_TENANT as i64, "{t}: each event applied once");
+        assert_effects_once(&env, t, PER_TENANT as i64).await;
+        assert_eq!(
+            env.count("select count(*) from users where tenant_id = $1", t).await,
+            400
+        );
+    }
+    let (status, body) = svc.get("/readyz").await.expect("readyz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["tenants"]["parked"], 0, "{body}");
+    assert_eq!(v["tenants"]["not_running"], serde_json::json!([]), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_frozen_past_the_session_timeout_is_detected_and_recovered() {
+    let _serial = SERIAL.lock().await;
+    let broker = Broker::start(false);
+    let mut env = TestEnv::new().await;
+    env.config.kafka.brokers = broker.address();
+    let tenants: Vec<TenantId> = (0..2).map(|_| tenant("frozen")).collect();
+    for t in &tenants {
+        env.add_tenant(t).await;
+    }
+    let svc = service(&env, &broker);
+    svc.wait_ready(&tenants.iter().collect::<Vec<_>>()).await;
+    for t in &tenants {
+        push(&env.config, t, &chunk(t, 0, 600)).await;
+    }
+    applied_at_least(&env, &tenants, 100, "first events").await;
+    // Frozen longer than the 10 s session: the coordinator evicts the member; on the
+    // static rejoin the development broker can wedge the group for good.
+    broker.freeze();
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    broker.thaw();
+    for t in &tenants {
+        push(&env.config, t, &chunk(t, 600, 900)).await;
+    }
+    let d = applied_at_least(&env, &tenants, 1800, "everything after the freeze").await;
+    println!("broker frozen 14 s: drained {d:?} after the thaw");
+    for t in &tenants {
+        assert_effects_once(&env, t, 900).await;
+    }
+    let (status, body) = svc.get("/readyz").await.expect("readyz");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["consumer_group"]["wedged"], serde_json::Value::Null, "{body}");
+    println!("consumer group after the freeze: {}", v["consumer_group"]);
+}
