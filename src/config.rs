@@ -40,7 +40,43 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub mindtickle: MindTickleConfig,
     pub aggregator: AggregatorConfig,
+    pub retention: RetentionConfig,
     pub log: LogConfig,
+}
+
+/// Deletion of rows that have outlived their use (`src/retention.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How often a pass runs (0 disables retention).
+    pub interval_s: u64,
+    /// Rows deleted per statement (small: short transactions, no long locks).
+    pub batch_rows: u32,
+    /// Outbox rows already relayed, older than this.
+    pub outbox_relayed_keep_s: u64,
+    /// Upstream jobs done or failed, older than this.
+    pub finished_jobs_keep_s: u64,
+    /// Security events older than this.
+    pub security_events_keep_s: u64,
+    /// Idempotency records (applied event ids) older than this.
+    pub idempotency_keep_s: u64,
+    /// Dead-letter records (the DLQ topic keeps the records themselves) older than this.
+    pub dead_letters_keep_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            interval_s: 600,
+            batch_rows: 1000,
+            outbox_relayed_keep_s: 7 * DAY,
+            finished_jobs_keep_s: 7 * DAY,
+            security_events_keep_s: 365 * DAY,
+            idempotency_keep_s: 30 * DAY,
+            dead_letters_keep_s: 30 * DAY,
+        }
+    }
 }
 
 /// The readiness aggregator (`serve --role aggregator`, or inside `all`).
@@ -246,6 +282,8 @@ pub struct PipelineConfig {
     pub job_poll_ms: u64,
     pub max_concurrent_batches: usize,
     pub max_future_skew_s: u64,
+    pub tenant_buffer_max_bytes: usize,
+    pub process_buffer_max_bytes: usize,
     pub retry_backoff_initial_ms: u64,
     pub retry_backoff_max_ms: u64,
 }
@@ -264,6 +302,8 @@ impl Default for PipelineConfig {
             job_poll_ms: d.job_poll.as_millis() as u64,
             max_concurrent_batches: d.max_concurrent_batches,
             max_future_skew_s: d.max_future_skew.as_secs(),
+            tenant_buffer_max_bytes: d.tenant_buffer_max_bytes,
+            process_buffer_max_bytes: d.process_buffer_max_bytes,
             retry_backoff_initial_ms: d.retry_backoff.initial.as_millis() as u64,
             retry_backoff_max_ms: d.retry_backoff.max.as_millis() as u64,
         }
@@ -496,6 +536,14 @@ impl Config {
                 "retry_backoff_initial_ms must be positive and not above retry_backoff_max_ms",
             );
         }
+        if p.tenant_buffer_max_bytes < p.max_message_bytes
+            || p.process_buffer_max_bytes < p.tenant_buffer_max_bytes
+        {
+            return bad(
+                "pipeline.tenant_buffer_max_bytes",
+                "must be at least max_message_bytes and at most process_buffer_max_bytes",
+            );
+        }
         if p.max_message_bytes == 0 || p.outbox_batch == 0 {
             return bad(
                 "pipeline",
@@ -593,6 +641,8 @@ impl Config {
             job_poll: Duration::from_millis(p.job_poll_ms.max(1)),
             max_concurrent_batches: p.max_concurrent_batches,
             max_future_skew: Duration::from_secs(p.max_future_skew_s),
+            tenant_buffer_max_bytes: p.tenant_buffer_max_bytes,
+            process_buffer_max_bytes: p.process_buffer_max_bytes,
             retry_backoff: crate::actors::backoff::Backoff::new(
                 Duration::from_millis(p.retry_backoff_initial_ms.max(1)),
                 Duration::from_millis(p.retry_backoff_max_ms.max(1)),
@@ -610,6 +660,21 @@ impl Config {
             backoff_initial: Duration::from_millis(m.backoff_initial_ms),
             backoff_max: Duration::from_millis(m.backoff_max_ms),
             max_attempts: m.max_attempts,
+        }
+    }
+
+    pub fn retention_settings(&self) -> crate::retention::RetentionSettings {
+        let r = &self.retention;
+        crate::retention::RetentionSettings {
+            interval: Duration::from_secs(r.interval_s),
+            batch_rows: i64::from(r.batch_rows.max(1)),
+            keep: crate::retention::Keep {
+                outbox_relayed: Duration::from_secs(r.outbox_relayed_keep_s),
+                finished_jobs: Duration::from_secs(r.finished_jobs_keep_s),
+                security_events: Duration::from_secs(r.security_events_keep_s),
+                idempotency: Duration::from_secs(r.idempotency_keep_s),
+                dead_letters: Duration::from_secs(r.dead_letters_keep_s),
+            },
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`cache`]: the per-tenant Redis namespace.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and tenant registration.
 //! - [`readiness`]: the analytics aggregator (team readiness reports, computed in SQL).
+//! - [`retention`]: the background deletion of rows that have outlived their use.
 //! - [`service`]: wiring for `serve`, and graceful shutdown.
 
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod kafka;
 pub mod quiz;
 pub mod readiness;
+pub mod retention;
 pub mod service;
 pub mod simulator;
 pub mod telemetry;

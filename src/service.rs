@@ -106,6 +106,15 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
     } else {
         None
     };
+    // Retention runs beside the pipeline (any instance may; deletes are small and scoped).
+    if role.consumes() {
+        tokio::spawn(crate::retention::run(
+            store.clone(),
+            registry.clone(),
+            config.retention_settings(),
+            shutdown.child_token(),
+        ));
+    }
     let aggregator_task = role.aggregates().then(|| {
         tokio::spawn(crate::readiness::worker::run(
             aggregator.clone(),

@@ -66,7 +66,9 @@ fn chunk(t: &TenantId, from: usize, to: usize) -> Vec<String> {
     (from..to)
         .map(|i| {
             let op = if i % 7 == 6 { "UPDATE" } else { "CREATE" };
-            scim_event(t.as_str(), &format!("f{i}"), op, &format!("u{}", i % 400), i as u64, "f@f.test")
+            // Every event changes its user: each one is an outbox row and a user_changed record.
+            let email = format!("f{i}@f.test");
+            scim_event(t.as_str(), &format!("f{i}"), op, &format!("u{}", i % 400), i as u64, &email)
         })
         .collect()
 }
@@ -112,6 +114,16 @@ fn service(env: &TestEnv, broker: &Broker) -> Service {
     )
 }
 
+/// Polls (every 20 ms) until at least `n` events are applied: a fault started right after
+/// lands while the rest of the backlog is still flowing.
+async fn when_applied(env: &TestEnv, tenants: &[TenantId], n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while total(env, tenants).await < n {
+        assert!(Instant::now() < deadline, "timed out waiting for {n} applied events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_and_kills_mid_stream_lose_nothing_and_apply_nothing_twice() {
     let _serial = SERIAL.lock().await;
@@ -122,53 +134,69 @@ async fn restarts_and_kills_mid_stream_lose_nothing_and_apply_nothing_twice() {
     for t in &tenants {
         env.add_tenant(t).await;
     }
-    const PER_TENANT: usize = 1200;
+    const PER_TENANT: usize = 6000;
     const CHUNK: usize = PER_TENANT / 4;
     let n = tenants.len() as i64;
-    let mut svc = service(&env, &broker);
-    svc.wait_ready(&tenants.iter().collect::<Vec<_>>()).await;
+    let chunk_total = n * CHUNK as i64;
+    let mut report = Vec::new();
 
-    // 1. PostgreSQL restarts while the first chunk flows.
+    // 1. PostgreSQL restarts while the first chunk flows: batches wait it out.
     for t in &tenants {
         push(&env.config, t, &chunk(t, 0, CHUNK)).await;
     }
-    applied_at_least(&env, &tenants, n * 50, "first events").await;
+    let mut svc = service(&env, &broker);
+    when_applied(&env, &tenants, chunk_total / 5).await;
+    let started = Instant::now();
+    let in_flight = chunk_total - total(&env, &tenants).await;
     restart_postgres();
     env.reconnect_owner().await;
-    let d = applied_at_least(&env, &tenants, n * CHUNK as i64, "chunk 1 after the PostgreSQL restart").await;
-    println!("PostgreSQL restart: drained in {d:?}");
+    applied_at_least(&env, &tenants, chunk_total, "chunk 1 after the PostgreSQL restart").await;
+    report.push(("PostgreSQL restart", in_flight, started.elapsed()));
+    let retries = svc
+        .metric("enablement_scim_batch_retries_total{reason=\"transient\"}")
+        .await;
+    assert!(retries > 0.0, "the restart hit batches in flight (retried {retries})");
 
-    // 2. The service is SIGKILLed mid-stream and started again.
-    for t in &tenants {
-        push(&env.config, t, &chunk(t, CHUNK, 2 * CHUNK)).await;
+    // 2-3. The service is SIGKILLed twice while a backlog drains.
+    for (round, part) in [(1usize, "first"), (2, "second")] {
+        svc.kill();
+        for t in &tenants {
+            push(&env.config, t, &chunk(t, round * CHUNK, (round + 1) * CHUNK)).await;
+        }
+        svc = service(&env, &broker);
+        let base = chunk_total * round as i64;
+        when_applied(&env, &tenants, base + chunk_total / 4).await;
+        tokio::time::sleep(jitter()).await;
+        let in_flight = base + chunk_total - total(&env, &tenants).await;
+        let started = Instant::now();
+        svc.kill();
+        svc = service(&env, &broker);
+        applied_at_least(&env, &tenants, base + chunk_total, part).await;
+        report.push(("service SIGKILL", in_flight, started.elapsed()));
     }
-    tokio::time::sleep(jitter()).await;
-    svc.kill();
-    svc = service(&env, &broker);
-    let d = applied_at_least(&env, &tenants, n * 2 * CHUNK as i64, "chunk 2 after a SIGKILL").await;
-    println!("service SIGKILL: drained in {d:?}");
 
-    // 3. The broker is SIGKILLed and restarted on its durable storage.
-    broker.kill_and_restart();
-    for t in &tenants {
-        push(&env.config, t, &chunk(t, 2 * CHUNK, 3 * CHUNK)).await;
-    }
-    let d = applied_at_least(&env, &tenants, n * 3 * CHUNK as i64, "chunk 3 after a broker restart").await;
-    println!("broker SIGKILL and restart: drained in {d:?}");
-
-    // 4. Redis stops while the last chunk flows, and the service is SIGKILLed again.
+    // 4. The broker is SIGKILLed and restarted on its durable storage mid-stream, and
+    //    Redis is down meanwhile (roster invalidations fail and are counted).
     stop_redis();
     for t in &tenants {
         push(&env.config, t, &chunk(t, 3 * CHUNK, PER_TENANT)).await;
     }
-    tokio::time::sleep(jitter()).await;
-    svc.kill();
-    svc = service(&env, &broker);
-    tokio::time::sleep(jitter()).await;
+    let base = chunk_total * 3;
+    when_applied(&env, &tenants, base + chunk_total / 5).await;
+    let in_flight = base + chunk_total - total(&env, &tenants).await;
+    let started = Instant::now();
+    broker.kill_and_restart();
+    applied_at_least(&env, &tenants, base + chunk_total, "chunk 4 after a broker restart").await;
+    report.push(("broker SIGKILL and restart, Redis down", in_flight, started.elapsed()));
+    let cache_errors = svc
+        .metric("enablement_cache_errors_total{operation=\"invalidate\"}")
+        .await;
     start_redis();
-    let d = applied_at_least(&env, &tenants, n * PER_TENANT as i64, "everything after Redis and a SIGKILL").await;
-    println!("Redis stop and service SIGKILL: drained in {d:?}");
+    assert!(cache_errors > 0.0, "Redis was down while batches committed");
 
+    for (fault, in_flight, drained) in &report {
+        println!("{fault}: {in_flight} events in flight, drained in {drained:?}");
+    }
     for t in &tenants {
         assert_eq!(env.processed(t).await, PER_TENANT as i64, "{t}: each event applied once");
         assert_effects_once(&env, t, PER_TENANT as i64).await;

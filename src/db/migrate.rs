@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0008_dead_letters.sql",
         include_str!("../../migrations/0008_dead_letters.sql"),
     ),
+    (
+        9,
+        "0009_retention.sql",
+        include_str!("../../migrations/0009_retention.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).
