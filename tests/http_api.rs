@@ -129,6 +129,21 @@ async fn the_roster_is_cached_per_tenant_and_invalidated_by_scim_changes_only_fo
         .query_async(&mut conn)
         .await
         .unwrap();
+    // The invalidation follows the commit (after it, never before): wait for it rather
+    // than racing the actor between its commit and its invalidation.
+    let key_a = format!("tenant:{{{a}}}:roster");
+    eventually("A's roster invalidated", Duration::from_secs(30), || {
+        let (mut conn, key_a) = (conn.clone(), key_a.clone());
+        async move {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&key_a)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            v.is_none().then_some(())
+        }
+    })
+    .await;
     assert!(key_b.is_some(), "B's cached roster untouched");
     let (_, cache, body) = get(&svc, &pa, Some(&token_a)).await;
     assert_eq!(

@@ -182,6 +182,21 @@ pub async fn run(
         reports.push(report);
         write_json(&opts.out, &reports)?;
     }
+    // A missed target fails the run (exit code 1), after the report is written. A smoke
+    // run only proves the scenarios work: its sizes are too small for the targets.
+    let missed: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.figures
+                .iter()
+                .filter(|f| f.met == Some(false))
+                .map(move |f| format!("{}: {} = {:.3} (target {})", r.scenario, f.name, f.value,
+                    f.target.as_deref().unwrap_or("")))
+        })
+        .collect();
+    if !missed.is_empty() && !ctx.smoke() {
+        return Err(BenchError(format!("targets missed: {}", missed.join("; "))));
+    }
     Ok(reports)
 }
 
