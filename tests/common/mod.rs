@@ -435,7 +435,10 @@ impl Broker {
             .append(true)
             .open(self.dir.join("tansu.log"))
             .expect("broker log");
-        let child = Command::new("tansu")
+        // ENABLEMENT_TEST_BROKER names another Kafka-compatible broker binary with the same
+        // command line (e.g. `nisshi`, the development broker's later name).
+        let bin = std::env::var("ENABLEMENT_TEST_BROKER").unwrap_or_else(|_| "tansu".into());
+        let child = Command::new(&bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage])
             .current_dir(&self.dir)
@@ -443,7 +446,7 @@ impl Broker {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn tansu (installed by scripts/dev-services.sh)");
+            .unwrap_or_else(|e| panic!("spawn {bin} (installed by scripts/dev-services.sh): {e}"));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
