@@ -529,8 +529,7 @@ impl Config {
                 "must be below pipeline.high_water_messages",
             );
         }
-        if p.retry_backoff_initial_ms == 0 || p.retry_backoff_max_ms < p.retry_backoff_initial_ms
-        {
+        if p.retry_backoff_initial_ms == 0 || p.retry_backoff_max_ms < p.retry_backoff_initial_ms {
             return bad(
                 "pipeline.retry_backoff_max_ms",
                 "retry_backoff_initial_ms must be positive and not above retry_backoff_max_ms",

@@ -31,13 +31,48 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
     // Every tenant route, with what an authorised caller gets.
     let routes: Vec<(Method, String, Option<serde_json::Value>, &[u16])> = vec![
         (Method::GET, format!("/api/tenants/{a}/users"), None, &[200]),
-        (Method::GET, format!("/api/tenants/{a}/courses"), None, &[200]),
-        (Method::POST, format!("/api/tenants/{a}/sync-progress"), None, &[202]),
-        (Method::POST, format!("/api/tenants/{a}/users/u1/sync-progress"), None, &[200, 202]),
-        (Method::GET, format!("/api/tenants/{a}/users/u1/sync-progress"), None, &[200, 404]),
-        (Method::POST, format!("/api/tenants/{a}/quiz-results"), Some(quiz), &[200, 201]),
-        (Method::POST, format!("/api/tenants/{a}/readiness/aggregate"), None, &[200, 202]),
-        (Method::GET, format!("/api/tenants/{a}/readiness"), None, &[200, 404]),
+        (
+            Method::GET,
+            format!("/api/tenants/{a}/courses"),
+            None,
+            &[200],
+        ),
+        (
+            Method::POST,
+            format!("/api/tenants/{a}/sync-progress"),
+            None,
+            &[202],
+        ),
+        (
+            Method::POST,
+            format!("/api/tenants/{a}/users/u1/sync-progress"),
+            None,
+            &[200, 202],
+        ),
+        (
+            Method::GET,
+            format!("/api/tenants/{a}/users/u1/sync-progress"),
+            None,
+            &[200, 404],
+        ),
+        (
+            Method::POST,
+            format!("/api/tenants/{a}/quiz-results"),
+            Some(quiz),
+            &[200, 201],
+        ),
+        (
+            Method::POST,
+            format!("/api/tenants/{a}/readiness/aggregate"),
+            None,
+            &[200, 202],
+        ),
+        (
+            Method::GET,
+            format!("/api/tenants/{a}/readiness"),
+            None,
+            &[200, 404],
+        ),
     ];
     let client = reqwest::Client::new();
     let send =
@@ -70,7 +105,10 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
         }
         for (who, token) in [("own", token_a.as_str()), ("operator", op.as_str())] {
             let (status, text) = send(method.clone(), path, body.clone(), Some(token)).await;
-            assert!(ok.contains(&status), "{method} {path} with {who}: {status} {text}");
+            assert!(
+                ok.contains(&status),
+                "{method} {path} with {who}: {status} {text}"
+            );
         }
     }
     let after = env
@@ -86,12 +124,19 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
     // its cache is not refilled. Resuming restores access.
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_enablement"))
-            .args(["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")])
+            .args([
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+            ])
             .args(args)
             .envs(env.service_env("127.0.0.1:1"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     cli(&["tenant", "suspend", a.as_str()]);
@@ -108,7 +153,11 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
         .await
         .unwrap();
     let roster_key = format!("tenant:{{{a}}}:roster");
-    let cached: bool = redis::cmd("EXISTS").arg(&roster_key).query_async(&mut redis).await.unwrap();
+    let cached: bool = redis::cmd("EXISTS")
+        .arg(&roster_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     assert!(!cached, "a suspended tenant's cache is not refilled");
     cli(&["tenant", "resume", a.as_str()]);
     let users = format!("/api/tenants/{a}/users");
@@ -123,11 +172,20 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
     // Registration is operator-only: a tenant token is not enough.
     let reg = json!({"tenantId": common::unique("mx"), "displayName": "x"});
     assert_eq!(
-        send(Method::POST, "/api/tenants", Some(reg.clone()), Some(&rotated)).await.0,
+        send(
+            Method::POST,
+            "/api/tenants",
+            Some(reg.clone()),
+            Some(&rotated)
+        )
+        .await
+        .0,
         401
     );
     assert_eq!(
-        send(Method::POST, "/api/tenants", Some(reg), Some(&op)).await.0,
+        send(Method::POST, "/api/tenants", Some(reg), Some(&op))
+            .await
+            .0,
         201
     );
     // Unknown routes are JSON 404s.

@@ -48,7 +48,14 @@ fn stop_redis() {
 
 fn start_redis() {
     let ok = Command::new("redis-server")
-        .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379"])
+        .args([
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+        ])
         .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
         .args(["--logfile", "/tmp/enablement-faults-redis.log"])
         .status()
@@ -68,7 +75,14 @@ fn chunk(t: &TenantId, from: usize, to: usize) -> Vec<String> {
             let op = if i % 7 == 6 { "UPDATE" } else { "CREATE" };
             // Every event changes its user: each one is an outbox row and a user_changed record.
             let email = format!("f{i}@f.test");
-            scim_event(t.as_str(), &format!("f{i}"), op, &format!("u{}", i % 400), i as u64, &email)
+            scim_event(
+                t.as_str(),
+                &format!("f{i}"),
+                op,
+                &format!("u{}", i % 400),
+                i as u64,
+                &email,
+            )
         })
         .collect()
 }
@@ -124,7 +138,10 @@ fn service(env: &TestEnv, broker: &Broker) -> Service {
 async fn when_applied(env: &TestEnv, tenants: &[TenantId], n: i64) {
     let deadline = Instant::now() + Duration::from_secs(240);
     while total(env, tenants).await < n {
-        assert!(Instant::now() < deadline, "timed out waiting for {n} applied events");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} applied events"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -155,18 +172,32 @@ async fn restarts_and_kills_mid_stream_lose_nothing_and_apply_nothing_twice() {
     let in_flight = chunk_total - total(&env, &tenants).await;
     restart_postgres();
     env.reconnect_owner().await;
-    applied_at_least(&env, &tenants, chunk_total, "chunk 1 after the PostgreSQL restart").await;
+    applied_at_least(
+        &env,
+        &tenants,
+        chunk_total,
+        "chunk 1 after the PostgreSQL restart",
+    )
+    .await;
     report.push(("PostgreSQL restart", in_flight, started.elapsed()));
     let retries = svc
         .metric("enablement_scim_batch_retries_total{reason=\"transient\"}")
         .await;
-    assert!(retries > 0.0, "the restart hit batches in flight (retried {retries})");
+    assert!(
+        retries > 0.0,
+        "the restart hit batches in flight (retried {retries})"
+    );
 
     // 2-3. The service is SIGKILLed twice while a backlog drains.
     for (round, part) in [(1usize, "first"), (2, "second")] {
         svc.kill();
         for t in &tenants {
-            push(&env.config, t, &chunk(t, round * CHUNK, (round + 1) * CHUNK)).await;
+            push(
+                &env.config,
+                t,
+                &chunk(t, round * CHUNK, (round + 1) * CHUNK),
+            )
+            .await;
         }
         svc = service(&env, &broker);
         let base = chunk_total * round as i64;
@@ -191,8 +222,18 @@ async fn restarts_and_kills_mid_stream_lose_nothing_and_apply_nothing_twice() {
     let in_flight = base + chunk_total - total(&env, &tenants).await;
     let started = Instant::now();
     broker.kill_and_restart();
-    applied_at_least(&env, &tenants, base + chunk_total, "chunk 4 after a broker restart").await;
-    report.push(("broker SIGKILL and restart, Redis down", in_flight, started.elapsed()));
+    applied_at_least(
+        &env,
+        &tenants,
+        base + chunk_total,
+        "chunk 4 after a broker restart",
+    )
+    .await;
+    report.push((
+        "broker SIGKILL and restart, Redis down",
+        in_flight,
+        started.elapsed(),
+    ));
     let cache_errors = svc
         .metric("enablement_cache_errors_total{operation=\"invalidate\"}")
         .await;
@@ -203,10 +244,15 @@ async fn restarts_and_kills_mid_stream_lose_nothing_and_apply_nothing_twice() {
         println!("{fault}: {in_flight} events in flight, drained in {drained:?}");
     }
     for t in &tenants {
-        assert_eq!(env.processed(t).await, PER_TENANT as i64, "{t}: each event applied once");
+        assert_eq!(
+            env.processed(t).await,
+            PER_TENANT as i64,
+            "{t}: each event applied once"
+        );
         assert_effects_once(&env, t, PER_TENANT as i64).await;
         assert_eq!(
-            env.count("select count(*) from users where tenant_id = $1", t).await,
+            env.count("select count(*) from users where tenant_id = $1", t)
+                .await,
             400
         );
     }
@@ -252,6 +298,10 @@ async fn a_broker_frozen_past_the_session_timeout_is_detected_and_recovered() {
     let (status, body) = svc.get("/readyz").await.expect("readyz");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["consumer_group"]["wedged"], serde_json::Value::Null, "{body}");
+    assert_eq!(
+        v["consumer_group"]["wedged"],
+        serde_json::Value::Null,
+        "{body}"
+    );
     println!("consumer group after the freeze: {}", v["consumer_group"]);
 }

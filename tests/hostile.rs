@@ -9,7 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{assert_effects_once, eventually, push_raw, read_topic, scim_event, tenant, Service, TestEnv};
+use common::{
+    assert_effects_once, eventually, push_raw, read_topic, scim_event, tenant, Service, TestEnv,
+};
 use enablement::actors::hostile::HostileEvents;
 use enablement::actors::TopicKind;
 
@@ -21,7 +23,10 @@ async fn ten_thousand_hostile_payloads_are_applied_or_dead_lettered_once() {
     let (hostile, good) = (tenant("hostile"), tenant("good"));
     env.add_tenant(&hostile).await;
     env.add_tenant(&good).await;
-    let svc = Service::start(&env, &[("ENABLEMENT__PIPELINE__MAX_MESSAGE_BYTES", "65536")]);
+    let svc = Service::start(
+        &env,
+        &[("ENABLEMENT__PIPELINE__MAX_MESSAGE_BYTES", "65536")],
+    );
     svc.wait_ready(&[&hostile, &good]).await;
 
     let mut gen = HostileEvents::new(0xbad5eed, hostile.as_str());
@@ -37,19 +42,39 @@ async fn ten_thousand_hostile_payloads_are_applied_or_dead_lettered_once() {
         push_raw(&env.config, &hostile, chunk).await;
     }
     let good_lines: Vec<String> = (0..300)
-        .map(|i| scim_event(good.as_str(), &format!("g{i}"), "CREATE", &format!("u{i}"), i, "g@g.test"))
+        .map(|i| {
+            scim_event(
+                good.as_str(),
+                &format!("g{i}"),
+                "CREATE",
+                &format!("u{i}"),
+                i,
+                "g@g.test",
+            )
+        })
         .collect();
     common::push(&env.config, &good, &good_lines).await;
 
-    eventually("every hostile record settled", Duration::from_secs(300), || async {
-        let done = env.processed(&hostile).await
-            + env.count("select count(*) from dead_letters where tenant_id = $1", &hostile).await;
-        (done >= RECORDS as i64).then_some(())
-    })
+    eventually(
+        "every hostile record settled",
+        Duration::from_secs(300),
+        || async {
+            let done = env.processed(&hostile).await
+                + env
+                    .count(
+                        "select count(*) from dead_letters where tenant_id = $1",
+                        &hostile,
+                    )
+                    .await;
+            (done >= RECORDS as i64).then_some(())
+        },
+    )
     .await;
-    eventually("the good tenant applied", Duration::from_secs(60), || async {
-        (env.processed(&good).await == 300).then_some(())
-    })
+    eventually(
+        "the good tenant applied",
+        Duration::from_secs(60),
+        || async { (env.processed(&good).await == 300).then_some(()) },
+    )
     .await;
     assert_effects_once(&env, &hostile, RECORDS as i64).await;
     assert_effects_once(&env, &good, 300).await;
@@ -58,12 +83,22 @@ async fn ten_thousand_hostile_payloads_are_applied_or_dead_lettered_once() {
     let dlq = read_topic(&env.config, &hostile, TopicKind::Dlq).await;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for r in &dlq {
-        let reason = r["headers"]["dlq.reason"].as_str().unwrap_or("missing").to_owned();
+        let reason = r["headers"]["dlq.reason"]
+            .as_str()
+            .unwrap_or("missing")
+            .to_owned();
         *reasons.entry(reason).or_default() += 1;
     }
     let known = [
-        "oversized", "invalid_json", "invalid_field", "missing_field", "unknown_operation",
-        "tenant_mismatch", "unstorable", "implausible_timestamp", "database_refused",
+        "oversized",
+        "invalid_json",
+        "invalid_field",
+        "missing_field",
+        "unknown_operation",
+        "tenant_mismatch",
+        "unstorable",
+        "implausible_timestamp",
+        "database_refused",
     ];
     for reason in reasons.keys() {
         assert!(known.contains(&reason.as_str()), "unknown reason {reason}");

@@ -267,7 +267,16 @@ async fn a_record_the_database_refuses_is_dead_lettered_alone_and_its_batch_appl
     let svc = Service::start(&env, &[]);
     svc.wait_ready(&[&t]).await;
     let mut lines: Vec<String> = (0..40)
-        .map(|i| scim_event(t.as_str(), &format!("r{i}"), "CREATE", &format!("u{i}"), i, "r@r.test"))
+        .map(|i| {
+            scim_event(
+                t.as_str(),
+                &format!("r{i}"),
+                "CREATE",
+                &format!("u{i}"),
+                i,
+                "r@r.test",
+            )
+        })
         .collect();
     let mut refused: Value = serde_json::from_str(&lines[17]).unwrap();
     refused["user"]["userName"] = Value::String("refuse-me@r.test".into());
@@ -282,14 +291,23 @@ async fn a_record_the_database_refuses_is_dead_lettered_alone_and_its_batch_appl
         (env.processed(&t).await == 38).then_some(())
     })
     .await;
-    let dlq = eventually("3 dead letters relayed", Duration::from_secs(30), || async {
-        let recs = read_topic(&env.config, &t, TopicKind::Dlq).await;
-        (recs.len() >= 3).then_some(recs)
-    })
+    let dlq = eventually(
+        "3 dead letters relayed",
+        Duration::from_secs(30),
+        || async {
+            let recs = read_topic(&env.config, &t, TopicKind::Dlq).await;
+            (recs.len() >= 3).then_some(recs)
+        },
+    )
     .await;
     let mut got: Vec<(String, String)> = dlq
         .iter()
-        .map(|r| (header(r, "dlq.reason").to_owned(), header(r, "dlq.source.offset").to_owned()))
+        .map(|r| {
+            (
+                header(r, "dlq.reason").to_owned(),
+                header(r, "dlq.source.offset").to_owned(),
+            )
+        })
         .collect();
     got.sort();
     assert_eq!(
@@ -301,11 +319,16 @@ async fn a_record_the_database_refuses_is_dead_lettered_alone_and_its_batch_appl
         ]
     );
     assert_eq!(
-        env.count("select count(*) from dead_letters where tenant_id = $1", &t).await,
+        env.count("select count(*) from dead_letters where tenant_id = $1", &t)
+            .await,
         3
     );
     let restarts = format!("enablement_actor_restarts_total{{tenant=\"{t}\"}}");
-    assert_eq!(svc.metric(&restarts).await, 0.0, "isolated without a restart");
+    assert_eq!(
+        svc.metric(&restarts).await,
+        0.0,
+        "isolated without a restart"
+    );
     let (status, _) = svc.get("/readyz").await.unwrap();
     assert_eq!(status, 200);
 
@@ -316,14 +339,18 @@ async fn a_record_the_database_refuses_is_dead_lettered_alone_and_its_batch_appl
     let svc = Service::start(&env, &[("ENABLEMENT__KAFKA__GROUP_ID", &group)]);
     svc.wait_ready(&[&t]).await;
     let lag = format!("enablement_scim_events_total{{tenant=\"{t}\",outcome=\"duplicate\"}}");
-    eventually("the replay reached the end", Duration::from_secs(60), || async {
-        (svc.metric(&lag).await >= 38.0).then_some(())
-    })
+    eventually(
+        "the replay reached the end",
+        Duration::from_secs(60),
+        || async { (svc.metric(&lag).await >= 38.0).then_some(()) },
+    )
     .await;
     let dlq_after = read_topic(&env.config, &t, TopicKind::Dlq).await;
     assert_eq!(dlq_after.len(), 3, "no dead letter published twice");
     assert_eq!(
-        read_topic(&env.config, &t, TopicKind::UserChanged).await.len(),
+        read_topic(&env.config, &t, TopicKind::UserChanged)
+            .await
+            .len(),
         38,
         "no effect published twice"
     );
@@ -361,7 +388,14 @@ async fn a_tenant_failing_persistently_is_restarted_and_counted_while_others_kee
     push(
         &env.config,
         &sick,
-        &[scim_event(sick.as_str(), "p1", "CREATE", "u1", 1, "p@sick.test")],
+        &[scim_event(
+            sick.as_str(),
+            "p1",
+            "CREATE",
+            "u1",
+            1,
+            "p@sick.test",
+        )],
     )
     .await;
     let restarts = format!("enablement_actor_restarts_total{{tenant=\"{sick}\"}}");

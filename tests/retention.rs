@@ -15,7 +15,11 @@ use enablement::db::TenantScopedStore;
 use enablement::retention::{purge_tenant, Keep, RetentionSettings};
 
 fn batch(t: &TenantId, lines: &[String]) -> ScimBatch {
-    let limits = ParseLimits::at(time::OffsetDateTime::now_utc(), 1 << 20, Duration::from_secs(3600));
+    let limits = ParseLimits::at(
+        time::OffsetDateTime::now_utc(),
+        1 << 20,
+        Duration::from_secs(3600),
+    );
     ScimBatch {
         events: lines
             .iter()
@@ -48,11 +52,23 @@ async fn old_rows_go_in_batches_per_tenant_and_a_replay_stays_a_no_op() {
     let store = TenantScopedStore::new(env.app_pool().await);
     let lines = |t: &TenantId| -> Vec<String> {
         (0..25)
-            .map(|i| scim_event(t.as_str(), &format!("e{i}"), "CREATE", &format!("u{i}"), i, "r@r.test"))
+            .map(|i| {
+                scim_event(
+                    t.as_str(),
+                    &format!("e{i}"),
+                    "CREATE",
+                    &format!("u{i}"),
+                    i,
+                    "r@r.test",
+                )
+            })
             .collect()
     };
     for t in [&a, &b] {
-        store.apply_scim_batch(t, batch(t, &lines(t)), 0).await.expect("apply");
+        store
+            .apply_scim_batch(t, batch(t, &lines(t)), 0)
+            .await
+            .expect("apply");
     }
     // A's first 20 outbox rows were relayed; 21-25 were not (they must stay).
     store.mark_outbox_relayed(&a, 20).await.expect("cursor");
@@ -60,23 +76,34 @@ async fn old_rows_go_in_batches_per_tenant_and_a_replay_stays_a_no_op() {
     // Without a tenant scope the service role deletes nothing (RLS fails closed).
     let pool = env.app_pool().await;
     let conn = pool.get().await.expect("conn");
-    let n = conn.execute("delete from processed_events", &[]).await.expect("delete");
+    let n = conn
+        .execute("delete from processed_events", &[])
+        .await
+        .expect("delete");
     assert_eq!(n, 0, "no scope, no rows");
     drop(conn);
 
-    let deleted = purge_tenant(&store, &a, &keep_nothing(7)).await.expect("purge");
+    let deleted = purge_tenant(&store, &a, &keep_nothing(7))
+        .await
+        .expect("purge");
     let of = |table: &str| deleted.iter().find(|(t, _)| *t == table).map(|(_, n)| *n);
-    assert_eq!(of("processed_events"), Some(25), "in batches of 7 until short");
+    assert_eq!(
+        of("processed_events"),
+        Some(25),
+        "in batches of 7 until short"
+    );
     assert_eq!(of("outbox"), Some(20), "only relayed rows");
     assert_eq!(env.processed(&a).await, 0);
     assert_eq!(
-        env.count("select count(*) from outbox where tenant_id = $1", &a).await,
+        env.count("select count(*) from outbox where tenant_id = $1", &a)
+            .await,
         5
     );
     // B is untouched.
     assert_eq!(env.processed(&b).await, 25);
     assert_eq!(
-        env.count("select count(*) from outbox where tenant_id = $1", &b).await,
+        env.count("select count(*) from outbox where tenant_id = $1", &b)
+            .await,
         25
     );
 
@@ -89,7 +116,8 @@ async fn old_rows_go_in_batches_per_tenant_and_a_replay_stays_a_no_op() {
     assert_eq!(report.applied, 0, "{report:?}");
     assert!(report.outbox.is_empty(), "no effect published again");
     assert_eq!(
-        env.count("select count(*) from outbox where tenant_id = $1", &a).await,
+        env.count("select count(*) from outbox where tenant_id = $1", &a)
+            .await,
         5
     );
 }

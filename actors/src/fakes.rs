@@ -78,9 +78,12 @@ impl PartitionFeed for FakeFeed {
     fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {
         let mut s = self.log.stored.lock().unwrap();
         if next_offset > *s {
-            let _ = self.held.now.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                Some(n.saturating_sub((next_offset - *s) as usize))
-            });
+            let _ = self
+                .held
+                .now
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    Some(n.saturating_sub((next_offset - *s) as usize))
+                });
         }
         *s = (*s).max(next_offset);
         Ok(())
@@ -199,9 +202,9 @@ impl TenantStore for FakeStore {
             tokio::time::sleep(delay).await;
         }
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        let outage = self
-            .transient_failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let outage =
+            self.transient_failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if outage.is_ok() {
             return Err(StoreError::Unavailable("injected outage".into()));
         }
@@ -246,7 +249,11 @@ impl TenantStore for FakeStore {
             report.outbox.push(record);
         }
         for d in batch.dead_letters {
-            if data.dead_letters.insert(d.source_offset, d.reason).is_some() {
+            if data
+                .dead_letters
+                .insert(d.source_offset, d.reason)
+                .is_some()
+            {
                 continue; // dead-lettered by an earlier run of this batch
             }
             let record = OutboxRecord {
@@ -432,7 +439,12 @@ impl EventPublisher for FakePublisher {
         let partial = self.ack_then_fail.swap(0, Ordering::SeqCst);
         if partial > 0 {
             // The broker took the first records, then the connection broke.
-            p.extend(records.into_iter().take(partial).map(|r| (tenant.clone(), r)));
+            p.extend(
+                records
+                    .into_iter()
+                    .take(partial)
+                    .map(|r| (tenant.clone(), r)),
+            );
             return Err(PublishError::Broker("injected failure mid-publish".into()));
         }
         p.extend(records.into_iter().map(|r| (tenant.clone(), r)));

@@ -106,7 +106,14 @@ impl HostileEvents {
 
     /// A string field of the user that the mutation targets.
     fn user_field(&mut self) -> &'static str {
-        ["userName", "id", "externalId", "displayName", "title", "nickName"][self.below(6) as usize]
+        [
+            "userName",
+            "id",
+            "externalId",
+            "displayName",
+            "title",
+            "nickName",
+        ][self.below(6) as usize]
     }
 
     /// The next payload and the mutation it carries.
@@ -134,17 +141,30 @@ impl HostileEvents {
                 let depth = 50 + self.below(400) as usize;
                 let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
                 let text = ev.to_string();
-                text.replacen("\"active\":true", &format!("\"active\":true,\"x-deep\":{nested}"), 1)
-                    .into_bytes()
+                text.replacen(
+                    "\"active\":true",
+                    &format!("\"active\":true,\"x-deep\":{nested}"),
+                    1,
+                )
+                .into_bytes()
             }
             Mutation::HugeNumber => {
-                let n = ["1e308", "-1e308", "1e400", "123456789012345678901234567890",
-                         "-0.0000000000000000000000001", "18446744073709551616"]
-                    [self.below(6) as usize];
+                let n = [
+                    "1e308",
+                    "-1e308",
+                    "1e400",
+                    "123456789012345678901234567890",
+                    "-0.0000000000000000000000001",
+                    "18446744073709551616",
+                ][self.below(6) as usize];
                 let text = ev.to_string();
                 let target = ["\"x-n\":", "\"active\":"][self.below(2) as usize];
-                text.replacen("\"active\":true", &format!("\"active\":true,{target}{n}"), 1)
-                    .into_bytes()
+                text.replacen(
+                    "\"active\":true",
+                    &format!("\"active\":true,{target}{n}"),
+                    1,
+                )
+                .into_bytes()
             }
             Mutation::HugeString => {
                 let len = [300, 5_000, 80_000][self.below(3) as usize];

@@ -269,9 +269,7 @@ pub fn parse_event(
     if occurred_at > limits.latest_occurred_at {
         return Err(Rejection::new(
             RejectCode::ImplausibleTimestamp,
-            format!(
-                "occurredAt {occurred_raw} is later than the accepted clock skew allows"
-            ),
+            format!("occurredAt {occurred_raw} is later than the accepted clock skew allows"),
         ));
     }
     // Taken out of the envelope: the user object becomes the stored resource, not a copy.
@@ -921,9 +919,21 @@ pub(crate) mod tests {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap()
         };
-        let ok = envelope("e1", "CREATE", "u1", &at(time::Duration::minutes(59)), "a@acme.test");
+        let ok = envelope(
+            "e1",
+            "CREATE",
+            "u1",
+            &at(time::Duration::minutes(59)),
+            "a@acme.test",
+        );
         assert!(parse_event(&tenant(), &ok, limits).is_ok());
-        let late = envelope("e1", "CREATE", "u1", &at(time::Duration::minutes(61)), "a@acme.test");
+        let late = envelope(
+            "e1",
+            "CREATE",
+            "u1",
+            &at(time::Duration::minutes(61)),
+            "a@acme.test",
+        );
         assert_eq!(
             parse_event(&tenant(), &late, limits).unwrap_err().code,
             RejectCode::ImplausibleTimestamp
@@ -958,9 +968,19 @@ pub(crate) mod tests {
         }
         // The generator produces both outcomes, and every rejection reason is exercised.
         assert!(accepted > 1_000, "accepted {accepted}");
-        for code in ["invalid_json", "unstorable", "implausible_timestamp", "oversized",
-                     "invalid_field", "missing_field", "tenant_mismatch"] {
-            assert!(by_code.get(code).copied().unwrap_or(0) > 0, "no {code} in {by_code:?}");
+        for code in [
+            "invalid_json",
+            "unstorable",
+            "implausible_timestamp",
+            "oversized",
+            "invalid_field",
+            "missing_field",
+            "tenant_mismatch",
+        ] {
+            assert!(
+                by_code.get(code).copied().unwrap_or(0) > 0,
+                "no {code} in {by_code:?}"
+            );
         }
     }
 }

@@ -389,8 +389,8 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 mod tests {
     use super::*;
     use crate::fakes::*;
-    use crate::scim::tests::envelope;
     use crate::ports::{EventPublisher, OutboundRecord};
+    use crate::scim::tests::envelope;
     use crate::tenant::TopicKind;
     use std::sync::atomic::Ordering;
 
@@ -874,10 +874,17 @@ mod tests {
         assert_eq!(h.store.users(&acme).len(), 5);
         assert!(h.store.attempts.load(Ordering::SeqCst) >= 21);
         // Backoff: 200 ms doubling to the 10 s cap over 20 failures.
-        assert!(started.elapsed() >= Duration::from_secs(100), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(100),
+            "{:?}",
+            started.elapsed()
+        );
         let hs = health(&h.sup).await;
         assert_eq!((hs[0].status, hs[0].restarts), (ActorStatus::Running, 0));
-        assert!(h.publisher.on(&acme, TopicKind::Dlq).is_empty(), "nothing dead-lettered");
+        assert!(
+            h.publisher.on(&acme, TopicKind::Dlq).is_empty(),
+            "nothing dead-lettered"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -894,7 +901,10 @@ mod tests {
             .cast(SupervisorMsg::Assign(vec![acme.clone()]))
             .unwrap();
         wait_for("stored after the replay", || log.stored() == 2).await;
-        assert!(h.store.batches.load(Ordering::SeqCst) >= 2, "the batch was replayed");
+        assert!(
+            h.store.batches.load(Ordering::SeqCst) >= 2,
+            "the batch was replayed"
+        );
         wait_for("relayed", || {
             h.publisher.on(&acme, TopicKind::UserChanged).len() == 1
         })
@@ -919,12 +929,16 @@ mod tests {
         h.sup
             .cast(SupervisorMsg::Assign(vec![acme.clone()]))
             .unwrap();
-        wait_for("all relayed", || {
-            h.publisher.outbox_seqs(&acme).len() >= 3
+        wait_for("all relayed", || h.publisher.outbox_seqs(&acme).len() >= 3).await;
+        wait_for("cursor stored", || {
+            h.store.with(&acme, |d| d.relayed_seq) == 3
         })
         .await;
-        wait_for("cursor stored", || h.store.with(&acme, |d| d.relayed_seq) == 3).await;
-        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2, 3], "nothing published twice");
+        assert_eq!(
+            h.publisher.outbox_seqs(&acme),
+            [1, 2, 3],
+            "nothing published twice"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -947,8 +961,15 @@ mod tests {
         h.sup
             .cast(SupervisorMsg::Assign(vec![acme.clone()]))
             .unwrap();
-        wait_for("cursor stored", || h.store.with(&acme, |d| d.relayed_seq) == 3).await;
-        assert_eq!(h.publisher.outbox_seqs(&acme), [1, 2, 3], "rows 1-2 not republished");
+        wait_for("cursor stored", || {
+            h.store.with(&acme, |d| d.relayed_seq) == 3
+        })
+        .await;
+        assert_eq!(
+            h.publisher.outbox_seqs(&acme),
+            [1, 2, 3],
+            "rows 1-2 not republished"
+        );
         assert!(h.publisher.tail_reads.load(Ordering::SeqCst) >= 1);
     }
 
@@ -982,7 +1003,10 @@ mod tests {
         wait_for("all applied", || log.stored() == 100).await;
         // ~10 KiB each: at most the budget plus the record that crossed it.
         let held = log.max_buffered_seen.load(Ordering::SeqCst);
-        assert!(held <= 8, "held {held} records of 10 KiB under a 64 KiB budget");
+        assert!(
+            held <= 8,
+            "held {held} records of 10 KiB under a 64 KiB budget"
+        );
         assert_eq!(h.store.users(&acme).len(), 100);
     }
 

@@ -371,8 +371,9 @@ impl TenantActor {
         records: &'a [InboundRecord],
         refused: Option<DeadLetter>,
         limits: ParseLimits,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, ActorProcessingErr>> + Send + 'a>>
-    {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<usize, ActorProcessingErr>> + Send + 'a>,
+    > {
         Box::pin(async move {
             let mut attempt = 0u32;
             let error = loop {
@@ -402,7 +403,8 @@ impl TenantActor {
                 match result {
                     Ok(report) => {
                         state.cursor_stored = state.cursor_stored.max(carry);
-                        self.after_commit(myself, state, report, &prepared.notes).await;
+                        self.after_commit(myself, state, report, &prepared.notes)
+                            .await;
                         return Ok(events);
                     }
                     Err(e) if e.is_transient() => {
@@ -693,7 +695,9 @@ fn prepare(
                         }),
                     });
                 }
-                batch.dead_letters.push(dead_letter(rec.clone(), &rejection));
+                batch
+                    .dead_letters
+                    .push(dead_letter(rec.clone(), &rejection));
             }
         }
     }
@@ -761,12 +765,14 @@ struct HeldBytes {
 impl HeldBytes {
     fn add(&mut self, n: usize) {
         self.mine += n;
-        self.process.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.process
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
     fn release(&mut self, n: usize) {
         let n = n.min(self.mine);
         self.mine -= n;
-        self.process.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        self.process
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
     }
     fn process_total(&self) -> usize {
         self.process.load(std::sync::atomic::Ordering::Relaxed)

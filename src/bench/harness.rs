@@ -315,9 +315,7 @@ impl ServiceProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = self.readyz().await {
-                let running = v["tenants"]["running"]
-                    .as_u64()
-                    .unwrap_or(0);
+                let running = v["tenants"]["running"].as_u64().unwrap_or(0);
                 if running as usize >= actors {
                     return Ok(());
                 }

@@ -190,8 +190,15 @@ pub async fn run(
             r.figures
                 .iter()
                 .filter(|f| f.met == Some(false))
-                .map(move |f| format!("{}: {} = {:.3} (target {})", r.scenario, f.name, f.value,
-                    f.target.as_deref().unwrap_or("")))
+                .map(move |f| {
+                    format!(
+                        "{}: {} = {:.3} (target {})",
+                        r.scenario,
+                        f.name,
+                        f.value,
+                        f.target.as_deref().unwrap_or("")
+                    )
+                })
         })
         .collect();
     if !missed.is_empty() && !ctx.smoke() {

@@ -655,15 +655,18 @@ async fn dead_letter_tx(
     let records: Vec<&OutboundRecord> = letters.iter().map(|d| &d.record).collect();
     let first = outbox::append_raw(tx, tenant, &records, relayed_through).await?;
     report.dead_lettered = letters.len() as u64;
-    report
-        .outbox
-        .extend(letters.into_iter().zip(first..).map(|(d, seq)| OutboxRecord {
-            seq,
-            topic: d.record.topic,
-            key: d.record.key,
-            payload: d.record.payload,
-            headers: d.record.headers,
-        }));
+    report.outbox.extend(
+        letters
+            .into_iter()
+            .zip(first..)
+            .map(|(d, seq)| OutboxRecord {
+                seq,
+                topic: d.record.topic,
+                key: d.record.key,
+                payload: d.record.payload,
+                headers: d.record.headers,
+            }),
+    );
     Ok(())
 }
 

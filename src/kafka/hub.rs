@@ -151,7 +151,8 @@ impl ClientContext for HubContext {
                 if p.consumer_lag >= 0 {
                     metrics::gauge!(m::TENANT_LAG_MESSAGES, "tenant" => tenant.as_str().to_owned())
                         .set(p.consumer_lag as f64);
-                    self.health.with(|s| s.lag.insert(tenant.clone(), p.consumer_lag));
+                    self.health
+                        .with(|s| s.lag.insert(tenant.clone(), p.consumer_lag));
                 }
             }
         }
@@ -202,7 +203,9 @@ impl ConsumerContext for HubContext {
             let tenants = self.tenants_of(tpl);
             tracing::info!(count = tenants.len(), "partitions assigned");
             self.health.with(|s| s.assigned = tenants.len());
-            let _ = self.events.send(HubEvent::Assigned(self.generation, tenants));
+            let _ = self
+                .events
+                .send(HubEvent::Assigned(self.generation, tenants));
         }
     }
 }
@@ -476,19 +479,18 @@ impl KafkaHub {
                 .collect()
         };
         self.health.with(|s| {
-            let reason = if s.subscribed > 0
-                && s.unsettled_since.is_some_and(|t| t.elapsed() >= limit)
-            {
-                Some("no_assignment")
-            } else if s.assigned > 0
-                && waiting.iter().any(|(t, since)| {
-                    since.elapsed() >= limit && s.lag.get(t).is_some_and(|lag| *lag > 0)
-                })
-            {
-                Some("silent_feed")
-            } else {
-                None
-            };
+            let reason =
+                if s.subscribed > 0 && s.unsettled_since.is_some_and(|t| t.elapsed() >= limit) {
+                    Some("no_assignment")
+                } else if s.assigned > 0
+                    && waiting.iter().any(|(t, since)| {
+                        since.elapsed() >= limit && s.lag.get(t).is_some_and(|lag| *lag > 0)
+                    })
+                {
+                    Some("silent_feed")
+                } else {
+                    None
+                };
             match reason {
                 Some(r) => {
                     s.wedged.get_or_insert((r, std::time::Instant::now()));
@@ -505,7 +507,10 @@ impl KafkaHub {
     /// broker). Offsets stored but not committed are re-read by the new member and are
     /// no-ops there (idempotency records, dead letters keyed by offset).
     async fn recreate(&self, supervisor: &ActorRef<SupervisorMsg>, reason: &'static str) {
-        tracing::warn!(reason, "consumer group wedged; re-creating the consumer as a fresh member");
+        tracing::warn!(
+            reason,
+            "consumer group wedged; re-creating the consumer as a fresh member"
+        );
         metrics::counter!(m::KAFKA_GROUP_WEDGED_TOTAL, "reason" => reason).increment(1);
         let tenants: Vec<TenantId> = self
             .queues
@@ -607,10 +612,9 @@ impl KafkaHub {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, 0);
         let consumer = self.consumer();
-        let got = tokio::task::block_in_place(|| {
-            consumer.committed_offsets(tpl, Duration::from_secs(5))
-        })
-        .ok()?;
+        let got =
+            tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(5)))
+                .ok()?;
         match got.find_partition(topic, 0)?.offset() {
             Offset::Offset(n) => Some(n),
             _ => None,

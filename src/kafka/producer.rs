@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -53,7 +53,9 @@ impl TailReader {
         let found = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                break Err(KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut));
+                break Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::RequestTimedOut,
+                ));
             }
             match consumer.poll(left) {
                 Some(Ok(m)) if m.offset() >= high - 1 => {

@@ -439,7 +439,13 @@ impl Broker {
         // command line (e.g. `nisshi`, the development broker's later name).
         let bin = std::env::var("ENABLEMENT_TEST_BROKER").unwrap_or_else(|_| "tansu".into());
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", &self.storage])
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -457,7 +463,9 @@ impl Broker {
 
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
         }
     }
 
