@@ -122,24 +122,7 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
 
     // A suspended tenant is cut off on every route, for its token and the operator alike;
     // its cache is not refilled. Resuming restores access.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_enablement"))
-            .args([
-                "--config",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
-            ])
-            .args(args)
-            .envs(env.service_env("127.0.0.1:1"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    cli(&["tenant", "suspend", a.as_str()]);
+    common::cli_ok(&env, &["tenant", "suspend", a.as_str()]);
     for (method, path, body, _) in &routes {
         for token in [token_a.as_str(), op.as_str()] {
             let (status, text) = send(method.clone(), path, body.clone(), Some(token)).await;
@@ -159,12 +142,12 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
         .await
         .unwrap();
     assert!(!cached, "a suspended tenant's cache is not refilled");
-    cli(&["tenant", "resume", a.as_str()]);
+    common::cli_ok(&env, &["tenant", "resume", a.as_str()]);
     let users = format!("/api/tenants/{a}/users");
     assert_eq!(send(Method::GET, &users, None, Some(&token_a)).await.0, 200);
 
     // Rotation: the new token works, the old one stops at once.
-    let rotated = cli(&["tenant", "rotate-token", a.as_str()]);
+    let rotated = common::cli_ok(&env, &["tenant", "rotate-token", a.as_str()]);
     assert!(rotated.starts_with(&format!("ent_{a}.")), "{rotated}");
     assert_eq!(send(Method::GET, &users, None, Some(&token_a)).await.0, 401);
     assert_eq!(send(Method::GET, &users, None, Some(&rotated)).await.0, 200);

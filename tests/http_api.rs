@@ -262,22 +262,7 @@ async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
     assert_eq!(tenant_keys(&env, &a).await.len(), 2);
     assert_eq!(tenant_keys(&env, &b).await.len(), 1);
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enablement"))
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
-            "tenant",
-            "suspend",
-            a.as_str(),
-        ])
-        .envs(env.service_env("127.0.0.1:1"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli_ok(&env, &["tenant", "suspend", a.as_str()]);
     assert!(
         tenant_keys(&env, &a).await.is_empty(),
         "A's namespace cleared"

@@ -14,6 +14,22 @@
 use tokio_postgres::Transaction;
 
 use crate::actors::ports::OutboundRecord;
+
+/// The CTE both appends start with: allocates `$5` consecutive seqs from the tenant's
+/// `outbox_relay` row (locking it to commit) and carries the relay cursor `$6`; `$1` is
+/// the tenant. A macro so each statement stays one literal.
+macro_rules! seq_allocation {
+    () => {
+        "with alloc as (
+             insert into outbox_relay as r (tenant_id, next_seq) values ($1, 1 + $5::int8)
+             on conflict (tenant_id) do update set
+                 next_seq = r.next_seq + $5::int8,
+                 relayed_seq = greatest(r.relayed_seq, $6::int8),
+                 relayed_at = case when $6::int8 > r.relayed_seq then now()
+                                   else r.relayed_at end
+             returning next_seq - $5::int8 as first),"
+    };
+}
 use crate::actors::TopicKind;
 
 /// Appends rows (key, JSON text) to the tenant's outbox under consecutive seqs and moves
@@ -30,20 +46,16 @@ pub async fn append(
     let n = keys.len() as i64;
     let row = tx
         .query_one(
-            "with alloc as (
-                 insert into outbox_relay as r (tenant_id, next_seq) values ($1, 1 + $5::int8)
-                 on conflict (tenant_id) do update set
-                     next_seq = r.next_seq + $5::int8,
-                     relayed_seq = greatest(r.relayed_seq, $6::int8),
-                     relayed_at = case when $6::int8 > r.relayed_seq then now()
-                                       else r.relayed_at end
-                 returning next_seq - $5::int8 as first),
+            concat!(
+                seq_allocation!(),
+                "
              ins as (
                  insert into outbox (tenant_id, topic, message_key, payload, seq)
                  select $1, $2, x.k, x.p::jsonb, alloc.first + x.n - 1
                    from alloc, unnest($3::text[], $4::text[]) with ordinality as x(k, p, n)
                  returning 1)
-             select first, (select count(*) from ins) from alloc",
+             select first, (select count(*) from ins) from alloc"
+            ),
             &[
                 &tenant,
                 &topic.suffix(),
@@ -83,14 +95,9 @@ pub async fn append_raw(
     }
     let row = tx
         .query_one(
-            "with alloc as (
-                 insert into outbox_relay as r (tenant_id, next_seq) values ($1, 1 + $5::int8)
-                 on conflict (tenant_id) do update set
-                     next_seq = r.next_seq + $5::int8,
-                     relayed_seq = greatest(r.relayed_seq, $6::int8),
-                     relayed_at = case when $6::int8 > r.relayed_seq then now()
-                                       else r.relayed_at end
-                 returning next_seq - $5::int8 as first),
+            concat!(
+            seq_allocation!(),
+            "
              hdr as (
                  select h.r, array_agg(h.k order by h.o) as names, array_agg(h.v order by h.o) as vals
                    from unnest($7::int8[], $8::text[], $9::bytea[]) with ordinality as h(r, k, v, o)
@@ -103,7 +110,8 @@ pub async fn append_raw(
                         unnest($2::text[], $3::bytea[], $4::bytea[]) with ordinality as x(t, k, p, n)
                    left join hdr on hdr.r = x.n
                  returning 1)
-             select first, (select count(*) from ins) from alloc",
+             select first, (select count(*) from ins) from alloc"
+            ),
             &[
                 &tenant,
                 &topics,

@@ -560,3 +560,23 @@ pub async fn push_raw(config: &Config, tenant: &TenantId, payloads: &[Vec<u8>]) 
         .collect();
     publisher.publish(tenant, records).await.expect("push raw");
 }
+
+/// Runs `enablement <args>` against this world (as an operator would) and returns its
+/// stdout; panics with its stderr when it fails.
+pub fn cli_ok(env: &TestEnv, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_enablement"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        ])
+        .args(args)
+        .envs(env.service_env("127.0.0.1:1"))
+        .output()
+        .expect("run enablement");
+    assert!(
+        out.status.success(),
+        "enablement {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
