@@ -217,6 +217,10 @@ pub struct KafkaConfig {
     /// How often the registry is read for added or suspended tenants.
     pub tenant_refresh_ms: u64,
     pub produce_timeout_ms: u64,
+    /// Largest record the brokers accept (their `message.max.bytes`, or the topics'
+    /// `max.message.bytes`): the producer's limit, dead letters are cut to fit it, and
+    /// `pipeline.max_message_bytes` must leave room below it for the `user_changed` envelope.
+    pub max_record_bytes: usize,
     /// How often librdkafka reports statistics (per-tenant lag gauge); 0 disables.
     pub statistics_interval_ms: u64,
     /// librdkafka debug contexts (e.g. `cgrp,fetch`); empty for none.
@@ -235,6 +239,7 @@ impl Default for KafkaConfig {
             topic_partitions: 1,
             replication_factor: 1,
             session_timeout_ms: 45_000,
+            max_record_bytes: 1_000_000,
             fetch_max_bytes_per_partition: 262_144,
             queued_max_kbytes_per_partition: 1_024,
             auto_commit_interval_ms: 1_000,
@@ -368,6 +373,9 @@ impl Default for LogConfig {
 }
 
 const ENV_PREFIX: &str = "ENABLEMENT__";
+
+/// Room a `user_changed` record needs beyond the SCIM resource it carries.
+const USER_CHANGED_ENVELOPE_BYTES: usize = 16 * 1024;
 
 impl Config {
     /// Reads `path` (a missing file means all defaults) and applies environment overrides.
@@ -543,6 +551,12 @@ impl Config {
                 "must be at least max_message_bytes and at most process_buffer_max_bytes",
             );
         }
+        if p.max_message_bytes + USER_CHANGED_ENVELOPE_BYTES > self.kafka.max_record_bytes {
+            return bad(
+                "pipeline.max_message_bytes",
+                "must leave 16384 bytes below kafka.max_record_bytes for the user_changed envelope (an accepted event must stay publishable)",
+            );
+        }
         if p.max_message_bytes == 0 || p.outbox_batch == 0 {
             return bad(
                 "pipeline",
@@ -640,6 +654,7 @@ impl Config {
             job_poll: Duration::from_millis(p.job_poll_ms.max(1)),
             max_concurrent_batches: p.max_concurrent_batches,
             max_future_skew: Duration::from_secs(p.max_future_skew_s),
+            max_record_bytes: self.kafka.max_record_bytes,
             tenant_buffer_max_bytes: p.tenant_buffer_max_bytes,
             process_buffer_max_bytes: p.process_buffer_max_bytes,
             retry_backoff: crate::actors::backoff::Backoff::new(

@@ -1037,4 +1037,44 @@ mod tests {
         // Budget (6.4 records) plus at most one record per tenant beyond it.
         assert!(held <= 7 + tenants.len(), "held {held} records together");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_larger_than_the_broker_accepts_is_cut_to_fit_and_says_so() {
+        let pipeline = PipelineSettings {
+            max_record_bytes: 100 * 1024,
+            ..Default::default()
+        };
+        let h = harness(pipeline, SupervisorSettings::default()).await;
+        let acme = t("acme");
+        let log = h.feeds.log(&acme);
+        // As large as a broker with a bigger limit let through: oversized here.
+        log.append(vec![b'x'; 300 * 1024]);
+        log.append(event("acme", 1, "u1", "fine"));
+        h.sup
+            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
+            .unwrap();
+        wait_for("dead letter relayed", || {
+            h.publisher.on(&acme, TopicKind::Dlq).len() == 1
+        })
+        .await;
+        let dlq = &h.publisher.on(&acme, TopicKind::Dlq)[0];
+        let size = dlq.payload.len()
+            + dlq
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        assert!(size <= 100 * 1024, "{size} bytes");
+        let (_, from) = dlq
+            .headers
+            .iter()
+            .find(|(k, _)| k == "dlq.payload.truncated_from")
+            .expect("truncation header");
+        assert_eq!(from, (300 * 1024).to_string().as_bytes());
+        assert!(
+            dlq.payload.iter().all(|b| *b == b'x'),
+            "a prefix of the original"
+        );
+        wait_for("the next event applied", || log.stored() == 2).await;
+    }
 }

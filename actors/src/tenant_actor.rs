@@ -93,6 +93,9 @@ pub struct PipelineSettings {
     /// (more concurrent writers than its cores only add contention) and leaves the rest
     /// of the pool to job pumps and the API. Waiting batches are served in arrival order.
     pub max_concurrent_batches: usize,
+    /// Largest record the broker accepts (`kafka.max_record_bytes`): dead letters are cut
+    /// to fit, and `max_message_bytes` leaves room for the `user_changed` envelope.
+    pub max_record_bytes: usize,
     /// Bytes of payload one tenant may hold in the service (buffered and in flight); its
     /// feed pauses at this, like at `high_water` records, and resumes below half of it.
     pub tenant_buffer_max_bytes: usize,
@@ -120,6 +123,7 @@ impl Default for PipelineSettings {
             job_poll: Duration::from_secs(10),
             cursor_store_delay: Duration::from_secs(1),
             max_concurrent_batches: 4,
+            max_record_bytes: 1_000_000,
             tenant_buffer_max_bytes: 8 * 1024 * 1024,
             process_buffer_max_bytes: 128 * 1024 * 1024,
             max_future_skew: Duration::from_secs(24 * 3600),
@@ -379,7 +383,13 @@ impl TenantActor {
             let error = loop {
                 // Parsed again on every attempt: the store consumes the batch, and the
                 // happy path must not pay for a copy.
-                let prepared = prepare(&self.tenant, records, refused.clone(), limits);
+                let prepared = prepare(
+                    &self.tenant,
+                    records,
+                    refused.clone(),
+                    limits,
+                    self.settings.max_record_bytes,
+                );
                 if prepared.batch.events.is_empty()
                     && prepared.batch.security_events.is_empty()
                     && prepared.batch.dead_letters.is_empty()
@@ -446,7 +456,8 @@ impl TenantActor {
                         RejectCode::DatabaseRefused,
                         format!("the database refused the event: {error}"),
                     );
-                    let letter = dead_letter(single.clone(), &rejection);
+                    let letter =
+                        dead_letter(single.clone(), &rejection, self.settings.max_record_bytes);
                     self.commit_isolating(myself, state, &[], Some(letter), limits)
                         .await
                 }
@@ -677,6 +688,7 @@ fn prepare(
     records: &[InboundRecord],
     refused: Option<DeadLetter>,
     limits: ParseLimits,
+    max_record_bytes: usize,
 ) -> Prepared {
     let mut batch = ScimBatch::default();
     let mut notes = BatchNotes::default();
@@ -697,7 +709,7 @@ fn prepare(
                 }
                 batch
                     .dead_letters
-                    .push(dead_letter(rec.clone(), &rejection));
+                    .push(dead_letter(rec.clone(), &rejection, max_record_bytes));
             }
         }
     }
@@ -708,13 +720,37 @@ fn prepare(
 
 /// The dead letter of a record: original bytes and key, original headers, plus the reason
 /// and source. Text the database could not store (a NUL) is escaped in the headers.
-fn dead_letter(rec: InboundRecord, rejection: &Rejection) -> DeadLetter {
+///
+/// A DLQ record never exceeds `max_record_bytes` (what the broker accepts): a record the
+/// broker refused would block the tenant's relay. An original too large for that with the
+/// `dlq.*` headers added (it can be as large as the broker's limit itself) is truncated and
+/// says so in `dlq.payload.truncated_from` (its original length); original headers too large
+/// to fit are dropped (`dlq.headers.dropped`).
+fn dead_letter(rec: InboundRecord, rejection: &Rejection, max_record_bytes: usize) -> DeadLetter {
     let storable = |s: &str| s.replace('\0', "\\u0000");
     let mut headers: Vec<(String, Vec<u8>)> = rec
         .headers
         .into_iter()
         .map(|(k, v)| (storable(&k), v))
         .collect();
+    // Room for the dlq.* headers below and the record framing.
+    const DLQ_OVERHEAD: usize = 2048;
+    let header_bytes =
+        |hs: &[(String, Vec<u8>)]| hs.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>();
+    let key_len = rec.key.as_ref().map_or(0, Vec::len);
+    let mut payload = rec.payload;
+    let budget = max_record_bytes.saturating_sub(DLQ_OVERHEAD + key_len);
+    if header_bytes(&headers) > budget / 2 {
+        headers = vec![("dlq.headers.dropped".into(), b"true".to_vec())];
+    }
+    let room = budget.saturating_sub(header_bytes(&headers));
+    if payload.len() > room {
+        headers.push((
+            "dlq.payload.truncated_from".into(),
+            payload.len().to_string().into_bytes(),
+        ));
+        payload.truncate(room);
+    }
     headers.push((
         "dlq.reason".into(),
         rejection.code.as_str().as_bytes().to_vec(),
@@ -737,7 +773,7 @@ fn dead_letter(rec: InboundRecord, rejection: &Rejection) -> DeadLetter {
         record: OutboundRecord {
             topic: TopicKind::Dlq,
             key: rec.key,
-            payload: rec.payload,
+            payload,
             headers,
         },
     }

@@ -79,6 +79,7 @@ impl KafkaPublisher {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
         let producer = base_client_config(cfg)
             .set("enable.idempotence", "true")
+            .set("message.max.bytes", cfg.max_record_bytes.to_string())
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("message.timeout.ms", cfg.produce_timeout_ms.to_string())
