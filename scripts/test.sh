@@ -20,6 +20,8 @@ ENABLEMENT_DEV_DIR="$test_dir" ENABLEMENT_BROKER_PORT="$broker_port" \
   ENABLEMENT_BROKER_STORAGE=memory://tansu/ ./scripts/dev-services.sh
 trap 'kill "$(cat "$test_dir/tansu.pid")" 2>/dev/null || true' EXIT
 export ENABLEMENT__KAFKA__BROKERS="127.0.0.1:$broker_port"
+# Brokers the tests start themselves (tests/faults.rs) use the same binary.
+export ENABLEMENT_TEST_BROKER="$(cat "$test_dir/broker-bin")"
 
 # Each integration test creates its own database t_* (the bench smoke test bench_<scenario>_<pid>);
 # drop those of earlier runs.
