@@ -305,3 +305,50 @@ async fn a_broker_frozen_past_the_session_timeout_is_detected_and_recovered() {
     );
     println!("consumer group after the freeze: {}", v["consumer_group"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_handed_a_foreign_assignment_still_consumes_its_own_tenants() {
+    let _serial = SERIAL.lock().await;
+    let broker = Broker::start(false);
+    // A static member that comes back with a changed subscription: a broker that keeps the
+    // member's previous assignment (nisshi 0.8.1 was seen doing so) hands it topics it no
+    // longer subscribes to. The service ignores them and, if it lasts, re-creates its
+    // consumer as a fresh member; on a broker without that defect nothing happens.
+    let mut env = TestEnv::new().await;
+    env.config.kafka.brokers = broker.address();
+    let start = |env: &TestEnv| {
+        Service::start(
+            env,
+            &[
+                ("ENABLEMENT__KAFKA__BROKERS", broker.address().as_str()),
+                ("ENABLEMENT__KAFKA__GROUP_WEDGED_AFTER_SESSIONS", "2"),
+                ("ENABLEMENT__KAFKA__STATISTICS_INTERVAL_MS", "1000"),
+            ],
+        )
+    };
+    let (old, new) = (tenant("old"), tenant("new"));
+    env.add_tenant(&old).await;
+    let mut svc = start(&env);
+    svc.wait_ready(&[&old]).await;
+    assert!(svc.terminate(Duration::from_secs(60)).success());
+    common::cli_ok(&env, &["tenant", "suspend", old.as_str()]);
+    env.add_tenant(&new).await;
+    let svc = start(&env);
+    push(&env.config, &new, &chunk(&new, 0, 50)).await;
+    push(&env.config, &old, &chunk(&old, 0, 20)).await;
+    applied_at_least(
+        &env,
+        std::slice::from_ref(&new),
+        50,
+        "the new tenant's events",
+    )
+    .await;
+    assert_effects_once(&env, &new, 50).await;
+    assert_eq!(
+        env.processed(&old).await,
+        0,
+        "nothing of the suspended tenant applied"
+    );
+    let (_, body) = svc.get("/readyz").await.expect("readyz");
+    println!("consumer group: {body}");
+}

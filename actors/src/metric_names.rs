@@ -56,7 +56,7 @@ pub const READINESS_FAILURES_TOTAL: &str = "enablement_readiness_failures_total"
 /// Counter {reason=transient|split|isolated}: SCIM batch transactions tried again: after a
 /// transient database failure, split to isolate a refused record, or that record alone.
 pub const SCIM_BATCH_RETRIES_TOTAL: &str = "enablement_scim_batch_retries_total";
-/// Counter {reason}: consumer-group watchdog findings (`no_assignment`, `silent_feed`) and
+/// Counter {reason}: consumer-group watchdog findings (`no_assignment`, `foreign_assignment`, `silent_feed`) and
 /// the consumer re-creations they caused.
 pub const KAFKA_GROUP_WEDGED_TOTAL: &str = "enablement_kafka_group_wedged_total";
 /// Counter {tenant}: records pausing a tenant's feed because its byte budget was full.

@@ -81,7 +81,9 @@ impl BenchWorld {
         config.postgres.url = with_database(&base.postgres.url, &db_name);
         config.postgres.migrate_url = with_database(&base.postgres.migrate_url, &db_name);
         config.kafka.group_id = format!("bench-{run_id}-{}", now_ms());
-        config.kafka.group_instance_id = format!("bench-{run_id}");
+        // Unique per world like the group: a broker that keys static members by instance id
+        // alone (nisshi 0.8.1) would hand one world's member another world's assignment.
+        config.kafka.group_instance_id = format!("bench-{run_id}-{}", now_ms());
         config.kafka.tenant_refresh_ms = 500;
         config.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         migrate(&config.postgres).await.map_err(fail)?;

@@ -83,6 +83,11 @@ struct GroupState {
     /// Consumer lag per tenant partition, from the last statistics.
     lag: HashMap<TenantId, i64>,
     wedged: Option<(&'static str, std::time::Instant)>,
+    /// The tenants this consumer subscribed to.
+    subscription: BTreeSet<TenantId>,
+    /// Since when the group has assigned topics outside the subscription (a broker that
+    /// hands a static member an assignment of another group or an earlier subscription).
+    foreign_since: Option<std::time::Instant>,
     recreations: u64,
     static_membership: bool,
 }
@@ -200,9 +205,28 @@ impl ConsumerContext for HubContext {
             return;
         }
         if let Rebalance::Assign(tpl) = rebalance {
-            let tenants = self.tenants_of(tpl);
+            let mut tenants = self.tenants_of(tpl);
+            // Never run a tenant this consumer did not subscribe to: a broker can hand a
+            // static member an assignment of another group or an earlier subscription.
+            let foreign = self.health.with(|s| {
+                let (mine, foreign): (Vec<TenantId>, Vec<TenantId>) =
+                    tenants.drain(..).partition(|t| s.subscription.contains(t));
+                tenants = mine;
+                if foreign.is_empty() {
+                    s.foreign_since = None;
+                } else if s.foreign_since.is_none() {
+                    s.foreign_since = Some(std::time::Instant::now());
+                }
+                s.assigned = tenants.len();
+                foreign.len()
+            });
+            if foreign > 0 {
+                tracing::warn!(
+                    foreign,
+                    "the group assigned topics outside this consumer's subscription; ignoring them"
+                );
+            }
             tracing::info!(count = tenants.len(), "partitions assigned");
-            self.health.with(|s| s.assigned = tenants.len());
             let _ = self
                 .events
                 .send(HubEvent::Assigned(self.generation, tenants));
@@ -390,7 +414,10 @@ impl KafkaHub {
         for t in tenants {
             self.ensure_split(t);
         }
-        self.health.with(|s| s.subscribed = tenants.len());
+        self.health.with(|s| {
+            s.subscribed = tenants.len();
+            s.subscription = tenants.clone();
+        });
         if tenants.is_empty() {
             self.consumer().unsubscribe();
             return Ok(());
@@ -482,6 +509,8 @@ impl KafkaHub {
             let reason =
                 if s.subscribed > 0 && s.unsettled_since.is_some_and(|t| t.elapsed() >= limit) {
                     Some("no_assignment")
+                } else if s.foreign_since.is_some_and(|t| t.elapsed() >= limit) {
+                    Some("foreign_assignment")
                 } else if s.assigned > 0
                     && waiting.iter().any(|(t, since)| {
                         since.elapsed() >= limit && s.lag.get(t).is_some_and(|lag| *lag > 0)
@@ -557,6 +586,7 @@ impl KafkaHub {
             s.static_membership = false;
             s.assigned = 0;
             s.unsettled_since = None;
+            s.foreign_since = None;
             s.wedged = None;
             s.lag.clear();
         });
