@@ -187,9 +187,15 @@ pub struct TenantLimiter {
 
 impl TenantLimiter {
     /// A limiter whose metrics carry `tenant`'s label.
+    /// The limiter of a tenant actor that is starting. It starts with its burst spent:
+    /// the platform still counts what a previous incarnation (a crashed process, another
+    /// instance that owned the tenant a moment ago) sent in the current window, so a fresh
+    /// burst on top of it could be refused. The first call waits at most one interval.
     pub fn for_tenant(tenant: &TenantId, settings: LimiterSettings) -> Self {
         let mut l = Self::new(settings);
         l.tenant = tenant.as_str().to_owned();
+        let burst = NonZeroU32::new(l.settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let _ = l.gcra.check_n(burst);
         l
     }
 

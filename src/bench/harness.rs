@@ -135,9 +135,11 @@ impl BenchWorld {
         let c = &self.config;
         let mut env = c.child_env();
         env.extend([
+            // One static identity per process: a later process of the same world has other
+            // tenants, and a broker may hand a returning static member its old assignment.
             (
                 "ENABLEMENT__KAFKA__GROUP_INSTANCE_ID".to_owned(),
-                c.kafka.group_instance_id.clone(),
+                format!("{}-{}", c.kafka.group_instance_id, now_ms()),
             ),
             (
                 "ENABLEMENT__MINDTICKLE__BASE_URL".into(),

@@ -263,6 +263,9 @@ pub struct KafkaHub {
     health: Arc<GroupHealth>,
     /// Subscribed-but-unsettled or silent-with-lag for this long means wedged.
     wedged_after: Option<Duration>,
+    /// An assignment outside the subscription for this long (one session timeout: any
+    /// rebalance for a subscription change has settled by then) is a broker defect.
+    foreign_after: Option<Duration>,
 }
 
 fn to_record(m: &BorrowedMessage<'_>) -> InboundRecord {
@@ -343,6 +346,8 @@ impl KafkaHub {
             generation: AtomicU64::new(0),
             health,
             wedged_after,
+            foreign_after: (cfg.group_wedged_after_sessions > 0)
+                .then(|| Duration::from_millis(cfg.session_timeout_ms)),
         }))
     }
 
@@ -509,7 +514,11 @@ impl KafkaHub {
             let reason =
                 if s.subscribed > 0 && s.unsettled_since.is_some_and(|t| t.elapsed() >= limit) {
                     Some("no_assignment")
-                } else if s.foreign_since.is_some_and(|t| t.elapsed() >= limit) {
+                } else if s
+                    .foreign_since
+                    .zip(self.foreign_after)
+                    .is_some_and(|(t, after)| t.elapsed() >= after)
+                {
                     Some("foreign_assignment")
                 } else if s.assigned > 0
                     && waiting.iter().any(|(t, since)| {
