@@ -35,55 +35,71 @@ pub struct RetentionSettings {
     pub keep: Keep,
 }
 
-/// One delete per kind of row: `$1` tenant, `$2` the age in seconds, `$3` the batch size.
-/// Each statement deletes at most `$3` of the tenant's rows older than `$2`.
-const DELETES: [(&str, &str); 5] = [
-    (
-        "outbox",
-        "delete from outbox where tenant_id = $1 and id in (
-             select id from outbox
-              where tenant_id = $1 and created_at < now() - make_interval(secs => $2)
-                and seq <= coalesce((select relayed_seq from outbox_relay where tenant_id = $1), 0)
-              limit $3)",
-    ),
-    (
-        "upstream_jobs",
-        "delete from upstream_jobs where tenant_id = $1 and id in (
-             select id from upstream_jobs
-              where tenant_id = $1 and status <> 'pending'
-                and done_at < now() - make_interval(secs => $2)
-              limit $3)",
-    ),
-    (
-        "security_events",
-        "delete from security_events where tenant_id = $1 and id in (
-             select id from security_events
-              where tenant_id = $1 and occurred_at < now() - make_interval(secs => $2)
-              limit $3)",
-    ),
-    (
-        "processed_events",
-        "delete from processed_events where tenant_id = $1 and event_id in (
-             select event_id from processed_events
-              where tenant_id = $1 and processed_at < now() - make_interval(secs => $2)
-              limit $3)",
-    ),
-    (
-        "dead_letters",
-        "delete from dead_letters where tenant_id = $1 and source_offset in (
-             select source_offset from dead_letters
-              where tenant_id = $1 and created_at < now() - make_interval(secs => $2)
-              limit $3)",
-    ),
+/// What each kind of row is: its table, the column identifying a row within the tenant,
+/// its age column, what else must hold before it may go, and how long it is kept.
+struct Purge {
+    table: &'static str,
+    key: &'static str,
+    age: &'static str,
+    also: &'static str,
+    keep: fn(&Keep) -> Duration,
+}
+
+const PURGES: [Purge; 5] = [
+    Purge {
+        table: "outbox",
+        key: "id",
+        age: "created_at",
+        // Only rows the relay has published.
+        also: "and seq <= coalesce((select relayed_seq from outbox_relay where tenant_id = $1), 0)",
+        keep: |k| k.outbox_relayed,
+    },
+    Purge {
+        table: "upstream_jobs",
+        key: "id",
+        age: "done_at",
+        also: "and status <> 'pending'",
+        keep: |k| k.finished_jobs,
+    },
+    Purge {
+        table: "security_events",
+        key: "id",
+        age: "occurred_at",
+        also: "",
+        keep: |k| k.security_events,
+    },
+    Purge {
+        table: "processed_events",
+        key: "event_id",
+        age: "processed_at",
+        also: "",
+        keep: |k| k.idempotency,
+    },
+    Purge {
+        table: "dead_letters",
+        key: "source_offset",
+        age: "created_at",
+        also: "",
+        keep: |k| k.dead_letters,
+    },
 ];
 
-fn keep_of(keep: &Keep, table: &str) -> Duration {
-    match table {
-        "outbox" => keep.outbox_relayed,
-        "upstream_jobs" => keep.finished_jobs,
-        "security_events" => keep.security_events,
-        "processed_events" => keep.idempotency,
-        _ => keep.dead_letters,
+impl Purge {
+    /// Deletes at most `$3` of tenant `$1`'s rows older than `$2` seconds.
+    fn sql(&self) -> String {
+        let Purge {
+            table,
+            key,
+            age,
+            also,
+            ..
+        } = self;
+        format!(
+            "delete from {table} where tenant_id = $1 and {key} in (
+                 select {key} from {table}
+                  where tenant_id = $1 and {age} < now() - make_interval(secs => $2) {also}
+                  limit $3)"
+        )
     }
 }
 
@@ -95,14 +111,15 @@ pub async fn purge_tenant(
     settings: &RetentionSettings,
 ) -> Result<Vec<(&'static str, u64)>, StoreError> {
     let mut out = Vec::new();
-    for (table, sql) in DELETES {
-        let age = keep_of(&settings.keep, table).as_secs_f64();
+    for purge in &PURGES {
+        let (table, sql) = (purge.table, purge.sql());
+        let age = (purge.keep)(&settings.keep).as_secs_f64();
         let mut deleted = 0u64;
         loop {
-            let (t, limit) = (tenant.as_str().to_owned(), settings.batch_rows);
+            let (t, limit, sql) = (tenant.as_str().to_owned(), settings.batch_rows, sql.clone());
             let n = store
                 .scoped(tenant, move |tx| {
-                    Box::pin(async move { tx.execute(sql, &[&t, &age, &limit]).await })
+                    Box::pin(async move { tx.execute(sql.as_str(), &[&t, &age, &limit]).await })
                 })
                 .await?;
             deleted += n;

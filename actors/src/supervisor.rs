@@ -402,6 +402,15 @@ mod tests {
         sup: ActorRef<SupervisorMsg>,
     }
 
+    impl Harness {
+        /// Assigns one tenant's partition to this instance (its actor starts).
+        fn assign(&self, tenant: &TenantId) {
+            self.sup
+                .cast(SupervisorMsg::Assign(vec![tenant.clone()]))
+                .unwrap();
+        }
+    }
+
     async fn harness(pipeline: PipelineSettings, settings: SupervisorSettings) -> Harness {
         let store = Arc::new(FakeStore::default());
         let feeds = Arc::new(FakeFeeds::default());
@@ -512,9 +521,7 @@ mod tests {
         log.append(event("globex", 2, "u2", "eve")); // names another tenant
         log.append(event("acme", 3, "u1", "ada"));
         log.append(event("acme", 1, "u1", "ada")); // replayed event id
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("all offsets stored", || log.stored() == 5).await;
 
         let users = h.store.users(&acme);
@@ -567,9 +574,7 @@ mod tests {
         let acme = t("acme");
         let log = h.feeds.log(&acme);
         log.append(event("acme", 1, "u1", "ada"));
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("first batch relayed", || {
             h.publisher.outbox_seqs(&acme) == [1]
         })
@@ -604,9 +609,7 @@ mod tests {
         let log = h.feeds.log(&acme);
         h.publisher.failures.store(1, Ordering::SeqCst);
         log.append(event("acme", 1, "u1", "ada"));
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         // Committed (offset stored) although its announcement failed: the row is durable.
         wait_for("first batch committed", || log.stored() == 1).await;
         assert!(h.publisher.outbox_seqs(&acme).is_empty());
@@ -683,9 +686,7 @@ mod tests {
         let acme = t("acme");
         let log = h.feeds.log(&acme);
         log.append(event("acme", 1, "u1", "fine"));
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("first event stored", || log.stored() == 1).await;
         log.append(event("acme", 2, "u2", "boom-panic"));
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -705,9 +706,7 @@ mod tests {
         let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
         *h.store.quota.lock().unwrap() = Some(6); // one call per 10 s
         let acme = t("acme");
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         let actor = loop {
             if let Some(a) =
                 ractor::call_t!(h.sup, SupervisorMsg::Lookup, 5_000, acme.clone()).unwrap()
@@ -785,9 +784,7 @@ mod tests {
         for n in 0..30 {
             log.append(event("acme", n, &format!("u{n}"), "x"));
         }
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("first batch in flight", || {
             log.max_buffered_seen.load(Ordering::SeqCst) >= 10
         })
@@ -835,9 +832,7 @@ mod tests {
             log.append(event("acme", n, &format!("u{n}"), name));
         }
         log.append(b"[]".to_vec());
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("all offsets stored", || log.stored() == 11).await;
         assert_eq!(h.store.users(&acme).len(), 9, "every other event applied");
         assert!(!h.store.users(&acme).contains_key("u6"));
@@ -869,9 +864,7 @@ mod tests {
             log.append(event("acme", n, &format!("u{n}"), "fine"));
         }
         let started = Instant::now();
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("applied after the outage", || log.stored() == 5).await;
         assert_eq!(h.store.users(&acme).len(), 5);
         assert!(h.store.attempts.load(Ordering::SeqCst) >= 21);
@@ -899,9 +892,7 @@ mod tests {
         // The actor dies after the commit and before its offsets are stored: the restart
         // replays both records.
         h.store.crash_after_commit.store(true, Ordering::SeqCst);
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("stored after the replay", || log.stored() == 2).await;
         assert!(
             h.store.batches.load(Ordering::SeqCst) >= 2,
@@ -928,9 +919,7 @@ mod tests {
         }
         // The broker acknowledges the first record, then the connection breaks.
         h.publisher.ack_then_fail.store(1, Ordering::SeqCst);
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("all relayed", || h.publisher.outbox_seqs(&acme).len() >= 3).await;
         wait_for("cursor stored", || {
             h.store.with(&acme, |d| d.relayed_seq) == 3
@@ -960,9 +949,7 @@ mod tests {
             .map(super::super::tenant_actor::outbound_for_tests)
             .collect();
         h.publisher.publish(&acme, published).await.unwrap();
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("cursor stored", || {
             h.store.with(&acme, |d| d.relayed_seq) == 3
         })
@@ -999,9 +986,7 @@ mod tests {
         for n in 0..100 {
             log.append(padded_event("acme", n, 10 * 1024));
         }
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("all applied", || log.stored() == 100).await;
         // ~10 KiB each: at most the budget plus the record that crossed it.
         let held = log.max_buffered_seen.load(Ordering::SeqCst);
@@ -1052,9 +1037,7 @@ mod tests {
         // As large as a broker with a bigger limit let through: oversized here.
         log.append(vec![b'x'; 300 * 1024]);
         log.append(event("acme", 1, "u1", "fine"));
-        h.sup
-            .cast(SupervisorMsg::Assign(vec![acme.clone()]))
-            .unwrap();
+        h.assign(&acme);
         wait_for("dead letter relayed", || {
             h.publisher.on(&acme, TopicKind::Dlq).len() == 1
         })
