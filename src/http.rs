@@ -13,19 +13,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use ractor::ActorRef;
 use serde_json::{json, Value};
 
 use crate::actors::metric_names as m;
-use crate::actors::supervisor::ActorStatus;
-use crate::actors::tenant_actor::SyncError;
-use crate::actors::{SupervisorMsg, TenantId};
+use crate::actors::ports::SecurityEvent;
+use crate::actors::{ActorStatus, TenantId, Tenants, TenantsError};
 use crate::cache::{RedisCache, Resource};
 use crate::config::Config;
 use crate::db::{PgPool, Registry, RegistryError, TenantScopedStore};
 use crate::kafka::KafkaPublisher;
 use crate::readiness::{Aggregation, Aggregator};
-use crate::service::Role;
+use crate::config::Role;
 use crate::tenants::{register, RegisterError};
 use crate::tokens;
 
@@ -37,7 +35,7 @@ pub struct AppState {
     pub cache: Arc<RedisCache>,
     pub store: TenantScopedStore,
     pub publisher: KafkaPublisher,
-    pub supervisor: Option<ActorRef<SupervisorMsg>>,
+    pub tenants: Option<Tenants>,
     /// The consumer group's health as the Kafka hub sees it (consumer roles only).
     pub group: Option<Arc<crate::kafka::GroupHealth>>,
     pub aggregator: Aggregator,
@@ -156,9 +154,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
         }
     };
     let tenants = async {
-        let sup = s.supervisor.as_ref()?;
-        let ms = READY_CHECK_TIMEOUT.as_millis() as u64;
-        Some(match ractor::call_t!(sup, SupervisorMsg::Health, ms) {
+        let tenants = s.tenants.as_ref()?;
+        Some(match tenants.health(READY_CHECK_TIMEOUT).await {
             Ok(tenants) => {
                 let not_running: Vec<_> = tenants
                     .iter()
@@ -350,16 +347,12 @@ pub async fn authorize_tenant(
         return Err(unauthorized());
     }
     if claimed != tenant {
-        tracing::error!(token_tenant = %claimed, path_tenant = %tenant,
-            "security event: tenant token used on another tenant's path");
-        metrics::counter!(m::SECURITY_EVENTS_TOTAL, "kind" => "cross_tenant_access").increment(1);
-        s.store
-            .record_security_event(
-                &claimed,
-                "cross_tenant_access",
-                json!({"source": "http", "pathTenant": tenant.as_str()}),
-            )
-            .await;
+        // Recorded with the token's tenant: its token was used on another tenant's path.
+        let event = SecurityEvent {
+            kind: "cross_tenant_access",
+            detail: json!({"source": "http", "pathTenant": tenant.as_str()}),
+        };
+        s.store.record_security_event(&claimed, &event).await;
         return Err(not_found());
     }
     refuse_suspended(s, &tenant).await?;
@@ -497,7 +490,7 @@ async fn sync_progress(
     let user = user.to_owned();
     let location = format!("/api/tenants/{tenant}/users/{user}/sync-progress");
     let queued = || accepted("queued", &location);
-    if local_actor(&s, &tenant).await.is_none() {
+    if !is_local(&s, &tenant).await {
         // The tenant's consumer runs in another process (api role, or another instance):
         // queue the sync durably; that consumer is woken through PostgreSQL.
         s.store
@@ -506,11 +499,8 @@ async fn sync_progress(
             .map_err(unavailable)?;
         return Ok(queued());
     }
-    match ask_actor(&s, &tenant, |reply| {
-        crate::actors::TenantMsg::SyncProgress(user, reply)
-    })
-    .await?
-    {
+    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
+    match answer(&tenant, tenants(&s)?.sync_progress(&tenant, &user, deadline).await)? {
         Some(snapshot) => Ok(Json(snapshot).into_response()),
         None => Ok(queued()),
     }
@@ -614,8 +604,8 @@ async fn quiz_results(
     })?;
     match record(&s.store, &tenant, &sub).await.map_err(unavailable)? {
         Recorded::New => {
-            if let Some(actor) = local_actor(&s, &tenant).await {
-                let _ = actor.cast(crate::actors::TenantMsg::FlushOutbox);
+            if let Some(tenants) = &s.tenants {
+                tenants.wake(&tenant);
             }
             Ok((
                 StatusCode::CREATED,
@@ -640,43 +630,27 @@ async fn quiz_results(
     }
 }
 
-/// The tenant's actor when it runs in this process.
-async fn local_actor(
-    s: &AppState,
-    tenant: &TenantId,
-) -> Option<ActorRef<crate::actors::TenantMsg>> {
-    let sup = s.supervisor.as_ref()?;
-    ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
-        .ok()
-        .flatten()
+/// True when the tenant's actor runs in this process.
+async fn is_local(s: &AppState, tenant: &TenantId) -> bool {
+    match &s.tenants {
+        Some(tenants) => tenants.is_local(tenant).await,
+        None => false,
+    }
 }
 
-async fn tenant_actor(
-    s: &AppState,
-    tenant: &TenantId,
-) -> Result<ActorRef<crate::actors::TenantMsg>, ApiError> {
-    let sup = s
-        .supervisor
+fn tenants(s: &AppState) -> Result<&Tenants, ApiError> {
+    s.tenants
         .as_ref()
-        .ok_or_else(|| unavailable("no supervisor in this role"))?;
-    ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant.clone())
-        .map_err(unavailable)?
-        .ok_or_else(|| unavailable("tenant actor not running on this instance"))
+        .ok_or_else(|| unavailable("no tenant actors in this role"))
 }
 
-/// Asks the tenant's actor for upstream work and waits up to `http.request_deadline_ms`.
-/// `Ok(None)`: not done yet (the work goes on; queued work is durable).
-async fn ask_actor<T, F>(s: &AppState, tenant: &TenantId, build: F) -> Result<Option<T>, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(ractor::RpcReplyPort<Result<T, SyncError>>) -> crate::actors::TenantMsg,
-{
-    let actor = tenant_actor(s, tenant).await?;
-    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
-    match tokio::time::timeout(deadline, actor.call(build, None)).await {
-        Err(_) => Ok(None),
-        Ok(Ok(ractor::rpc::CallResult::Success(Ok(v)))) => Ok(Some(v)),
-        Ok(Ok(ractor::rpc::CallResult::Success(Err(e)))) => {
+/// What an answer of the tenant's actor means for the client. `Ok(None)`: not done within
+/// the request deadline (the work goes on; queued work is durable).
+fn answer<T>(tenant: &TenantId, result: Result<T, TenantsError>) -> Result<Option<T>, ApiError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(TenantsError::Timeout) => Ok(None),
+        Err(TenantsError::Failed(e)) => {
             tracing::warn!(tenant = %tenant, error = %e, "upstream work failed");
             Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -684,7 +658,7 @@ where
                 "the platform did not answer; retry later",
             ))
         }
-        Ok(_) => Err(unavailable("tenant actor stopped")),
+        Err(e @ (TenantsError::NotHere | TenantsError::Stopped)) => Err(unavailable(e)),
     }
 }
 
@@ -700,8 +674,8 @@ async fn course_catalog(
     if let Some(hit) = cache_lookup(&s, &tenant, Resource::Catalog).await {
         return Ok(hit);
     }
-    let courses = ask_actor(&s, &tenant, crate::actors::TenantMsg::Catalog)
-        .await?
+    let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
+    let courses = answer(&tenant, tenants(&s)?.catalog(&tenant, deadline).await)?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -23,6 +23,7 @@ pub mod quiz;
 pub mod readiness;
 pub mod retention;
 pub mod service;
+pub mod signal;
 pub mod simulator;
 pub mod telemetry;
 pub mod tenants;

@@ -44,7 +44,7 @@ enum Command {
         /// work), aggregator (readiness reports) or api (HTTP tenant routes). Every role
         /// serves /healthz, /readyz and /metrics on http.listen.
         #[arg(long, value_enum, default_value = "all")]
-        role: enablement::service::Role,
+        role: enablement::config::Role,
     },
     /// Benchmark the service against baselines measured in the same run (needs PostgreSQL,
     /// Redis and the broker up: scripts/bench.sh brings them up first).

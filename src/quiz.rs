@@ -10,7 +10,10 @@ use time::OffsetDateTime;
 
 use crate::actors::ports::StoreError;
 use crate::actors::TenantId;
-use crate::db::TenantScopedStore;
+use crate::actors::readiness::ReadinessMark;
+use crate::actors::TopicKind;
+use crate::db::{self, TenantScopedStore};
+use crate::tenant_tx;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -111,19 +114,9 @@ pub async fn record(
     tenant: &TenantId,
     sub: &QuizSubmission,
 ) -> Result<Recorded, StoreError> {
-    let t = tenant.as_str().to_owned();
     let sub = sub.clone();
-    store
-        .scoped(tenant, move |tx| {
-            Box::pin(async move {
-                let known = tx
-                    .query_opt(
-                        "select 1 from users where tenant_id = $1 and user_id = $2",
-                        &[&t, &sub.user_id],
-                    )
-                    .await?
-                    .is_some();
-                if !known {
+    tenant_tx!(store, tenant, |tx, t| {
+                if !db::scim::exists(tx, t, &sub.user_id).await? {
                     return Ok(Recorded::UnknownUser);
                 }
                 let answers: Value = sub
@@ -153,13 +146,7 @@ pub async fn record(
                         .is_some();
                     return Ok(if same { Recorded::Duplicate } else { Recorded::Conflict });
                 }
-                tx.execute(
-                    "insert into course_progress (tenant_id, user_id, course_id, title, status, score)
-                     values ($1, $2, $3, $3, 'in_progress', $4)
-                     on conflict (tenant_id, user_id, course_id) do update set score = excluded.score",
-                    &[&t, &sub.user_id, &sub.course_id, &sub.score],
-                )
-                .await?;
+                db::progress::record_score(tx, t, &sub.user_id, &sub.course_id, sub.score).await?;
                 let payload = json!({
                     "type": "quiz.completed", "tenantId": t, "submissionId": sub.submission_id,
                     "userId": sub.user_id, "courseId": sub.course_id, "quizId": sub.quiz_id,
@@ -168,27 +155,14 @@ pub async fn record(
                         .format(&time::format_description::well_known::Rfc3339).ok(),
                 })
                 .to_string();
-                crate::db::outbox::append(
-                    tx,
-                    &t,
-                    crate::actors::TopicKind::Events,
-                    &[&sub.user_id],
-                    &[&payload],
-                    0,
-                )
-                .await?;
-                crate::readiness::schedule::mark_changed(
-                    tx,
-                    &t,
-                    crate::readiness::schedule::QUIZ_RECORDED,
-                )
-                .await?;
+                db::outbox::append(tx, t, TopicKind::Events, &[&sub.user_id], &[&payload], 0)
+                    .await?;
+                db::schedule::mark_changed(tx, t, ReadinessMark::QuizRecorded).await?;
                 // The outbox row may be relayed by a consumer in another process.
-                crate::db::notify_tenant_work(tx, &t).await?;
+                db::notify_tenant_work(tx, t).await?;
                 Ok(Recorded::New)
-            })
-        })
-        .await
+    })
+    .await
 }
 
 #[cfg(test)]

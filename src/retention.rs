@@ -15,25 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::metric_names as m;
 use crate::actors::ports::StoreError;
 use crate::actors::TenantId;
+use crate::config::{Keep, RetentionSettings};
 use crate::db::{Registry, TenantScopedStore};
+use crate::tenant_tx;
 
-/// How long each kind of row is kept.
-#[derive(Debug, Clone)]
-pub struct Keep {
-    pub outbox_relayed: Duration,
-    pub finished_jobs: Duration,
-    pub security_events: Duration,
-    pub idempotency: Duration,
-    pub dead_letters: Duration,
-}
 
-#[derive(Debug, Clone)]
-pub struct RetentionSettings {
-    /// Between passes; zero disables retention.
-    pub interval: Duration,
-    pub batch_rows: i64,
-    pub keep: Keep,
-}
 
 /// What each kind of row is: its table, the column identifying a row within the tenant,
 /// its age column, what else must hold before it may go, and how long it is kept.
@@ -116,12 +102,11 @@ pub async fn purge_tenant(
         let age = (purge.keep)(&settings.keep).as_secs_f64();
         let mut deleted = 0u64;
         loop {
-            let (t, limit, sql) = (tenant.as_str().to_owned(), settings.batch_rows, sql.clone());
-            let n = store
-                .scoped(tenant, move |tx| {
-                    Box::pin(async move { tx.execute(sql.as_str(), &[&t, &age, &limit]).await })
-                })
-                .await?;
+            let (limit, sql) = (settings.batch_rows, sql.clone());
+            let n = tenant_tx!(store, tenant, |tx, t| {
+                tx.execute(sql.as_str(), &[&t, &age, &limit]).await
+            })
+            .await?;
             deleted += n;
             if n < settings.batch_rows as u64 {
                 break;

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::Actor;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::{Supervisor, SupervisorMsg, TenantDeps, TenantMsg};
+use crate::actors::{Supervisor, TenantDeps, Tenants, TenantsRuntime};
 use crate::cache::RedisCache;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::db::{connect_pool, listen_tenant_work, Registry, TenantScopedStore};
 use crate::http::{router, AppState};
 use crate::kafka::{KafkaHub, KafkaPublisher};
@@ -31,61 +30,10 @@ fn startup(e: impl std::fmt::Display) -> ServeError {
     ServeError::Startup(e.to_string())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
-/// What a `serve` process runs. Roles in separate processes coordinate only through
-/// PostgreSQL (queues, schedule, locks, `NOTIFY`) and Kafka.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    /// Everything in one process (the default).
-    All,
-    /// The SCIM pipeline and upstream work: supervisor, tenant actors, Kafka consumer.
-    Consumer,
-    /// The readiness aggregator.
-    Aggregator,
-    /// The HTTP control endpoint (tenant routes, registration).
-    Api,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::All => "all",
-            Role::Consumer => "consumer",
-            Role::Aggregator => "aggregator",
-            Role::Api => "api",
-        }
-    }
-    fn consumes(self) -> bool {
-        matches!(self, Role::All | Role::Consumer)
-    }
-    fn aggregates(self) -> bool {
-        matches!(self, Role::All | Role::Aggregator)
-    }
-    /// Serves the tenant API; every role serves /healthz, /readyz and /metrics.
-    pub fn serves_api(self) -> bool {
-        matches!(self, Role::All | Role::Api)
-    }
-}
-
 /// The consumer side of a process: supervisor, tenant actors and the Kafka hub.
 struct ConsumerParts {
-    supervisor: ractor::ActorRef<SupervisorMsg>,
-    supervisor_join: tokio::task::JoinHandle<()>,
+    tenants: Tenants,
+    runtime: TenantsRuntime,
     hub: Arc<KafkaHub>,
     hub_task: tokio::task::JoinHandle<()>,
 }
@@ -136,7 +84,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
         cache,
         store,
         publisher: publisher.clone(),
-        supervisor: consumer.as_ref().map(|c| c.supervisor.clone()),
+        tenants: consumer.as_ref().map(|c| c.tenants.clone()),
         group: consumer.as_ref().map(|c| c.hub.health()),
         aggregator,
         metrics: Some(metrics),
@@ -148,23 +96,19 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
             .await
     });
 
-    shutdown_signal().await;
+    crate::signal::shutdown_signal().await;
     tracing::info!("shutdown requested; draining");
     shutdown.cancel();
     let grace = Duration::from_millis(config.shutdown.grace_period_ms);
     let drained = tokio::time::timeout(grace, async {
         if let Some(c) = consumer {
-            let _ = c
-                .supervisor
-                .call(SupervisorMsg::Shutdown, Some(grace))
-                .await;
+            let _ = c.tenants.shutdown(grace).await;
             let _ = c.hub_task.await;
             if let Err(e) = c.hub.commit_now() {
                 tracing::warn!(error = %e, "final offset commit failed");
             }
             publisher.flush(Duration::from_secs(5));
-            c.supervisor.stop(None);
-            let _ = c.supervisor_join.await;
+            c.runtime.stop().await;
         }
         if let Some(task) = aggregator_task {
             let _ = task.await;
@@ -190,13 +134,16 @@ async fn start_consumer(
     shutdown: &CancellationToken,
 ) -> Result<ConsumerParts, ServeError> {
     let supervisor_settings = config.supervisor_settings();
+    // The handle first: the hub reports assignments to it, the supervisor reads the hub.
+    let (tenants, inbox) = Tenants::channel();
     let hub = KafkaHub::new(
         &config.kafka,
         &config.group_instance_id(),
         supervisor_settings.drain_timeout,
+        Arc::new(tenants.clone()),
     )
     .map_err(startup)?;
-    let upstream = crate::upstream::MindTickleClient::new(&config.mindtickle, store.clone())
+    let upstream = crate::upstream::MindTickleClient::new(&config.mindtickle, Arc::new(store.clone()))
         .map_err(startup)?;
     let deps = TenantDeps {
         upstream: Arc::new(upstream),
@@ -206,41 +153,25 @@ async fn start_consumer(
         publisher: Arc::new(publisher.clone()),
         feeds: hub.clone(),
     };
-    let (supervisor, supervisor_join) = Actor::spawn(
-        None,
-        Supervisor {
+    let runtime = inbox
+        .start(Supervisor {
             deps,
             pipeline: config.pipeline_settings(),
             settings: supervisor_settings,
-        },
-        (),
-    )
-    .await
-    .map_err(startup)?;
-    hub.attach_supervisor(supervisor.clone());
-    let hub_task = tokio::spawn(hub.clone().run(
-        registry.clone(),
-        supervisor.clone(),
-        shutdown.child_token(),
-    ));
+        })
+        .await
+        .map_err(startup)?;
+    let hub_task = tokio::spawn(hub.clone().run(registry.clone(), shutdown.child_token()));
     // Work written for a tenant by another process (aggregator, API) wakes its actor.
-    let wake_sup = supervisor.clone();
+    let wake = tenants.clone();
     tokio::spawn(listen_tenant_work(
         config.postgres.clone(),
-        move |tenant| {
-            let sup = wake_sup.clone();
-            tokio::spawn(async move {
-                if let Ok(Some(actor)) = ractor::call_t!(sup, SupervisorMsg::Lookup, 3_000, tenant)
-                {
-                    let _ = actor.cast(TenantMsg::Wake);
-                }
-            });
-        },
+        move |tenant| wake.wake(&tenant),
         shutdown.child_token(),
     ));
     Ok(ConsumerParts {
-        supervisor,
-        supervisor_join,
+        tenants,
+        runtime,
         hub,
         hub_task,
     })

@@ -165,7 +165,7 @@ pub async fn run(settings: SimSettings) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %settings.listen, "mindtickle simulator listening");
     axum::serve(listener, router(settings))
-        .with_graceful_shutdown(crate::service::shutdown_signal())
+        .with_graceful_shutdown(crate::signal::shutdown_signal())
         .await
 }
 

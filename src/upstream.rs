@@ -6,6 +6,7 @@
 //! every call already holds a permit of the tenant's `TenantLimiter`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,11 +16,10 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::actors::upstream::{
-    CatalogCourse, MindTickleApi, RosterUser, UpstreamCourse, UpstreamError,
+    CatalogCourse, MindTickleApi, RosterUser, UpstreamCourse, UpstreamCredentials, UpstreamError,
 };
 use crate::actors::TenantId;
 use crate::config::MindTickleConfig;
-use crate::db::TenantScopedStore;
 
 struct CachedToken {
     token: String,
@@ -29,7 +29,7 @@ struct CachedToken {
 pub struct MindTickleClient {
     http: reqwest::Client,
     base: String,
-    store: TenantScopedStore,
+    credentials: Arc<dyn UpstreamCredentials>,
     margin: Duration,
     tokens: Mutex<HashMap<TenantId, CachedToken>>,
 }
@@ -66,7 +66,7 @@ fn status_error(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Ups
 }
 
 impl MindTickleClient {
-    pub fn new(cfg: &MindTickleConfig, store: TenantScopedStore) -> Result<Self, String> {
+    pub fn new(cfg: &MindTickleConfig, credentials: Arc<dyn UpstreamCredentials>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))
@@ -75,7 +75,7 @@ impl MindTickleClient {
         Ok(Self {
             http,
             base: cfg.base_url.trim_end_matches('/').to_owned(),
-            store,
+            credentials,
             margin: Duration::from_secs(cfg.token_refresh_margin_s),
             tokens: Mutex::new(HashMap::new()),
         })
@@ -91,7 +91,7 @@ impl MindTickleClient {
             }
         }
         let (client_id, secret) = self
-            .store
+            .credentials
             .upstream_credentials(tenant)
             .await
             .map_err(|e| UpstreamError::Transport(e.to_string()))?

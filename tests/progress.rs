@@ -244,7 +244,7 @@ async fn quiz_results_are_validated_recorded_once_and_announced() {
     // RLS: the other tenant's scope cannot see the submission.
     let store = TenantScopedStore::new(env.app_pool().await);
     let seen: i64 = store
-        .scoped(&other, |tx| {
+        .scoped(&other, |tx, _| {
             Box::pin(async move {
                 Ok(tx
                     .query_one("select count(*) from quiz_submissions", &[])

@@ -183,7 +183,7 @@ async fn scim_changes_are_pushed_to_the_platform_through_the_queue() {
         base_url: sim.clone(),
         ..Default::default()
     };
-    let client = enablement::upstream::MindTickleClient::new(&cfg, store.clone()).unwrap();
+    let client = enablement::upstream::MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone())).unwrap();
     use enablement::actors::upstream::MindTickleApi;
     let roster = client.roster(&t).await.unwrap();
     let hire = roster

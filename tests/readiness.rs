@@ -237,7 +237,7 @@ async fn exact_figures_on_a_hand_built_data_set_and_no_rows_of_another_tenant() 
     let store = TenantScopedStore::new(env.app_pool().await);
     let b_name = b.as_str().to_owned();
     let leaked: Value = store
-        .scoped(&a, move |tx| {
+        .scoped(&a, move |tx, _| {
             Box::pin(async move {
                 Ok(tx
                     .query_one(enablement::readiness::REPORT_SQL, &[&b_name, &1000.0f64])

@@ -12,7 +12,8 @@ use enablement::actors::ports::{ScimBatch, TenantStore};
 use enablement::actors::scim::{parse_event, ParseLimits};
 use enablement::actors::TenantId;
 use enablement::db::TenantScopedStore;
-use enablement::retention::{purge_tenant, Keep, RetentionSettings};
+use enablement::config::{Keep, RetentionSettings};
+use enablement::retention::purge_tenant;
 
 fn batch(t: &TenantId, lines: &[String]) -> ScimBatch {
     let limits = ParseLimits::at(

@@ -46,7 +46,7 @@ async fn execute_as(
 ) -> Result<u64, enablement::actors::ports::StoreError> {
     let other = other.to_string();
     store
-        .scoped(scope, move |tx| {
+        .scoped(scope, move |tx, _| {
             Box::pin(async move { tx.execute(sql, &[&other]).await })
         })
         .await
@@ -54,7 +54,7 @@ async fn execute_as(
 
 async fn visible_users(store: &TenantScopedStore, scope: &TenantId) -> Vec<(String, String)> {
     store
-        .scoped(scope, |tx| {
+        .scoped(scope, |tx, _| {
             Box::pin(async move {
                 Ok(tx
                     .query("select tenant_id, user_id from users order by 1, 2", &[])
@@ -214,7 +214,7 @@ async fn no_setting_sees_nothing_and_the_setting_never_leaks_between_pooled_tran
     drop(conn);
     // A failed transaction does not poison the connection for the next tenant either.
     let _ = store
-        .scoped(&a, |tx| {
+        .scoped(&a, |tx, _| {
             Box::pin(async move { tx.execute("select 1/0", &[]).await })
         })
         .await
@@ -306,7 +306,7 @@ async fn secrets_are_readable_only_in_their_tenants_scope_and_the_registry_holds
     );
     let b_str = b.to_string();
     let seen: i64 = store
-        .scoped(&a, move |tx| {
+        .scoped(&a, move |tx, _| {
             Box::pin(async move {
                 Ok(tx
                     .query_one(

@@ -30,7 +30,7 @@ async fn client_for(env: &TestEnv, base: &str) -> (MindTickleClient, TenantScope
         base_url: base.to_owned(),
         ..Default::default()
     };
-    (MindTickleClient::new(&cfg, store.clone()).unwrap(), store)
+    (MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone())).unwrap(), store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

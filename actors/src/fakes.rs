@@ -153,6 +153,8 @@ pub struct FakeStore {
     pub crash_after_commit: std::sync::atomic::AtomicBool,
     /// Batch transactions attempted, committed or not.
     pub attempts: AtomicUsize,
+    /// The next this many cursor stores fail as if the database were down.
+    pub cursor_failures: AtomicUsize,
     /// (tenant, id, job, done)
     pub jobs: Mutex<Vec<(TenantId, i64, NewJob, bool)>>,
 }
@@ -381,6 +383,12 @@ impl TenantStore for FakeStore {
         tenant: &TenantId,
         through_seq: i64,
     ) -> Result<(), StoreError> {
+        let failing = self
+            .cursor_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
         let mut all = self.data.lock().unwrap();
         let data = all.entry(tenant.clone()).or_default();
         data.relayed_seq = data.relayed_seq.max(through_seq);

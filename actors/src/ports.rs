@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use crate::jobs::{Job, JobKind, JobPriority, NewJob};
 use crate::scim::{EventOutcome, ScimEvent};
 use crate::tenant::{TenantId, TopicKind};
 use crate::upstream::UpstreamCourse;
@@ -47,6 +48,17 @@ pub trait PartitionFeed: Send + Sync + 'static {
 #[async_trait]
 pub trait FeedSource: Send + Sync + 'static {
     async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError>;
+}
+
+/// Where a consumer group's assignment changes go: the Kafka hub tells the tenants of this
+/// process which partitions it owns now (implemented by [`crate::tenants::Tenants`]).
+#[async_trait]
+pub trait AssignmentSink: Send + Sync + 'static {
+    /// These tenants' partitions were assigned to this instance: run them.
+    fn assign(&self, tenants: Vec<TenantId>);
+    /// These tenants' partitions are being revoked: drain and stop them. False when the
+    /// drain did not complete within `timeout`.
+    async fn revoke(&self, tenants: Vec<TenantId>, timeout: std::time::Duration) -> bool;
 }
 
 /// A security-relevant observation recorded with the tenant's data.
@@ -257,69 +269,4 @@ pub enum CacheError {
 pub trait RosterCache: Send + Sync + 'static {
     /// Drops the cached roster after a committed change to the tenant's users.
     async fn invalidate_roster(&self, tenant: &TenantId) -> Result<(), CacheError>;
-}
-
-/// Priorities of the durable upstream queue (lower runs first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum JobPriority {
-    Interactive = 0,
-    ScimPush = 1,
-    Background = 2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
-    SyncProgress,
-    PushUser,
-}
-
-impl JobPriority {
-    pub const ALL: [JobPriority; 3] = [
-        JobPriority::Interactive,
-        JobPriority::ScimPush,
-        JobPriority::Background,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobPriority::Interactive => "interactive",
-            JobPriority::ScimPush => "scim_push",
-            JobPriority::Background => "background",
-        }
-    }
-    pub fn from_i16(n: i16) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| *p as i16 == n)
-    }
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::SyncProgress => "sync_progress",
-            JobKind::PushUser => "push_user",
-        }
-    }
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "sync_progress" => Some(JobKind::SyncProgress),
-            "push_user" => Some(JobKind::PushUser),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewJob {
-    pub priority: JobPriority,
-    pub kind: JobKind,
-    /// The user the job is about.
-    pub subject: String,
-    pub payload: Value,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Job {
-    pub id: i64,
-    pub kind: JobKind,
-    pub subject: String,
-    pub payload: Value,
 }

@@ -46,6 +46,32 @@ impl AggregationTrigger {
     }
 }
 
+/// Why a tenant's readiness inputs are marked changed (the debounced re-aggregation's
+/// `reason`). Decided by the rules of each change (a SCIM batch, a sync, a quiz result),
+/// written by the database unit of work of that change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadinessMark {
+    /// Users changed by a SCIM batch.
+    UsersChanged,
+    /// Course progress synced from MindTickle.
+    ProgressSynced,
+    /// A quiz result recorded.
+    QuizRecorded,
+    /// The sync work a provisional report waited for has settled (failed syncs included).
+    SyncSettled,
+}
+
+impl ReadinessMark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UsersChanged => "users_changed",
+            Self::ProgressSynced => "progress_synced",
+            Self::QuizRecorded => "quiz_recorded",
+            Self::SyncSettled => "sync_settled",
+        }
+    }
+}
+
 /// Figures of one slice of the tenant (the whole tenant, a course, a manager's team).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

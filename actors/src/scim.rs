@@ -13,6 +13,8 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::jobs::JobPriority;
+use crate::readiness::ReadinessMark;
 use crate::tenant::TenantId;
 
 pub const CORE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -517,6 +519,19 @@ pub struct BatchPlan {
     pub changes: Vec<UserChanged>,
     /// Outcome per event, in input order.
     pub outcomes: Vec<(String, EventOutcome)>,
+    /// What the changes set in motion beyond the users table and `user_changed`.
+    pub follow_ups: FollowUps,
+}
+
+/// Follow-up work of a batch, decided by the rules so the unit of work only writes it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FollowUps {
+    /// Push every change to MindTickle: one `push_user` job per change at this priority,
+    /// carrying the `user_change` record (queued only for a tenant with upstream
+    /// credentials: without them there is no platform account to push to).
+    pub push_changes: Option<JobPriority>,
+    /// Re-aggregate the tenant's readiness report (debounced by the aggregator).
+    pub readiness: Option<ReadinessMark>,
 }
 
 /// Folds `events` (in log order) into `current` user states.
@@ -565,6 +580,14 @@ pub fn plan_batch(
             current.insert(next.user_id.clone(), next);
         }
         plan.outcomes.push((event_id, outcome));
+    }
+    if !plan.changes.is_empty() {
+        // Every effective change reaches the platform and the team figures; a batch of
+        // duplicates, stale or unchanged events sets nothing in motion.
+        plan.follow_ups = FollowUps {
+            push_changes: Some(JobPriority::ScimPush),
+            readiness: Some(ReadinessMark::UsersChanged),
+        };
     }
     let touched = touched_order;
     plan.upserts = touched

@@ -72,7 +72,7 @@ async fn bare(
     let name = t.as_str().to_owned();
     let started = Instant::now();
     let v: Value = store
-        .scoped(t, move |tx| {
+        .scoped(t, move |tx, _| {
             Box::pin(async move {
                 Ok(tx
                     .query_one(crate::readiness::REPORT_SQL, &[&name, &freshness_ms])

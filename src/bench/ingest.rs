@@ -353,7 +353,7 @@ async fn write_batch(
 ) -> Result<(), BenchError> {
     let tenant = t.as_str().to_owned();
     store
-        .scoped(t, move |tx| {
+        .scoped(t, move |tx, _| {
             Box::pin(async move {
                 let ids: Vec<&str> = batch.iter().filter_map(|e| e["eventId"].as_str()).collect();
                 let users: Vec<&str> = batch

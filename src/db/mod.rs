@@ -2,19 +2,39 @@
 //!
 //! The service connects as an unprivileged role; every tenant table forces row-level
 //! security keyed on the transaction-local setting `app.tenant_id`. [`TenantScopedStore`]
-//! is the only code that sets it, and always inside the transaction that does the work.
+//! is the only code that sets it, and always inside the transaction that does the work
+//! ([`crate::tenant_tx!`]).
+//!
+//! One module per concern holds all of that concern's SQL, as functions over a transaction:
+//! - `scim`: the SCIM unit of work of a micro-batch and the `users` table;
+//! - [`outbox`]: the transactional outbox and its relay cursor;
+//! - [`jobs`]: the durable upstream queue (every job enters through `jobs::enqueue`);
+//! - `progress`: synced course progress; `secrets`: credentials and token hashes;
+//! - [`schedule`]: readiness re-aggregation marks; `security`: security events;
+//! - `registry`: the tenant registry (global, nothing secret); `migrate`; `signals`
+//!   (cross-process wake-ups).
+//!
+//! `store` implements the actors crate's ports by composing those functions, one scoped
+//! transaction per call.
 
+pub mod jobs;
 mod migrate;
 pub mod outbox;
+pub mod progress;
 mod registry;
+pub mod schedule;
+pub mod scim;
+mod scoped;
+mod secrets;
+mod security;
 mod signals;
 mod store;
 
 pub use migrate::{migrate, migrate_through, MigrateError, MigrationReport};
 pub use registry::{Registry, RegistryError, TenantRecord};
 pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};
-pub(crate) use store::store_error;
-pub use store::TenantScopedStore;
+pub(crate) use scoped::store_error;
+pub use scoped::{TenantScopedStore, TxWork};
 
 use std::time::Duration;
 

@@ -13,7 +13,7 @@
 
 use tokio_postgres::Transaction;
 
-use crate::actors::ports::OutboundRecord;
+use crate::actors::ports::{OutboundRecord, OutboxRecord};
 
 /// The CTE both appends start with: allocates `$5` consecutive seqs from the tenant's
 /// `outbox_relay` row (locking it to commit) and carries the relay cursor `$6`; `$1` is
@@ -141,4 +141,53 @@ pub async fn store_cursor(
     )
     .await?;
     Ok(())
+}
+
+/// Rows not yet relayed, in `seq` order, at most `limit`: those after the stored relay
+/// cursor and after `after` (what the caller knows it relayed already).
+pub async fn pending(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<OutboxRecord>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "select seq, topic, message_key, payload::text, raw_key, raw_payload,
+                    header_names, header_values
+               from outbox
+              where tenant_id = $1
+                and seq > greatest($2, (select relayed_seq from outbox_relay
+                                         where tenant_id = $1))
+              order by seq limit $3",
+            &[&tenant, &after, &(limit as i64)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let raw: Option<Vec<u8>> = r.get(5);
+            let (key, payload) = match raw {
+                // A raw record (dead letter): key and bytes as received.
+                Some(bytes) => (r.get::<_, Option<Vec<u8>>>(4), bytes),
+                None => (
+                    Some(r.get::<_, String>(2).into_bytes()),
+                    r.get::<_, Option<String>>(3)?.into_bytes(),
+                ),
+            };
+            let names: Option<Vec<String>> = r.get(6);
+            let values: Option<Vec<Vec<u8>>> = r.get(7);
+            Some(OutboxRecord {
+                seq: r.get(0),
+                topic: TopicKind::parse(r.get(1))?,
+                key,
+                payload,
+                headers: names
+                    .unwrap_or_default()
+                    .into_iter()
+                    .zip(values.unwrap_or_default())
+                    .collect(),
+            })
+        })
+        .collect())
 }

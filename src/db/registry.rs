@@ -169,3 +169,26 @@ impl Registry {
             .collect())
     }
 }
+
+/// The tenant's upstream quota override (requests per minute). The registry is global and
+/// holds nothing secret: no tenant scope needed.
+pub(crate) async fn quota_override(
+    pool: &PgPool,
+    tenant: &TenantId,
+) -> Result<Option<u32>, crate::actors::ports::StoreError> {
+    use crate::actors::ports::StoreError;
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(super::redact(e)))?;
+    let row = conn
+        .query_opt(
+            "select rate_limit_per_min from tenants where tenant_id = $1",
+            &[&tenant.as_str()],
+        )
+        .await
+        .map_err(super::store_error)?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+        .and_then(|n| u32::try_from(n).ok()))
+}

@@ -6,7 +6,8 @@
 //! - The subscription is the explicit list of active tenants' inbound topics, re-read from
 //!   the registry every `tenant_refresh_ms`: a new tenant is picked up without restart, a
 //!   suspended one is revoked (and a stray topic matching the naming scheme is never read).
-//! - Assignment spawns actors; revocation drains them (batch in flight committed, offsets
+//! - Assignments go to the [`AssignmentSink`] given at construction (the tenants of the
+//!   process): assignment starts actors; revocation drains them (batch in flight committed, offsets
 //!   stored) and commits synchronously before the partitions are released.
 //! - Offsets are stored by the actors only after their transaction committed and are
 //!   committed by librdkafka's auto-commit (`enable.auto.offset.store=false`).
@@ -20,11 +21,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ractor::ActorRef;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::base_client_config;
 use crate::actors::metric_names as m;
-use crate::actors::ports::{FeedError, FeedSource, InboundRecord, PartitionFeed};
-use crate::actors::{SupervisorMsg, TenantId, TopicKind};
+use crate::actors::ports::{AssignmentSink, FeedError, FeedSource, InboundRecord, PartitionFeed};
+use crate::actors::{TenantId, TopicKind};
 use crate::config::KafkaConfig;
 use crate::db::Registry;
 
@@ -56,7 +56,8 @@ enum HubEvent {
 pub struct HubContext {
     prefix: String,
     events: mpsc::UnboundedSender<HubEvent>,
-    supervisor: OnceLock<ActorRef<SupervisorMsg>>,
+    /// Where assignments go (the tenants of this process).
+    sink: Arc<dyn AssignmentSink>,
     drain_timeout: Duration,
     /// Which consumer this is (the hub re-creates a wedged one).
     generation: u64,
@@ -175,23 +176,15 @@ impl ConsumerContext for HubContext {
                 count = tenants.len(),
                 "partitions revoked; draining tenant actors"
             );
-            let live = self
-                .supervisor
-                .get()
-                .filter(|s| s.get_status() == ractor::ActorStatus::Running);
-            if let Some(sup) = live {
-                let sup = sup.clone();
-                let timeout = self.drain_timeout + Duration::from_secs(5);
-                // The group waits for us: drain synchronously, then commit, then release.
-                let drained = tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(async move {
-                        sup.call(|r| SupervisorMsg::Revoke(tenants, r), Some(timeout))
-                            .await
-                    })
-                });
-                if drained.is_err() {
-                    tracing::warn!("draining revoked tenants did not complete");
-                }
+            let sink = self.sink.clone();
+            let timeout = self.drain_timeout + Duration::from_secs(5);
+            // The group waits for us: drain synchronously, then commit, then release.
+            let drained = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(async move { sink.revoke(tenants, timeout).await })
+            });
+            if !drained {
+                tracing::warn!("draining revoked tenants did not complete");
             }
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "commit on revoke");
@@ -259,6 +252,7 @@ pub struct KafkaHub {
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<HubEvent>>,
     refresh: Duration,
     drain_timeout: Duration,
+    sink: Arc<dyn AssignmentSink>,
     generation: AtomicU64,
     health: Arc<GroupHealth>,
     /// Subscribed-but-unsettled or silent-with-lag for this long means wedged.
@@ -294,6 +288,7 @@ impl KafkaHub {
         cfg: &KafkaConfig,
         group_instance_id: &str,
         drain_timeout: Duration,
+        sink: Arc<dyn AssignmentSink>,
     ) -> Result<Arc<Self>, HubError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut client = base_client_config(cfg);
@@ -329,7 +324,7 @@ impl KafkaHub {
             first.set("group.instance.id", group_instance_id);
         }
         health.with(|s| s.static_membership = cfg.static_membership);
-        let consumer = Self::create(&first, &cfg.topic_prefix, &tx, drain_timeout, 0, &health)?;
+        let consumer = Self::create(&first, &cfg.topic_prefix, &tx, &sink, drain_timeout, 0, &health)?;
         let wedged_after = (cfg.group_wedged_after_sessions > 0).then(|| {
             Duration::from_millis(cfg.session_timeout_ms)
                 .saturating_mul(cfg.group_wedged_after_sessions)
@@ -343,6 +338,7 @@ impl KafkaHub {
             events: tokio::sync::Mutex::new(rx),
             refresh: Duration::from_millis(cfg.tenant_refresh_ms),
             drain_timeout,
+            sink,
             generation: AtomicU64::new(0),
             health,
             wedged_after,
@@ -355,6 +351,7 @@ impl KafkaHub {
         client: &rdkafka::ClientConfig,
         prefix: &str,
         events: &mpsc::UnboundedSender<HubEvent>,
+        sink: &Arc<dyn AssignmentSink>,
         drain_timeout: Duration,
         generation: u64,
         health: &Arc<GroupHealth>,
@@ -362,7 +359,7 @@ impl KafkaHub {
         let context = HubContext {
             prefix: prefix.to_owned(),
             events: events.clone(),
-            supervisor: OnceLock::new(),
+            sink: sink.clone(),
             drain_timeout,
             generation,
             armed: AtomicBool::new(true),
@@ -382,11 +379,6 @@ impl KafkaHub {
     /// The group's health, for `/readyz`.
     pub fn health(&self) -> Arc<GroupHealth> {
         self.health.clone()
-    }
-
-    /// Connects the rebalance hooks to the supervisor (set once, before [`Self::run`]).
-    pub fn attach_supervisor(&self, sup: ActorRef<SupervisorMsg>) {
-        let _ = self.consumer().context().supervisor.set(sup);
     }
 
     fn ensure_split(&self, tenant: &TenantId) -> bool {
@@ -441,7 +433,6 @@ impl KafkaHub {
     pub async fn run(
         self: Arc<Self>,
         registry: Registry,
-        supervisor: ActorRef<SupervisorMsg>,
         shutdown: CancellationToken,
     ) {
         let mut subscribed: Option<BTreeSet<TenantId>> = None;
@@ -454,7 +445,7 @@ impl KafkaHub {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     if let Some(reason) = self.wedged() {
-                        self.recreate(&supervisor, reason).await;
+                        self.recreate(reason).await;
                         subscribed = None;
                         continue;
                     }
@@ -482,7 +473,7 @@ impl KafkaHub {
                         let ready: Vec<TenantId> =
                             tenants.into_iter().filter(|t| self.ensure_split(t)).collect();
                         self.forget_positions(&ready);
-                        let _ = supervisor.cast(SupervisorMsg::Assign(ready));
+                        self.sink.assign(ready);
                     }
                 },
                 msg = consumer.recv() => match msg {
@@ -544,7 +535,7 @@ impl KafkaHub {
     /// callbacks do nothing) and closed off the runtime (closing may block on a wedged
     /// broker). Offsets stored but not committed are re-read by the new member and are
     /// no-ops there (idempotency records, dead letters keyed by offset).
-    async fn recreate(&self, supervisor: &ActorRef<SupervisorMsg>, reason: &'static str) {
+    async fn recreate(&self, reason: &'static str) {
         tracing::warn!(
             reason,
             "consumer group wedged; re-creating the consumer as a fresh member"
@@ -560,11 +551,7 @@ impl KafkaHub {
         let old = self.consumer();
         old.context().armed.store(false, Ordering::SeqCst);
         let timeout = self.drain_timeout + Duration::from_secs(5);
-        if supervisor
-            .call(|r| SupervisorMsg::Revoke(tenants, r), Some(timeout))
-            .await
-            .is_err()
-        {
+        if !self.sink.revoke(tenants, timeout).await {
             tracing::warn!("draining tenants before re-creating the consumer did not complete");
         }
         let _ = old.commit_consumer_state(CommitMode::Async);
@@ -573,6 +560,7 @@ impl KafkaHub {
             &self.client,
             &self.prefix,
             &self.events_tx,
+            &self.sink,
             self.drain_timeout,
             generation,
             &self.health,
@@ -584,7 +572,6 @@ impl KafkaHub {
                 return;
             }
         };
-        let _ = fresh.context().supervisor.set(supervisor.clone());
         self.queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())

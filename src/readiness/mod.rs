@@ -9,7 +9,7 @@
 //!   and `NOTIFY` the tenant's consumer so the outbox is relayed and refresh syncs start.
 //! - [`worker`]: the `aggregator` role's loops, running due tenants oldest change first.
 
-pub mod schedule;
+
 pub mod worker;
 
 use std::sync::Arc;
@@ -20,34 +20,16 @@ use time::OffsetDateTime;
 
 use crate::actors::metric_names as m;
 use crate::actors::ports::StoreError;
-use crate::actors::readiness::{AggregationTrigger, ReadinessReport};
+use crate::actors::ports::JobPriority;
+use crate::actors::readiness::{AggregationTrigger, ReadinessMark, ReadinessReport};
 use crate::actors::TenantId;
-use crate::db::TenantScopedStore;
+use crate::config::AggregatorSettings;
+use crate::db::{jobs, TenantScopedStore};
+use crate::tenant_tx;
 
 /// The aggregate query (one statement, one jsonb value); also what the benchmark times bare.
 pub const REPORT_SQL: &str = include_str!("report.sql");
 
-#[derive(Debug, Clone)]
-pub struct AggregatorSettings {
-    /// Progress synced longer ago than this makes a report provisional.
-    pub freshness: Duration,
-    /// Quiet time after the last change before the automatic re-aggregation.
-    pub debounce: Duration,
-    /// Longest a change waits for its re-aggregation while changes keep coming.
-    pub max_delay: Duration,
-    /// How often an idle worker looks for due tenants.
-    pub poll_interval: Duration,
-    /// Aggregations one aggregator process runs at once.
-    pub concurrency: usize,
-    /// Reports kept per tenant.
-    pub history_per_tenant: i64,
-    /// Upper bound of one aggregation's SQL.
-    pub statement_timeout: Duration,
-    /// Refresh syncs queued per aggregation for users with stale progress (0: none).
-    pub refresh_stale_max_jobs: i64,
-    /// Who computes (`computedBy` in reports): the instance id.
-    pub instance: String,
-}
 
 /// What an aggregation request came to.
 #[derive(Debug)]
@@ -95,14 +77,11 @@ impl Aggregator {
         trigger: AggregationTrigger,
     ) -> Result<Aggregation, StoreError> {
         let started = Instant::now();
-        let t = tenant.as_str().to_owned();
         let settings = self.settings.clone();
-        let outcome = self
-            .store
-            .scoped(tenant, move |tx| {
-                Box::pin(async move { aggregate_tx(tx, &t, trigger, &settings, started).await })
-            })
-            .await
+        let outcome = tenant_tx!(self.store, tenant, |tx, t| {
+            aggregate_tx(tx, t, trigger, &settings, started).await
+        })
+        .await
             .and_then(|r| r.map_err(StoreError::Query));
         match &outcome {
             Ok(Aggregation::Computed(report)) => {
@@ -132,20 +111,15 @@ impl Aggregator {
 
     /// The tenant's latest stored report.
     pub async fn latest(&self, tenant: &TenantId) -> Result<Option<ReadinessReport>, StoreError> {
-        let t = tenant.as_str().to_owned();
-        let row = self
-            .store
-            .scoped(tenant, move |tx| {
-                Box::pin(async move {
-                    tx.query_opt(
-                        "select id, report from readiness_reports where tenant_id = $1
-                          order by id desc limit 1",
-                        &[&t],
-                    )
-                    .await
-                })
-            })
-            .await?;
+        let row = tenant_tx!(self.store, tenant, |tx, t| {
+            tx.query_opt(
+                "select id, report from readiness_reports where tenant_id = $1
+                  order by id desc limit 1",
+                &[&t],
+            )
+            .await
+        })
+        .await?;
         row.map(|r| stored_report(r.get(0), r.get(1))).transpose()
     }
 
@@ -181,7 +155,9 @@ impl Aggregator {
             .filter_map(|r| {
                 let tenant = TenantId::parse(r.get::<_, &str>(0)).ok()?;
                 let trigger = match r.get::<_, Option<&str>>(1) {
-                    Some(schedule::SYNC_SETTLED) => AggregationTrigger::Scheduled,
+                    Some(reason) if reason == ReadinessMark::SyncSettled.as_str() => {
+                        AggregationTrigger::Scheduled
+                    }
                     _ => AggregationTrigger::Changed,
                 };
                 Some((tenant, trigger))
@@ -351,24 +327,19 @@ async fn queue_refresh_syncs(
     t: &str,
     settings: &AggregatorSettings,
 ) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(
-        "insert into upstream_jobs (tenant_id, priority, kind, subject)
-         select $1, 2, 'sync_progress', s.user_id from (
-             select distinct p.user_id
+    let stale: Vec<String> = tx
+        .query(
+            "select distinct p.user_id
                from course_progress p
                join users u on u.tenant_id = p.tenant_id and u.user_id = p.user_id and u.active
               where p.tenant_id = $1
                 and p.synced_at < now() - $2::float8 * interval '1 millisecond'
-                and not exists (select 1 from upstream_jobs j
-                                 where j.tenant_id = $1 and j.status = 'pending'
-                                   and j.kind = 'sync_progress' and j.subject = p.user_id)
-              order by p.user_id
-              limit $3) s",
-        &[
-            &t,
-            &ms(settings.freshness),
-            &settings.refresh_stale_max_jobs,
-        ],
-    )
-    .await
+              order by p.user_id",
+            &[&t, &ms(settings.freshness)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    jobs::enqueue_syncs(tx, t, JobPriority::Background, &stale, settings.refresh_stale_max_jobs).await
 }

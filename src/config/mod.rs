@@ -7,11 +7,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod settings;
+
 use crate::actors::{PipelineSettings, SupervisorSettings};
+
+pub use settings::{AggregatorSettings, Keep, RetentionSettings, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -641,83 +644,6 @@ impl Config {
         format!("enablement-{host}")
     }
 
-    pub fn pipeline_settings(&self) -> PipelineSettings {
-        let p = &self.pipeline;
-        PipelineSettings {
-            max_batch_events: p.max_batch_events,
-            batch_linger: Duration::from_millis(p.batch_linger_ms),
-            high_water: p.high_water_messages,
-            low_water: p.low_water_messages,
-            max_message_bytes: p.max_message_bytes,
-            outbox_batch: p.outbox_batch,
-            outbox_retry: Duration::from_millis(p.outbox_retry_ms),
-            job_poll: Duration::from_millis(p.job_poll_ms.max(1)),
-            max_concurrent_batches: p.max_concurrent_batches,
-            max_future_skew: Duration::from_secs(p.max_future_skew_s),
-            max_record_bytes: self.kafka.max_record_bytes,
-            tenant_buffer_max_bytes: p.tenant_buffer_max_bytes,
-            process_buffer_max_bytes: p.process_buffer_max_bytes,
-            retry_backoff: crate::actors::backoff::Backoff::new(
-                Duration::from_millis(p.retry_backoff_initial_ms.max(1)),
-                Duration::from_millis(p.retry_backoff_max_ms.max(1)),
-            ),
-            ..PipelineSettings::default()
-        }
-    }
-
-    pub fn limiter_settings(&self) -> crate::actors::upstream::LimiterSettings {
-        let m = &self.mindtickle;
-        crate::actors::upstream::LimiterSettings {
-            requests_per_min: m.requests_per_min,
-            burst: m.burst,
-            max_retry_after: Duration::from_secs(m.max_retry_after_s),
-            backoff_initial: Duration::from_millis(m.backoff_initial_ms),
-            backoff_max: Duration::from_millis(m.backoff_max_ms),
-            max_attempts: m.max_attempts,
-        }
-    }
-
-    pub fn retention_settings(&self) -> crate::retention::RetentionSettings {
-        let r = &self.retention;
-        crate::retention::RetentionSettings {
-            interval: Duration::from_secs(r.interval_s),
-            batch_rows: i64::from(r.batch_rows.max(1)),
-            keep: crate::retention::Keep {
-                outbox_relayed: Duration::from_secs(r.outbox_relayed_keep_s),
-                finished_jobs: Duration::from_secs(r.finished_jobs_keep_s),
-                security_events: Duration::from_secs(r.security_events_keep_s),
-                idempotency: Duration::from_secs(r.idempotency_keep_s),
-                dead_letters: Duration::from_secs(r.dead_letters_keep_s),
-            },
-        }
-    }
-
-    pub fn aggregator_settings(&self) -> crate::readiness::AggregatorSettings {
-        let a = &self.aggregator;
-        crate::readiness::AggregatorSettings {
-            freshness: Duration::from_millis(a.freshness_ms),
-            debounce: Duration::from_millis(a.debounce_ms),
-            max_delay: Duration::from_millis(a.max_delay_ms),
-            poll_interval: Duration::from_millis(a.poll_interval_ms),
-            concurrency: a.concurrency,
-            history_per_tenant: i64::from(a.history_per_tenant),
-            statement_timeout: Duration::from_millis(a.statement_timeout_ms),
-            refresh_stale_max_jobs: i64::from(a.refresh_stale_max_jobs),
-            instance: self.group_instance_id(),
-        }
-    }
-
-    pub fn supervisor_settings(&self) -> SupervisorSettings {
-        let s = &self.supervisor;
-        SupervisorSettings {
-            restart_backoff_initial: Duration::from_millis(s.restart_backoff_initial_ms),
-            restart_backoff_max: Duration::from_millis(s.restart_backoff_max_ms),
-            max_consecutive_failures: s.max_consecutive_failures,
-            park_duration: Duration::from_secs(s.park_duration_s),
-            healthy_after: Duration::from_secs(s.healthy_after_s),
-            drain_timeout: Duration::from_millis(s.drain_timeout_ms),
-        }
-    }
 }
 
 pub fn is_sql_identifier(s: &str) -> bool {
@@ -742,7 +668,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_toml_is_valid_and_matches_the_defaults() {
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../config.toml");
         let from_file = Config::from_sources(text, "config.toml", env(&[])).unwrap();
         assert_eq!(
             toml::to_string(&from_file).unwrap(),

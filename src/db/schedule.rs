@@ -1,28 +1,21 @@
 //! Marks a tenant's readiness inputs as changed, inside the transaction of the change, so a
 //! committed change is never without its re-aggregation and a rolled-back one never causes
 //! one. The aggregator runs the tenant once the debounce passed (see
-//! [`super::AggregatorSettings`]); every mark bumps `generation`, so a run clears the mark
+//! [`crate::config::AggregatorSettings`]); every mark bumps `generation`, so a run clears the mark
 //! only when no change arrived while it ran.
 
 use tokio_postgres::Transaction;
 
 use crate::actors::metric_names as m;
-
-/// Users changed by a SCIM batch.
-pub const USERS_CHANGED: &str = "users_changed";
-/// Course progress synced from MindTickle.
-pub const PROGRESS_SYNCED: &str = "progress_synced";
-/// A quiz result recorded.
-pub const QUIZ_RECORDED: &str = "quiz_recorded";
-/// The sync work a provisional report waited for has settled (failed syncs included).
-pub const SYNC_SETTLED: &str = "sync_settled";
+use crate::actors::readiness::ReadinessMark;
 
 /// Marks the tenant's inputs changed (debounced re-aggregation).
 pub async fn mark_changed(
     tx: &Transaction<'_>,
     tenant: &str,
-    reason: &'static str,
+    mark: ReadinessMark,
 ) -> Result<(), tokio_postgres::Error> {
+    let reason = mark.as_str();
     tx.execute(
         "insert into readiness_schedule (tenant_id, pending_since, changed_at, generation, reason)
          values ($1, now(), now(), 1, $2)
@@ -53,11 +46,11 @@ pub async fn mark_if_sync_settled(
                 and not exists (select 1 from upstream_jobs j
                                  where j.tenant_id = $1 and j.status = 'pending'
                                    and j.kind = 'sync_progress')",
-            &[&tenant, &SYNC_SETTLED],
+            &[&tenant, &ReadinessMark::SyncSettled.as_str()],
         )
         .await?;
     if n > 0 {
-        metrics::counter!(m::READINESS_REAGGREGATIONS_SCHEDULED_TOTAL, "reason" => SYNC_SETTLED)
+        metrics::counter!(m::READINESS_REAGGREGATIONS_SCHEDULED_TOTAL, "reason" => ReadinessMark::SyncSettled.as_str())
             .increment(1);
     }
     Ok(())

@@ -1,0 +1,307 @@
+//! The SCIM unit of work and the `users` table: all of their SQL.
+//!
+//! [`apply_batch`] is the one transaction of a SCIM micro-batch. It does not decide
+//! anything: the pure rules ([`plan_batch`]) fold the events into user states and decide the
+//! follow-ups; this module writes what they decided, next to the idempotency records and
+//! dead letters, so either all of a batch's effects commit or none do.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::Transaction;
+
+use super::jobs::{self, JobRow};
+use super::{outbox, schedule, secrets, security};
+use crate::actors::ports::{
+    BatchReport, DeadLetter, JobKind, OutboundRecord, OutboxRecord, ScimBatch,
+};
+use crate::actors::scim::{plan_batch, Role, StoredUser};
+use crate::actors::TopicKind;
+
+/// The unit of work of one SCIM micro-batch, in the tenant's transaction: idempotency
+/// records, the users involved (locked), the rules' plan written out (users, `user_changed`
+/// outbox rows, follow-up jobs, readiness mark), dead letters and security events. Moves the
+/// relay cursor up to `relayed_through` in the same transaction.
+pub async fn apply_batch(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    batch: ScimBatch,
+    relayed_through: i64,
+) -> Result<BatchReport, tokio_postgres::Error> {
+    let mut report = BatchReport::default();
+    let ScimBatch {
+        events,
+        security_events,
+        dead_letters,
+    } = batch;
+    if !events.is_empty() {
+        // 1. Idempotency records: ids returned are new; the rest were applied before.
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let fresh: HashSet<String> = tx
+            .query(
+                "insert into processed_events (tenant_id, event_id)
+                 select $1, unnest($2::text[]) on conflict do nothing returning event_id",
+                &[&tenant, &ids],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let seen: HashSet<String> = ids
+            .iter()
+            .filter(|id| !fresh.contains(**id))
+            .map(|id| id.to_string())
+            .collect();
+        // 2. Current state of the users involved, locked for this transaction.
+        let mut user_ids: Vec<&str> = events.iter().map(|e| e.user.id.as_str()).collect();
+        user_ids.sort_unstable();
+        user_ids.dedup();
+        let current: HashMap<String, StoredUser> = tx
+            .query(
+                "select user_id, user_name, email, role, external_id, manager_id, active, scim,
+                        version, source_occurred_at, source_event_id
+                   from users where tenant_id = $1 and user_id = any($2::text[])
+                  order by user_id for update",
+                &[&tenant, &user_ids],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                let u = row_to_user(r);
+                (u.user_id.clone(), u)
+            })
+            .collect();
+        // 3. The pure rules decide; this function only writes their plan.
+        let plan = plan_batch(current, &seen, events);
+        let follow_ups = plan.follow_ups;
+        for (_, outcome) in &plan.outcomes {
+            report.count(*outcome);
+        }
+        if !plan.upserts.is_empty() {
+            let mut c_id = Vec::new();
+            let mut c_name = Vec::new();
+            let mut c_email: Vec<Option<String>> = Vec::new();
+            let mut c_role = Vec::new();
+            let mut c_ext: Vec<Option<String>> = Vec::new();
+            let mut c_mgr: Vec<Option<String>> = Vec::new();
+            let mut c_active = Vec::new();
+            let mut c_scim: Vec<Value> = Vec::new();
+            let mut c_version = Vec::new();
+            let mut c_at: Vec<OffsetDateTime> = Vec::new();
+            let mut c_event = Vec::new();
+            for u in plan.upserts {
+                c_id.push(u.user_id);
+                c_name.push(u.user_name);
+                c_email.push(u.email);
+                c_role.push(u.role.as_str());
+                c_ext.push(u.external_id);
+                c_mgr.push(u.manager_id);
+                c_active.push(u.active);
+                c_scim.push(u.resource);
+                c_version.push(u.version);
+                c_at.push(u.occurred_at);
+                c_event.push(u.last_event_id);
+            }
+            tx.execute(
+                "insert into users (tenant_id, user_id, user_name, email, role, external_id,
+                                    manager_id, active, scim, version, source_occurred_at,
+                                    source_event_id)
+                 select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::text[],
+                                          $6::text[], $7::text[], $8::bool[], $9::jsonb[],
+                                          $10::int8[], $11::timestamptz[], $12::text[])
+                 on conflict (tenant_id, user_id) do update set
+                     user_name = excluded.user_name, email = excluded.email,
+                     role = excluded.role, external_id = excluded.external_id,
+                     manager_id = excluded.manager_id, active = excluded.active,
+                     scim = excluded.scim, version = excluded.version,
+                     source_occurred_at = excluded.source_occurred_at,
+                     source_event_id = excluded.source_event_id, updated_at = now()",
+                &[
+                    &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active, &c_scim,
+                    &c_version, &c_at, &c_event,
+                ],
+            )
+            .await?;
+        }
+        if !plan.changes.is_empty() {
+            // Serialised once: the same text becomes the jsonb row and the Kafka record.
+            let payloads: Vec<String> = plan
+                .changes
+                .iter()
+                .map(|c| serde_json::to_string(c).unwrap_or_else(|_| "null".into()))
+                .collect();
+            let keys: Vec<&str> = plan.changes.iter().map(|c| c.user_id.as_str()).collect();
+            let texts: Vec<&str> = payloads.iter().map(String::as_str).collect();
+            let first = outbox::append(
+                tx,
+                tenant,
+                TopicKind::UserChanged,
+                &keys,
+                &texts,
+                relayed_through,
+            )
+            .await?;
+            // The rules' follow-ups: push each change to MindTickle (when the tenant has an
+            // account there), and re-aggregate the tenant's readiness.
+            if let Some(priority) = follow_ups.push_changes {
+                if secrets::has_upstream_credentials(tx, tenant).await? {
+                    let jobs: Vec<JobRow<'_>> = keys
+                        .iter()
+                        .zip(&texts)
+                        .map(|(subject, payload)| JobRow {
+                            priority,
+                            kind: JobKind::PushUser,
+                            subject,
+                            payload: Some(payload),
+                        })
+                        .collect();
+                    report.jobs_queued = jobs::enqueue(tx, tenant, &jobs).await?.len() as u64;
+                }
+            }
+            if let Some(mark) = follow_ups.readiness {
+                schedule::mark_changed(tx, tenant, mark).await?;
+            }
+            report.outbox = plan
+                .changes
+                .iter()
+                .zip(payloads)
+                .zip(first..)
+                .map(|((c, payload), seq)| OutboxRecord {
+                    seq,
+                    topic: TopicKind::UserChanged,
+                    key: Some(c.user_id.clone().into_bytes()),
+                    payload: payload.into_bytes(),
+                    headers: Vec::new(),
+                })
+                .collect();
+        }
+    }
+    if !dead_letters.is_empty() {
+        write_dead_letters(tx, tenant, dead_letters, relayed_through, &mut report).await?;
+    }
+    // `outbox::append` carried the cursor when the batch wrote outbox rows.
+    if relayed_through > 0 && report.outbox.is_empty() {
+        outbox::store_cursor(tx, tenant, relayed_through).await?;
+    }
+    for event in &security_events {
+        security::record(tx, tenant, event.kind, &event.detail).await?;
+    }
+    Ok(report)
+}
+
+/// Records the batch's dead letters and appends the DLQ records of those whose source
+/// offset was not dead-lettered before (a replayed batch publishes nothing twice).
+async fn write_dead_letters(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    dead_letters: Vec<DeadLetter>,
+    relayed_through: i64,
+    report: &mut BatchReport,
+) -> Result<(), tokio_postgres::Error> {
+    let offsets: Vec<i64> = dead_letters.iter().map(|d| d.source_offset).collect();
+    let reasons: Vec<&str> = dead_letters.iter().map(|d| d.reason).collect();
+    let details: Vec<String> = dead_letters
+        .iter()
+        .map(|d| {
+            d.record
+                .headers
+                .iter()
+                .find(|(k, _)| k == "dlq.detail")
+                .map(|(_, v)| String::from_utf8_lossy(v).replace('\0', ""))
+                .unwrap_or_default()
+        })
+        .collect();
+    let fresh: HashSet<i64> = tx
+        .query(
+            "insert into dead_letters (tenant_id, source_offset, reason, detail)
+             select $1, * from unnest($2::int8[], $3::text[], $4::text[])
+             on conflict (tenant_id, source_offset) do nothing
+             returning source_offset",
+            &[&tenant, &offsets, &reasons, &details],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let letters: Vec<DeadLetter> = dead_letters
+        .into_iter()
+        .filter(|d| fresh.contains(&d.source_offset))
+        .collect();
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<&OutboundRecord> = letters.iter().map(|d| &d.record).collect();
+    let first = outbox::append_raw(tx, tenant, &records, relayed_through).await?;
+    report.dead_lettered = letters.len() as u64;
+    report.outbox.extend(
+        letters
+            .into_iter()
+            .zip(first..)
+            .map(|(d, seq)| OutboxRecord {
+                seq,
+                topic: d.record.topic,
+                key: d.record.key,
+                payload: d.record.payload,
+                headers: d.record.headers,
+            }),
+    );
+    Ok(())
+}
+
+/// The tenant's user roster as provisioned by SCIM (active and deactivated).
+pub async fn roster(tx: &Transaction<'_>, t: &str) -> Result<Vec<Value>, tokio_postgres::Error> {
+    Ok(tx
+        .query(
+            "select json_build_object('id', user_id, 'userName', user_name,
+                    'email', email, 'role', role, 'externalId', external_id,
+                    'managerId', manager_id, 'active', active, 'version', version,
+                    'updatedAt', updated_at)
+               from users where tenant_id = $1 order by user_id",
+            &[&t],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<_, Value>(0))
+        .collect())
+}
+
+/// True when the user exists in the tenant's SCIM roster.
+pub async fn exists(tx: &Transaction<'_>, t: &str, user: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(tx
+        .query_opt(
+            "select 1 from users where tenant_id = $1 and user_id = $2",
+            &[&t, &user],
+        )
+        .await?
+        .is_some())
+}
+
+/// The tenant's active users, in id order.
+pub async fn active_ids(tx: &Transaction<'_>, t: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(tx
+        .query(
+            "select user_id from users where tenant_id = $1 and active order by user_id",
+            &[&t],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+fn row_to_user(r: &tokio_postgres::Row) -> StoredUser {
+    StoredUser {
+        user_id: r.get("user_id"),
+        user_name: r.get("user_name"),
+        email: r.get("email"),
+        role: Role::parse(r.get("role")).unwrap_or(Role::Rep),
+        external_id: r.get("external_id"),
+        manager_id: r.get("manager_id"),
+        active: r.get("active"),
+        resource: r.get("scim"),
+        version: r.get("version"),
+        occurred_at: r.get("source_occurred_at"),
+        last_event_id: r.get("source_event_id"),
+    }
+}
