@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the benchmark like the quick start runs the service: brings up PostgreSQL, Redis and
-# the broker (installing what is missing), builds the release binary, then
-#   enablement bench --scenario <all|ingest|isolation|ratelimit|aggregate|tenants> [--size smoke]
+# the broker (installing what is missing), builds the release binaries, then
+#   enablement-bench --scenario <all|ingest|isolation|ratelimit|aggregate|tenants> [--size smoke]
+# (the tools crate's benchmark, which runs the `enablement` binary built beside it),
 # printing a table per scenario and writing the same figures to bench-results.json.
-# Arguments are passed to `enablement bench` (default: --scenario all).
+# Arguments are passed to `enablement-bench` (default: --scenario all).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,7 +15,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export ENABLEMENT_BROKER_STORAGE="${ENABLEMENT_BROKER_STORAGE:-memory://tansu/}"
 ./scripts/dev-services.sh
 echo "== building (release)"
-cargo build --release --quiet --bin enablement
+cargo build --release --quiet --workspace --bins
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--scenario all)
-exec "$root/target/release/enablement" --config config.toml bench "${args[@]}"
+exec "$root/target/release/enablement-bench" --config config.toml "${args[@]}"

@@ -255,9 +255,25 @@ def functions(path):
     return out
 
 
+def test_only(files):
+    """Files of modules declared `#[cfg(test)] mod x;` (and everything under them)."""
+    out = []
+    for crate, module, path in files:
+        text = open(path, encoding="utf-8").read()
+        for m in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*;", text):
+            base = [] if module and module[0].startswith("bin:") else list(module)
+            out.append((crate, tuple(base + [m.group(1)])))
+    return out
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "--check"
     files = rust_files()
+    hidden = test_only(files)
+    files = [
+        (c, m, p) for c, m, p in files
+        if not any(c == hc and tuple(m[:len(hm)]) == hm for hc, hm in hidden)
+    ]
     modules = defaultdict(set)
     for crate, module, _ in files:
         for n in range(len(module) + 1):

@@ -13,7 +13,7 @@ dev="${ENABLEMENT_DEV_DIR:-$root/.dev}"
 ./scripts/dev-services.sh
 
 echo "== building"
-cargo build --quiet --bin enablement --bin mindtickle-sim
+cargo build --quiet --workspace --bins
 bin="$root/target/debug/enablement"
 sim="$root/target/debug/mindtickle-sim"
 export ENABLEMENT__HTTP__LISTEN="${ENABLEMENT__HTTP__LISTEN:-127.0.0.1:3000}"

@@ -13,8 +13,8 @@
 //! - [`retention`]: the background deletion of rows that have outlived their use.
 //! - [`service`]: wiring for `serve`, and graceful shutdown.
 
-pub mod bench;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
@@ -24,9 +24,9 @@ pub mod readiness;
 pub mod retention;
 pub mod service;
 pub mod signal;
-pub mod simulator;
 pub mod telemetry;
 pub mod tenants;
+pub mod testing;
 pub mod tokens;
 pub mod upstream;
 

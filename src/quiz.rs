@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::actors::ports::StoreError;
-use crate::actors::TenantId;
 use crate::actors::readiness::ReadinessMark;
+use crate::actors::TenantId;
 use crate::actors::TopicKind;
 use crate::db::{self, TenantScopedStore};
 use crate::tenant_tx;

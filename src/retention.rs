@@ -19,8 +19,6 @@ use crate::config::{Keep, RetentionSettings};
 use crate::db::{Registry, TenantScopedStore};
 use crate::tenant_tx;
 
-
-
 /// What each kind of row is: its table, the column identifying a row within the tenant,
 /// its age column, what else must hold before it may go, and how long it is kept.
 struct Purge {

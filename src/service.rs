@@ -143,8 +143,9 @@ async fn start_consumer(
         Arc::new(tenants.clone()),
     )
     .map_err(startup)?;
-    let upstream = crate::upstream::MindTickleClient::new(&config.mindtickle, Arc::new(store.clone()))
-        .map_err(startup)?;
+    let upstream =
+        crate::upstream::MindTickleClient::new(&config.mindtickle, Arc::new(store.clone()))
+            .map_err(startup)?;
     let deps = TenantDeps {
         upstream: Arc::new(upstream),
         limits: config.limiter_settings(),

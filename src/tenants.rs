@@ -1,21 +1,31 @@
-//! Tenant registration, shared by `enablement tenant add` and `POST /api/tenants`.
+//! Tenant administration: the application functions behind `enablement tenant ...` and the
+//! operator routes of the HTTP API (registration), in one place.
 //!
-//! Order matters: the id is validated and checked first (an existing tenant is an error
-//! that changes nothing), the topics are created next (idempotent), and the registry row
-//! and hashed token are written last, so a tenant is never visible without its topics.
+//! Registration order matters: the id is validated and checked first (an existing tenant is
+//! an error that changes nothing), the topics are created next (idempotent), and the
+//! registry row and hashed token are written last, so a tenant is never visible without its
+//! topics.
 
+use crate::actors::ports::StoreError;
 use crate::actors::TenantId;
-use crate::config::KafkaConfig;
-use crate::db::{Registry, RegistryError, TenantRecord};
+use crate::cache::RedisCache;
+use crate::config::{KafkaConfig, RedisConfig};
+use crate::db::{Registry, RegistryError, TenantRecord, TenantScopedStore};
 use crate::kafka::{create_tenant_topics, AdminError};
 use crate::tokens;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
+pub enum TenantAdminError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Topics(#[from] AdminError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("tenant {0} does not exist")]
+    NotFound(TenantId),
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 pub struct Registered {
@@ -25,12 +35,13 @@ pub struct Registered {
     pub api_token: String,
 }
 
+/// Registers a tenant: topics, then the registry row and its hashed API token.
 pub async fn register(
     registry: &Registry,
     kafka: &KafkaConfig,
     tenant: &TenantId,
     display_name: &str,
-) -> Result<Registered, RegisterError> {
+) -> Result<Registered, TenantAdminError> {
     if registry.exists(tenant).await? {
         return Err(RegistryError::Exists(tenant.clone()).into());
     }
@@ -45,4 +56,76 @@ pub async fn register(
         topics,
         api_token,
     })
+}
+
+/// Stores the tenant's MindTickle client credentials (in its RLS-protected secrets row).
+pub async fn set_upstream(
+    store: &TenantScopedStore,
+    tenant: &TenantId,
+    client_id: &str,
+    secret: &str,
+) -> Result<(), TenantAdminError> {
+    let (client_id, secret) = (client_id.trim(), secret.trim());
+    if client_id.is_empty() || secret.is_empty() {
+        return Err(TenantAdminError::Invalid(
+            "client id and a secret on stdin are required",
+        ));
+    }
+    if !store
+        .set_upstream_credentials(tenant, client_id, secret)
+        .await?
+    {
+        return Err(TenantAdminError::NotFound(tenant.clone()));
+    }
+    Ok(())
+}
+
+/// What suspending a tenant did to its cache namespace.
+pub enum CacheCleared {
+    /// Keys removed (by SCAN, never KEYS).
+    Removed(u64),
+    /// Redis did not answer: the entries expire by TTL.
+    Failed(String),
+}
+
+/// Suspends a tenant (its topic is unsubscribed by every consumer within
+/// `kafka.tenant_refresh_ms`, its routes answer 403, its cache namespace is cleared) or
+/// resumes it. `None` for a resume.
+pub async fn set_suspended(
+    registry: &Registry,
+    redis: &RedisConfig,
+    tenant: &TenantId,
+    suspended: bool,
+) -> Result<Option<CacheCleared>, TenantAdminError> {
+    let status = if suspended { "suspended" } else { "active" };
+    if !registry.set_status(tenant, status).await? {
+        return Err(TenantAdminError::NotFound(tenant.clone()));
+    }
+    if !suspended {
+        return Ok(None);
+    }
+    let cleared = match RedisCache::new(redis) {
+        Ok(cache) => match cache.invalidate_tenant(tenant).await {
+            Ok(n) => CacheCleared::Removed(n),
+            Err(e) => CacheCleared::Failed(e.to_string()),
+        },
+        Err(e) => CacheCleared::Failed(e.to_string()),
+    };
+    Ok(Some(cleared))
+}
+
+/// Replaces the tenant's API token; returns the new one (shown once). The old token stops
+/// working at once.
+pub async fn rotate_token(
+    store: &TenantScopedStore,
+    tenant: &TenantId,
+) -> Result<String, TenantAdminError> {
+    let token = tokens::generate(tenant);
+    if !store
+        .set_api_token_hash(tenant, tokens::hash(&token))
+        .await?
+    {
+        return Err(TenantAdminError::NotFound(tenant.clone()));
+    }
+    Ok(token)
 }

@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::actors::ports::UpstreamCredentials;
 use crate::actors::upstream::{
-    CatalogCourse, MindTickleApi, RosterUser, UpstreamCourse, UpstreamCredentials, UpstreamError,
+    CatalogCourse, MindTickleApi, RosterUser, UpstreamCourse, UpstreamError,
 };
 use crate::actors::TenantId;
 use crate::config::MindTickleConfig;
@@ -66,7 +67,10 @@ fn status_error(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Ups
 }
 
 impl MindTickleClient {
-    pub fn new(cfg: &MindTickleConfig, credentials: Arc<dyn UpstreamCredentials>) -> Result<Self, String> {
+    pub fn new(
+        cfg: &MindTickleConfig,
+        credentials: Arc<dyn UpstreamCredentials>,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))

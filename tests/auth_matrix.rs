@@ -14,8 +14,8 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
     let token_a = env.add_tenant(&a).await;
     let token_b = env.add_tenant(&b).await;
     let store = enablement::db::TenantScopedStore::new(env.app_pool().await);
-    let sim = common::start_sim(enablement::simulator::SimSettings::default()).await;
-    let secret = enablement::simulator::dev_secret(a.as_str());
+    let sim = common::start_sim(enablement_tools::simulator::SimSettings::default()).await;
+    let secret = enablement_tools::simulator::dev_secret(a.as_str());
     store
         .set_upstream_credentials(&a, a.as_str(), &secret)
         .await

@@ -227,9 +227,9 @@ async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
     let token_a = env.add_tenant(&a).await;
     let token_b = env.add_tenant(&b).await;
     let store = enablement::db::TenantScopedStore::new(env.app_pool().await);
-    let sim = common::start_sim(enablement::simulator::SimSettings::default()).await;
+    let sim = common::start_sim(enablement_tools::simulator::SimSettings::default()).await;
     for t in [&a, &b] {
-        let secret = enablement::simulator::dev_secret(t.as_str());
+        let secret = enablement_tools::simulator::dev_secret(t.as_str());
         store
             .set_upstream_credentials(t, t.as_str(), &secret)
             .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{eventually, read_topic, tenant, Service, TestEnv};
 use enablement::actors::TopicKind;
 use enablement::db::TenantScopedStore;
-use enablement::simulator::{dev_secret, SimSettings};
+use enablement_tools::simulator::{dev_secret, SimSettings};
 use serde_json::Value;
 
 async fn call(

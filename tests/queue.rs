@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{eventually, tenant, Service, TestEnv};
 use enablement::actors::ports::{JobKind, JobPriority, NewJob, TenantStore};
 use enablement::db::TenantScopedStore;
-use enablement::simulator::{dev_secret, router, SimSettings};
+use enablement_tools::simulator::{dev_secret, router, SimSettings};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +183,9 @@ async fn scim_changes_are_pushed_to_the_platform_through_the_queue() {
         base_url: sim.clone(),
         ..Default::default()
     };
-    let client = enablement::upstream::MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone())).unwrap();
+    let client =
+        enablement::upstream::MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone()))
+            .unwrap();
     use enablement::actors::upstream::MindTickleApi;
     let roster = client.roster(&t).await.unwrap();
     let hire = roster

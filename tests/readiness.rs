@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{eventually, read_topic, scim_event, tenant, Service, TestEnv};
 use enablement::actors::{TenantId, TopicKind};
 use enablement::db::TenantScopedStore;
-use enablement::simulator::{dev_secret, SimSettings};
+use enablement_tools::simulator::{dev_secret, SimSettings};
 use reqwest::Method;
 use serde_json::Value;
 

@@ -11,8 +11,8 @@ use common::{scim_event, tenant, TestEnv};
 use enablement::actors::ports::{ScimBatch, TenantStore};
 use enablement::actors::scim::{parse_event, ParseLimits};
 use enablement::actors::TenantId;
-use enablement::db::TenantScopedStore;
 use enablement::config::{Keep, RetentionSettings};
+use enablement::db::TenantScopedStore;
 use enablement::retention::purge_tenant;
 
 fn batch(t: &TenantId, lines: &[String]) -> ScimBatch {

@@ -10,8 +10,8 @@ use enablement::actors::upstream::{
 };
 use enablement::config::MindTickleConfig;
 use enablement::db::TenantScopedStore;
-use enablement::simulator::{dev_secret, SimSettings};
 use enablement::upstream::MindTickleClient;
+use enablement_tools::simulator::{dev_secret, SimSettings};
 use serde_json::Value;
 
 async fn sim_stats(base: &str, org: &str) -> Value {
@@ -30,7 +30,10 @@ async fn client_for(env: &TestEnv, base: &str) -> (MindTickleClient, TenantScope
         base_url: base.to_owned(),
         ..Default::default()
     };
-    (MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone())).unwrap(), store)
+    (
+        MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone())).unwrap(),
+        store,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

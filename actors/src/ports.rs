@@ -213,6 +213,17 @@ pub trait TenantStore: Send + Sync + 'static {
     ) -> Result<ProgressSnapshot, StoreError>;
 }
 
+/// A tenant's MindTickle client credentials (id, secret), read where they are kept (the
+/// tenant's RLS-protected secrets row). The API adapter depends on this port, not on the
+/// database, and asks only when it needs a new bearer token.
+#[async_trait]
+pub trait UpstreamCredentials: Send + Sync + 'static {
+    async fn upstream_credentials(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<(String, String)>, StoreError>;
+}
+
 /// A user's course progress as last synced.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

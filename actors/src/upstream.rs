@@ -111,17 +111,6 @@ pub trait MindTickleApi: Send + Sync + 'static {
     ) -> Result<(), UpstreamError>;
 }
 
-/// A tenant's MindTickle client credentials (id, secret), read where they are kept (the
-/// tenant's RLS-protected secrets row). The API adapter depends on this port, not on the
-/// database, and asks only when it needs a new bearer token.
-#[async_trait]
-pub trait UpstreamCredentials: Send + Sync + 'static {
-    async fn upstream_credentials(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<Option<(String, String)>, crate::ports::StoreError>;
-}
-
 /// A point on tokio's clock, so governor follows `tokio::time::pause`/`advance`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TokioInstant(tokio::time::Instant);

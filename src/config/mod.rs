@@ -643,7 +643,6 @@ impl Config {
             .unwrap_or_else(|| "localhost".into());
         format!("enablement-{host}")
     }
-
 }
 
 pub fn is_sql_identifier(s: &str) -> bool {

@@ -80,7 +80,10 @@ pub async fn enqueue_syncs(
 }
 
 /// The next pending job in priority order.
-pub async fn next(tx: &Transaction<'_>, tenant: &str) -> Result<Option<Job>, tokio_postgres::Error> {
+pub async fn next(
+    tx: &Transaction<'_>,
+    tenant: &str,
+) -> Result<Option<Job>, tokio_postgres::Error> {
     let row = tx
         .query_opt(
             "select id, kind, subject, payload from upstream_jobs

@@ -32,9 +32,9 @@ mod store;
 
 pub use migrate::{migrate, migrate_through, MigrateError, MigrationReport};
 pub use registry::{Registry, RegistryError, TenantRecord};
-pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};
 pub(crate) use scoped::store_error;
 pub use scoped::{TenantScopedStore, TxWork};
+pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};
 
 use std::time::Duration;
 

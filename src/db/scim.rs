@@ -16,7 +16,7 @@ use super::{outbox, schedule, secrets, security};
 use crate::actors::ports::{
     BatchReport, DeadLetter, JobKind, OutboundRecord, OutboxRecord, ScimBatch,
 };
-use crate::actors::scim::{plan_batch, Role, StoredUser};
+use crate::actors::scim::{plan_batch, FollowUps, Role, ScimEvent, StoredUser, UserChanged};
 use crate::actors::TopicKind;
 
 /// The unit of work of one SCIM micro-batch, in the tenant's transaction: idempotency
@@ -36,145 +36,25 @@ pub async fn apply_batch(
         dead_letters,
     } = batch;
     if !events.is_empty() {
-        // 1. Idempotency records: ids returned are new; the rest were applied before.
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        let fresh: HashSet<String> = tx
-            .query(
-                "insert into processed_events (tenant_id, event_id)
-                 select $1, unnest($2::text[]) on conflict do nothing returning event_id",
-                &[&tenant, &ids],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let seen: HashSet<String> = ids
-            .iter()
-            .filter(|id| !fresh.contains(**id))
-            .map(|id| id.to_string())
-            .collect();
-        // 2. Current state of the users involved, locked for this transaction.
-        let mut user_ids: Vec<&str> = events.iter().map(|e| e.user.id.as_str()).collect();
-        user_ids.sort_unstable();
-        user_ids.dedup();
-        let current: HashMap<String, StoredUser> = tx
-            .query(
-                "select user_id, user_name, email, role, external_id, manager_id, active, scim,
-                        version, source_occurred_at, source_event_id
-                   from users where tenant_id = $1 and user_id = any($2::text[])
-                  order by user_id for update",
-                &[&tenant, &user_ids],
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                let u = row_to_user(r);
-                (u.user_id.clone(), u)
-            })
-            .collect();
-        // 3. The pure rules decide; this function only writes their plan.
+        let seen = record_event_ids(tx, tenant, &ids).await?;
+        let current = lock_users(tx, tenant, &events).await?;
+        // The pure rules decide; the rest of this function only writes their plan.
         let plan = plan_batch(current, &seen, events);
-        let follow_ups = plan.follow_ups;
         for (_, outcome) in &plan.outcomes {
             report.count(*outcome);
         }
-        if !plan.upserts.is_empty() {
-            let mut c_id = Vec::new();
-            let mut c_name = Vec::new();
-            let mut c_email: Vec<Option<String>> = Vec::new();
-            let mut c_role = Vec::new();
-            let mut c_ext: Vec<Option<String>> = Vec::new();
-            let mut c_mgr: Vec<Option<String>> = Vec::new();
-            let mut c_active = Vec::new();
-            let mut c_scim: Vec<Value> = Vec::new();
-            let mut c_version = Vec::new();
-            let mut c_at: Vec<OffsetDateTime> = Vec::new();
-            let mut c_event = Vec::new();
-            for u in plan.upserts {
-                c_id.push(u.user_id);
-                c_name.push(u.user_name);
-                c_email.push(u.email);
-                c_role.push(u.role.as_str());
-                c_ext.push(u.external_id);
-                c_mgr.push(u.manager_id);
-                c_active.push(u.active);
-                c_scim.push(u.resource);
-                c_version.push(u.version);
-                c_at.push(u.occurred_at);
-                c_event.push(u.last_event_id);
-            }
-            tx.execute(
-                "insert into users (tenant_id, user_id, user_name, email, role, external_id,
-                                    manager_id, active, scim, version, source_occurred_at,
-                                    source_event_id)
-                 select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::text[],
-                                          $6::text[], $7::text[], $8::bool[], $9::jsonb[],
-                                          $10::int8[], $11::timestamptz[], $12::text[])
-                 on conflict (tenant_id, user_id) do update set
-                     user_name = excluded.user_name, email = excluded.email,
-                     role = excluded.role, external_id = excluded.external_id,
-                     manager_id = excluded.manager_id, active = excluded.active,
-                     scim = excluded.scim, version = excluded.version,
-                     source_occurred_at = excluded.source_occurred_at,
-                     source_event_id = excluded.source_event_id, updated_at = now()",
-                &[
-                    &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active, &c_scim,
-                    &c_version, &c_at, &c_event,
-                ],
-            )
-            .await?;
-        }
+        upsert_users(tx, tenant, plan.upserts).await?;
         if !plan.changes.is_empty() {
-            // Serialised once: the same text becomes the jsonb row and the Kafka record.
-            let payloads: Vec<String> = plan
-                .changes
-                .iter()
-                .map(|c| serde_json::to_string(c).unwrap_or_else(|_| "null".into()))
-                .collect();
-            let keys: Vec<&str> = plan.changes.iter().map(|c| c.user_id.as_str()).collect();
-            let texts: Vec<&str> = payloads.iter().map(String::as_str).collect();
-            let first = outbox::append(
+            append_changes(
                 tx,
                 tenant,
-                TopicKind::UserChanged,
-                &keys,
-                &texts,
+                &plan.changes,
+                plan.follow_ups,
                 relayed_through,
+                &mut report,
             )
             .await?;
-            // The rules' follow-ups: push each change to MindTickle (when the tenant has an
-            // account there), and re-aggregate the tenant's readiness.
-            if let Some(priority) = follow_ups.push_changes {
-                if secrets::has_upstream_credentials(tx, tenant).await? {
-                    let jobs: Vec<JobRow<'_>> = keys
-                        .iter()
-                        .zip(&texts)
-                        .map(|(subject, payload)| JobRow {
-                            priority,
-                            kind: JobKind::PushUser,
-                            subject,
-                            payload: Some(payload),
-                        })
-                        .collect();
-                    report.jobs_queued = jobs::enqueue(tx, tenant, &jobs).await?.len() as u64;
-                }
-            }
-            if let Some(mark) = follow_ups.readiness {
-                schedule::mark_changed(tx, tenant, mark).await?;
-            }
-            report.outbox = plan
-                .changes
-                .iter()
-                .zip(payloads)
-                .zip(first..)
-                .map(|((c, payload), seq)| OutboxRecord {
-                    seq,
-                    topic: TopicKind::UserChanged,
-                    key: Some(c.user_id.clone().into_bytes()),
-                    payload: payload.into_bytes(),
-                    headers: Vec::new(),
-                })
-                .collect();
         }
     }
     if !dead_letters.is_empty() {
@@ -188,6 +68,173 @@ pub async fn apply_batch(
         security::record(tx, tenant, event.kind, &event.detail).await?;
     }
     Ok(report)
+}
+
+/// Writes the idempotency records; returns the ids among `ids` processed before.
+async fn record_event_ids(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    ids: &[&str],
+) -> Result<HashSet<String>, tokio_postgres::Error> {
+    let fresh: HashSet<String> = tx
+        .query(
+            "insert into processed_events (tenant_id, event_id)
+             select $1, unnest($2::text[]) on conflict do nothing returning event_id",
+            &[&tenant, &ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(ids
+        .iter()
+        .filter(|id| !fresh.contains(**id))
+        .map(|id| id.to_string())
+        .collect())
+}
+
+/// The current state of the users the events touch, locked for this transaction (in id
+/// order, so concurrent batches of one tenant cannot deadlock).
+async fn lock_users(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    events: &[ScimEvent],
+) -> Result<HashMap<String, StoredUser>, tokio_postgres::Error> {
+    let mut user_ids: Vec<&str> = events.iter().map(|e| e.user.id.as_str()).collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    Ok(tx
+        .query(
+            "select user_id, user_name, email, role, external_id, manager_id, active, scim,
+                    version, source_occurred_at, source_event_id
+               from users where tenant_id = $1 and user_id = any($2::text[])
+              order by user_id for update",
+            &[&tenant, &user_ids],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let u = row_to_user(r);
+            (u.user_id.clone(), u)
+        })
+        .collect())
+}
+
+/// Writes the final state of every user the batch changed, in one statement.
+async fn upsert_users(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    upserts: Vec<StoredUser>,
+) -> Result<(), tokio_postgres::Error> {
+    if upserts.is_empty() {
+        return Ok(());
+    }
+    let mut c_id = Vec::new();
+    let mut c_name = Vec::new();
+    let mut c_email: Vec<Option<String>> = Vec::new();
+    let mut c_role = Vec::new();
+    let mut c_ext: Vec<Option<String>> = Vec::new();
+    let mut c_mgr: Vec<Option<String>> = Vec::new();
+    let mut c_active = Vec::new();
+    let mut c_scim: Vec<Value> = Vec::new();
+    let mut c_version = Vec::new();
+    let mut c_at: Vec<OffsetDateTime> = Vec::new();
+    let mut c_event = Vec::new();
+    for u in upserts {
+        c_id.push(u.user_id);
+        c_name.push(u.user_name);
+        c_email.push(u.email);
+        c_role.push(u.role.as_str());
+        c_ext.push(u.external_id);
+        c_mgr.push(u.manager_id);
+        c_active.push(u.active);
+        c_scim.push(u.resource);
+        c_version.push(u.version);
+        c_at.push(u.occurred_at);
+        c_event.push(u.last_event_id);
+    }
+    tx.execute(
+        "insert into users (tenant_id, user_id, user_name, email, role, external_id,
+                            manager_id, active, scim, version, source_occurred_at,
+                            source_event_id)
+         select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::bool[], $9::jsonb[],
+                                  $10::int8[], $11::timestamptz[], $12::text[])
+         on conflict (tenant_id, user_id) do update set
+             user_name = excluded.user_name, email = excluded.email,
+             role = excluded.role, external_id = excluded.external_id,
+             manager_id = excluded.manager_id, active = excluded.active,
+             scim = excluded.scim, version = excluded.version,
+             source_occurred_at = excluded.source_occurred_at,
+             source_event_id = excluded.source_event_id, updated_at = now()",
+        &[
+            &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active, &c_scim,
+            &c_version, &c_at, &c_event,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends one `user_changed` outbox row per change and writes the rules' follow-ups: a
+/// MindTickle push per change (when the tenant has an account there) and the readiness
+/// mark. The rows go into the report for the relay.
+async fn append_changes(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    changes: &[UserChanged],
+    follow_ups: FollowUps,
+    relayed_through: i64,
+    report: &mut BatchReport,
+) -> Result<(), tokio_postgres::Error> {
+    // Serialised once: the same text becomes the jsonb row, the push job's payload and the
+    // Kafka record.
+    let payloads: Vec<String> = changes
+        .iter()
+        .map(|c| serde_json::to_string(c).unwrap_or_else(|_| "null".into()))
+        .collect();
+    let keys: Vec<&str> = changes.iter().map(|c| c.user_id.as_str()).collect();
+    let texts: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    let first = outbox::append(
+        tx,
+        tenant,
+        TopicKind::UserChanged,
+        &keys,
+        &texts,
+        relayed_through,
+    )
+    .await?;
+    if let Some(priority) = follow_ups.push_changes {
+        if secrets::has_upstream_credentials(tx, tenant).await? {
+            let jobs: Vec<JobRow<'_>> = keys
+                .iter()
+                .zip(&texts)
+                .map(|(subject, payload)| JobRow {
+                    priority,
+                    kind: JobKind::PushUser,
+                    subject,
+                    payload: Some(payload),
+                })
+                .collect();
+            report.jobs_queued = jobs::enqueue(tx, tenant, &jobs).await?.len() as u64;
+        }
+    }
+    if let Some(mark) = follow_ups.readiness {
+        schedule::mark_changed(tx, tenant, mark).await?;
+    }
+    report.outbox = keys
+        .iter()
+        .zip(payloads)
+        .zip(first..)
+        .map(|((key, payload), seq)| OutboxRecord {
+            seq,
+            topic: TopicKind::UserChanged,
+            key: Some(key.as_bytes().to_vec()),
+            payload: payload.into_bytes(),
+            headers: Vec::new(),
+        })
+        .collect();
+    Ok(())
 }
 
 /// Records the batch's dead letters and appends the DLQ records of those whose source
@@ -267,7 +314,11 @@ pub async fn roster(tx: &Transaction<'_>, t: &str) -> Result<Vec<Value>, tokio_p
 }
 
 /// True when the user exists in the tenant's SCIM roster.
-pub async fn exists(tx: &Transaction<'_>, t: &str, user: &str) -> Result<bool, tokio_postgres::Error> {
+pub async fn exists(
+    tx: &Transaction<'_>,
+    t: &str,
+    user: &str,
+) -> Result<bool, tokio_postgres::Error> {
     Ok(tx
         .query_opt(
             "select 1 from users where tenant_id = $1 and user_id = $2",
@@ -278,7 +329,10 @@ pub async fn exists(tx: &Transaction<'_>, t: &str, user: &str) -> Result<bool, t
 }
 
 /// The tenant's active users, in id order.
-pub async fn active_ids(tx: &Transaction<'_>, t: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+pub async fn active_ids(
+    tx: &Transaction<'_>,
+    t: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
     Ok(tx
         .query(
             "select user_id from users where tenant_id = $1 and active order by user_id",

@@ -75,7 +75,10 @@ pub async fn api_token_hash(
     t: &str,
 ) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
     Ok(tx
-        .query_opt("select api_token_sha256 from tenant_secrets where tenant_id = $1", &[&t])
+        .query_opt(
+            "select api_token_sha256 from tenant_secrets where tenant_id = $1",
+            &[&t],
+        )
         .await?
         .map(|r| r.get(0)))
 }

@@ -10,11 +10,12 @@ use serde_json::Value;
 use super::jobs::{self, JobRow};
 use super::scoped::TenantScopedStore;
 use super::{notify_tenant_work, outbox, progress, registry, schedule, scim, secrets};
+use crate::actors::ports::UpstreamCredentials;
 use crate::actors::ports::{
     BatchReport, Job, JobPriority, NewJob, OutboxRecord, ProgressSnapshot, ScimBatch, StoreError,
     TenantStore,
 };
-use crate::actors::upstream::{UpstreamCourse, UpstreamCredentials};
+use crate::actors::upstream::UpstreamCourse;
 use crate::actors::TenantId;
 use crate::tenant_tx;
 
@@ -104,14 +105,20 @@ impl TenantScopedStore {
         tenant: &TenantId,
         token_sha256: [u8; 32],
     ) -> Result<bool, StoreError> {
-        let stored = tenant_tx!(self, tenant, |tx, t| { secrets::api_token_hash(tx, t).await })
-            .await?;
+        let stored = tenant_tx!(self, tenant, |tx, t| {
+            secrets::api_token_hash(tx, t).await
+        })
+        .await?;
         Ok(stored.is_some_and(|s| crate::tokens::constant_time_eq(&s, &token_sha256)))
     }
 
     /// Queues jobs for the tenant (benchmarks and tools; the service queues through its
     /// own paths). Returns their ids.
-    pub async fn enqueue_jobs(&self, tenant: &TenantId, jobs: &[NewJob]) -> Result<Vec<i64>, StoreError> {
+    pub async fn enqueue_jobs(
+        &self,
+        tenant: &TenantId,
+        jobs: &[NewJob],
+    ) -> Result<Vec<i64>, StoreError> {
         let jobs = jobs.to_vec();
         tenant_tx!(self, tenant, |tx, t| {
             let payloads: Vec<String> = jobs.iter().map(|j| j.payload.to_string()).collect();
@@ -151,7 +158,10 @@ impl TenantStore for TenantScopedStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        tenant_tx!(self, tenant, |tx, t| { outbox::pending(tx, t, after, limit).await }).await
+        tenant_tx!(self, tenant, |tx, t| {
+            outbox::pending(tx, t, after, limit).await
+        })
+        .await
     }
 
     async fn mark_outbox_relayed(
@@ -159,7 +169,10 @@ impl TenantStore for TenantScopedStore {
         tenant: &TenantId,
         through_seq: i64,
     ) -> Result<(), StoreError> {
-        tenant_tx!(self, tenant, |tx, t| { outbox::store_cursor(tx, t, through_seq).await }).await
+        tenant_tx!(self, tenant, |tx, t| {
+            outbox::store_cursor(tx, t, through_seq).await
+        })
+        .await
     }
 
     async fn quota_override(&self, tenant: &TenantId) -> Result<Option<u32>, StoreError> {
@@ -173,7 +186,10 @@ impl TenantStore for TenantScopedStore {
         courses: &[UpstreamCourse],
     ) -> Result<ProgressSnapshot, StoreError> {
         let (u, courses) = (user_id.to_owned(), courses.to_vec());
-        tenant_tx!(self, tenant, |tx, t| { progress::record(tx, t, &u, courses).await }).await
+        tenant_tx!(self, tenant, |tx, t| {
+            progress::record(tx, t, &u, courses).await
+        })
+        .await
     }
 
     async fn enqueue_job(&self, tenant: &TenantId, job: &NewJob) -> Result<i64, StoreError> {
@@ -236,6 +252,9 @@ impl UpstreamCredentials for TenantScopedStore {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<(String, String)>, StoreError> {
-        tenant_tx!(self, tenant, |tx, t| { secrets::upstream_credentials(tx, t).await }).await
+        tenant_tx!(self, tenant, |tx, t| {
+            secrets::upstream_credentials(tx, t).await
+        })
+        .await
     }
 }

@@ -324,7 +324,15 @@ impl KafkaHub {
             first.set("group.instance.id", group_instance_id);
         }
         health.with(|s| s.static_membership = cfg.static_membership);
-        let consumer = Self::create(&first, &cfg.topic_prefix, &tx, &sink, drain_timeout, 0, &health)?;
+        let consumer = Self::create(
+            &first,
+            &cfg.topic_prefix,
+            &tx,
+            &sink,
+            drain_timeout,
+            0,
+            &health,
+        )?;
         let wedged_after = (cfg.group_wedged_after_sessions > 0).then(|| {
             Duration::from_millis(cfg.session_timeout_ms)
                 .saturating_mul(cfg.group_wedged_after_sessions)
@@ -430,11 +438,7 @@ impl KafkaHub {
 
     /// Serves the group (rebalances, stray records) and follows the registry until
     /// `shutdown` is cancelled; re-creates the consumer when the watchdog finds it wedged.
-    pub async fn run(
-        self: Arc<Self>,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self: Arc<Self>, registry: Registry, shutdown: CancellationToken) {
         let mut subscribed: Option<BTreeSet<TenantId>> = None;
         let mut tick = tokio::time::interval(self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

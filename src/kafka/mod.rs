@@ -17,8 +17,9 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
 
-/// Settings shared by every client of the service.
-pub(crate) fn base_client_config(cfg: &KafkaConfig) -> ClientConfig {
+/// Settings shared by every Kafka client: the service's, the developer tools' and the
+/// benchmark's (one place for brokers and, later, security settings).
+pub fn base_client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", "enablement")

@@ -9,7 +9,6 @@
 //!   and `NOTIFY` the tenant's consumer so the outbox is relayed and refresh syncs start.
 //! - [`worker`]: the `aggregator` role's loops, running due tenants oldest change first.
 
-
 pub mod worker;
 
 use std::sync::Arc;
@@ -19,8 +18,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::actors::metric_names as m;
-use crate::actors::ports::StoreError;
 use crate::actors::ports::JobPriority;
+use crate::actors::ports::StoreError;
 use crate::actors::readiness::{AggregationTrigger, ReadinessMark, ReadinessReport};
 use crate::actors::TenantId;
 use crate::config::AggregatorSettings;
@@ -29,7 +28,6 @@ use crate::tenant_tx;
 
 /// The aggregate query (one statement, one jsonb value); also what the benchmark times bare.
 pub const REPORT_SQL: &str = include_str!("report.sql");
-
 
 /// What an aggregation request came to.
 #[derive(Debug)]
@@ -82,7 +80,7 @@ impl Aggregator {
             aggregate_tx(tx, t, trigger, &settings, started).await
         })
         .await
-            .and_then(|r| r.map_err(StoreError::Query));
+        .and_then(|r| r.map_err(StoreError::Query));
         match &outcome {
             Ok(Aggregation::Computed(report)) => {
                 metrics::histogram!(m::READINESS_AGGREGATION_SECONDS, "trigger" => trigger.as_str())
@@ -341,5 +339,12 @@ async fn queue_refresh_syncs(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    jobs::enqueue_syncs(tx, t, JobPriority::Background, &stale, settings.refresh_stale_max_jobs).await
+    jobs::enqueue_syncs(
+        tx,
+        t,
+        JobPriority::Background,
+        &stale,
+        settings.refresh_stale_max_jobs,
+    )
+    .await
 }

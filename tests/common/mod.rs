@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use enablement::actors::{TenantId, TopicKind};
 use enablement::config::Config;
-use enablement::db::{connect_pool, migrate, PgPool, Registry};
-use serde_json::{json, Value};
+use enablement::db::{connect_pool, PgPool, Registry};
+use serde_json::Value;
 use tokio_postgres::NoTls;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -29,20 +29,6 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn tenant(prefix: &str) -> TenantId {
     TenantId::parse(&unique(prefix)).expect("valid generated tenant id")
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let cut = base.rfind('/').expect("url has a path");
-    let mut out = format!("{}/{db}", &base[..cut]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 /// Waits until `probe` returns `Some`, polling; panics with `what` at the deadline.
@@ -73,22 +59,14 @@ impl TestEnv {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
         let mut config = Config::load(std::path::Path::new(path)).expect("config.toml loads");
         let db_name = unique("t").replace('-', "_");
-        let (admin, conn) = tokio_postgres::connect(&config.postgres.migrate_url, NoTls)
+        config = enablement::testing::create_database(&config, &db_name)
             .await
-            .expect("owner connects (is PostgreSQL up? run scripts/dev-services.sh)");
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("create database {db_name}"))
-            .await
-            .expect("create test database");
-        config.postgres.url = with_database(&config.postgres.url, &db_name);
-        config.postgres.migrate_url = with_database(&config.postgres.migrate_url, &db_name);
+            .expect("a fresh migrated test database");
         config.kafka.group_id = unique("g");
         config.kafka.tenant_refresh_ms = 300;
         // Crash tests restart a consumer in the same group: a short session lets the
         // coordinator give the dead member's partitions back sooner.
         config.kafka.session_timeout_ms = 10_000;
-        migrate(&config.postgres).await.expect("migrate");
         let (owner, conn) = tokio_postgres::connect(&config.postgres.migrate_url, NoTls)
             .await
             .expect("owner connects to test db");
@@ -172,32 +150,7 @@ impl TestEnv {
     }
 }
 
-/// SCIM envelope for tests.
-pub fn scim_event(
-    tenant: &str,
-    event_id: &str,
-    op: &str,
-    user: &str,
-    seq: u64,
-    email: &str,
-) -> String {
-    let at = time::OffsetDateTime::UNIX_EPOCH
-        + time::Duration::days(20_000)
-        + time::Duration::milliseconds(seq as i64);
-    let at = at
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("format");
-    json!({
-        "eventId": event_id, "tenantId": tenant, "operation": op, "occurredAt": at,
-        "user": {
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "id": user, "userName": format!("{user}@{tenant}.test"),
-            "emails": [{"value": email, "primary": true}],
-            "roles": [{"value": "rep"}], "active": true
-        }
-    })
-    .to_string()
-}
+pub use enablement::testing::scim_event;
 
 pub async fn push(config: &Config, tenant: &TenantId, lines: &[String]) {
     let text = lines.join("\n");
@@ -227,10 +180,7 @@ pub async fn read_topic(config: &Config, tenant: &TenantId, kind: TopicKind) -> 
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    enablement::testing::free_port().expect("free port")
 }
 
 /// The real `enablement serve` binary.
@@ -382,14 +332,14 @@ impl Drop for Service {
 }
 
 /// Starts the MindTickle simulator in-process on a free loopback port; returns its base URL.
-pub async fn start_sim(settings: enablement::simulator::SimSettings) -> String {
+pub async fn start_sim(settings: enablement_tools::simulator::SimSettings) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        async move { axum::serve(listener, enablement::simulator::router(settings)).await },
-    );
+    tokio::spawn(async move {
+        axum::serve(listener, enablement_tools::simulator::router(settings)).await
+    });
     format!("http://{addr}")
 }
 

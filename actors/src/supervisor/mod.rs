@@ -183,7 +183,10 @@ impl Supervisor {
                 );
             }
             Err(e) => {
-                if let Some(next) = state.policy.failed(tenant, &format!("failed to start: {e}")) {
+                if let Some(next) = state
+                    .policy
+                    .failed(tenant, &format!("failed to start: {e}"))
+                {
                     schedule_restart(myself, tenant.clone(), next);
                 }
             }
@@ -222,7 +225,9 @@ impl Supervisor {
 
 fn schedule_restart(myself: &ActorRef<SupervisorMsg>, tenant: TenantId, next: RestartAfter) {
     let generation = next.generation;
-    myself.send_after(next.delay, move || SupervisorMsg::Restart(tenant, generation));
+    myself.send_after(next.delay, move || {
+        SupervisorMsg::Restart(tenant, generation)
+    });
 }
 
 fn publish_gauges(state: &SupervisorState) {

@@ -300,7 +300,10 @@ mod tests {
         p.running(&a, "second");
         assert!(!p.restart_due(&a, first.generation), "running again");
         let second = p.failed(&a, "boom").unwrap();
-        assert!(!p.restart_due(&a, first.generation), "an older failure's timer");
+        assert!(
+            !p.restart_due(&a, first.generation),
+            "an older failure's timer"
+        );
         assert!(p.restart_due(&a, second.generation));
     }
 

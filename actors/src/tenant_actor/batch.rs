@@ -27,8 +27,8 @@ use crate::events::{
     SecurityEventObserved,
 };
 use crate::ports::{
-    BatchReport, DeadLetter, InboundRecord, OutboundRecord, OutboxRecord, RosterCache,
-    ScimBatch, SecurityEvent, StoreError, TenantStore,
+    BatchReport, DeadLetter, InboundRecord, OutboundRecord, OutboxRecord, RosterCache, ScimBatch,
+    SecurityEvent, StoreError, TenantStore,
 };
 use crate::scim::{self, ParseLimits, RejectCode, Rejection};
 use crate::tenant::{TenantId, TopicKind};
@@ -430,9 +430,18 @@ mod tests {
         let topics: Vec<TopicKind> = handled.outbox.iter().map(|r| r.topic).collect();
         assert_eq!(
             topics,
-            [TopicKind::UserChanged, TopicKind::UserChanged, TopicKind::UserChanged, TopicKind::Dlq]
+            [
+                TopicKind::UserChanged,
+                TopicKind::UserChanged,
+                TopicKind::UserChanged,
+                TopicKind::Dlq
+            ]
         );
-        assert_eq!(w.cache.invalidations.lock().unwrap().len(), 1, "roster invalidated once");
+        assert_eq!(
+            w.cache.invalidations.lock().unwrap().len(),
+            1,
+            "roster invalidated once"
+        );
     }
 
     #[tokio::test]
@@ -456,14 +465,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(handled.outbox.len(), 1);
-        assert_eq!(w.store.attempts.load(Ordering::SeqCst), 4, "three outages, one commit");
+        assert_eq!(
+            w.store.attempts.load(Ordering::SeqCst),
+            4,
+            "three outages, one commit"
+        );
         assert!(dlq(&w.store).is_empty(), "an outage never dead-letters");
     }
 
     #[tokio::test(start_paused = true)]
     async fn draining_gives_up_waiting_out_an_outage_without_committing() {
         let mut w = world();
-        w.store.transient_failures.store(usize::MAX, Ordering::SeqCst);
+        w.store
+            .transient_failures
+            .store(usize::MAX, Ordering::SeqCst);
         w.pipeline.drain.cancel();
         let err = w
             .pipeline
@@ -498,7 +513,11 @@ mod tests {
         let d = dead_letter(rec, &rejection, 20_000);
         let size = d.record.payload.len()
             + d.record.key.as_ref().map_or(0, Vec::len)
-            + d.record.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>();
+            + d.record
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>();
         assert!(size <= 20_000, "{size}");
         let header = |k: &str| {
             d.record
@@ -507,7 +526,10 @@ mod tests {
                 .find(|(hk, _)| hk == k)
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
-        assert_eq!(header("dlq.payload.truncated_from").as_deref(), Some("50000"));
+        assert_eq!(
+            header("dlq.payload.truncated_from").as_deref(),
+            Some("50000")
+        );
         assert_eq!(header("dlq.headers.dropped").as_deref(), Some("true"));
         assert_eq!(header("dlq.source.offset").as_deref(), Some("9"));
     }

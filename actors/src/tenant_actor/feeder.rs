@@ -29,8 +29,9 @@ use crate::ports::{InboundRecord, PartitionFeed};
 use crate::tenant::TenantId;
 
 /// Hands a batch over and resolves to the next offset once it committed (`None`: failed).
-pub type HandOver =
-    Arc<dyn Fn(Vec<InboundRecord>) -> Pin<Box<dyn Future<Output = Option<i64>> + Send>> + Send + Sync>;
+pub type HandOver = Arc<
+    dyn Fn(Vec<InboundRecord>) -> Pin<Box<dyn Future<Output = Option<i64>> + Send>> + Send + Sync,
+>;
 
 /// Reads the tenant's partition into a bounded buffer and feeds the actor one batch at a time.
 pub struct Feeder {
@@ -296,14 +297,24 @@ mod tests {
         until("all handed over", || r.feeds.log(&t()).stored() == 25).await;
         let batches = r.batches.lock().unwrap().clone();
         let offsets: Vec<i64> = batches.iter().flatten().copied().collect();
-        assert_eq!(offsets, (0..25).collect::<Vec<i64>>(), "each record once, in order");
-        assert!(batches.iter().all(|b| b.len() <= 10), "at most max_batch_events");
+        assert_eq!(
+            offsets,
+            (0..25).collect::<Vec<i64>>(),
+            "each record once, in order"
+        );
+        assert!(
+            batches.iter().all(|b| b.len() <= 10),
+            "at most max_batch_events"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_actor_pauses_the_feed_at_high_water() {
         let r = rig(settings(), 500, 10).await;
-        until("first batch in flight", || r.batches.lock().unwrap().len() == 1).await;
+        until("first batch in flight", || {
+            r.batches.lock().unwrap().len() == 1
+        })
+        .await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let log = r.feeds.log(&t());
         let held = log.max_buffered_seen.load(Ordering::SeqCst);
@@ -320,7 +331,10 @@ mod tests {
             ..settings()
         };
         let r = rig(budget, 100, 1_000).await;
-        until("first batch in flight", || r.batches.lock().unwrap().len() == 1).await;
+        until("first batch in flight", || {
+            r.batches.lock().unwrap().len() == 1
+        })
+        .await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let held = r.feeds.log(&t()).max_buffered_seen.load(Ordering::SeqCst);
         assert!(held <= 6, "held {held} records of 1 kB at a 5 kB budget");
@@ -329,13 +343,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drain_finishes_the_batch_in_flight_then_reports_drained() {
         let mut r = rig(settings(), 50, 10).await;
-        until("first batch in flight", || r.batches.lock().unwrap().len() == 1).await;
+        until("first batch in flight", || {
+            r.batches.lock().unwrap().len() == 1
+        })
+        .await;
         r.drain.cancel();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!*r.drained.borrow(), "still waiting for the batch in flight");
+        assert!(
+            !*r.drained.borrow(),
+            "still waiting for the batch in flight"
+        );
         r.gate.add_permits(1);
         r.drained.wait_for(|d| *d).await.unwrap();
-        assert_eq!(r.batches.lock().unwrap().len(), 1, "nothing handed over after the drain");
-        assert_eq!(r.feeds.log(&t()).stored(), 10, "the batch in flight committed");
+        assert_eq!(
+            r.batches.lock().unwrap().len(),
+            1,
+            "nothing handed over after the drain"
+        );
+        assert_eq!(
+            r.feeds.log(&t()).stored(),
+            10,
+            "the batch in flight committed"
+        );
     }
 }

@@ -87,8 +87,7 @@ impl JobPump {
                     .run(|| upstream.user_courses(tenant, &job.subject))
                     .await;
                 let result = match fetched {
-                    Ok(courses) => match store.finish_sync_job(tenant, job.id, &courses).await
-                    {
+                    Ok(courses) => match store.finish_sync_job(tenant, job.id, &courses).await {
                         Ok(snapshot) => Ok(snapshot),
                         Err(e) => {
                             // Still pending: retried on the next turn (effects not committed).
@@ -98,9 +97,7 @@ impl JobPump {
                         }
                     },
                     Err(e) => {
-                        let _ = store
-                            .finish_job(tenant, job.id, Some(&e.to_string()))
-                            .await;
+                        let _ = store.finish_job(tenant, job.id, Some(&e.to_string())).await;
                         Err(SyncError::from(e))
                     }
                 };
@@ -117,10 +114,7 @@ impl JobPump {
                     .run(|| upstream.push_user(tenant, &job.payload))
                     .await;
                 let error = pushed.err().map(|e| e.to_string());
-                if let Err(e) = store
-                    .finish_job(tenant, job.id, error.as_deref())
-                    .await
-                {
+                if let Err(e) = store.finish_job(tenant, job.id, error.as_deref()).await {
                     tracing::warn!(tenant = %tenant, error = %e, "finishing a push job failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -173,7 +167,11 @@ mod tests {
         async fn roster(&self, _: &TenantId) -> Result<Vec<RosterUser>, UpstreamError> {
             Ok(vec![])
         }
-        async fn push_user(&self, _: &TenantId, change: &serde_json::Value) -> Result<(), UpstreamError> {
+        async fn push_user(
+            &self,
+            _: &TenantId,
+            change: &serde_json::Value,
+        ) -> Result<(), UpstreamError> {
             self.pushes.lock().unwrap().push(change.clone());
             Ok(())
         }
@@ -193,9 +191,24 @@ mod tests {
         let store = Arc::new(FakeStore::default());
         let upstream = Arc::new(Upstream::default());
         use crate::ports::TenantStore as _;
-        store.enqueue_job(&t(), &job(JobPriority::Background, JobKind::PushUser, "p1")).await.unwrap();
-        store.enqueue_job(&t(), &job(JobPriority::Interactive, JobKind::SyncProgress, "down")).await.unwrap();
-        store.enqueue_job(&t(), &job(JobPriority::Interactive, JobKind::SyncProgress, "u1")).await.unwrap();
+        store
+            .enqueue_job(&t(), &job(JobPriority::Background, JobKind::PushUser, "p1"))
+            .await
+            .unwrap();
+        store
+            .enqueue_job(
+                &t(),
+                &job(JobPriority::Interactive, JobKind::SyncProgress, "down"),
+            )
+            .await
+            .unwrap();
+        store
+            .enqueue_job(
+                &t(),
+                &job(JobPriority::Interactive, JobKind::SyncProgress, "u1"),
+            )
+            .await
+            .unwrap();
         let reports: Arc<Mutex<Vec<String>>> = Default::default();
         let seen = reports.clone();
         let alive = CancellationToken::new();
@@ -223,7 +236,13 @@ mod tests {
             .run(),
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-        while store.jobs.lock().unwrap().iter().any(|(_, _, _, done)| !done) {
+        while store
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, _, done)| !done)
+        {
             assert!(tokio::time::Instant::now() < deadline, "jobs not drained");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -233,6 +252,10 @@ mod tests {
         // reported as failed and finished (not retried forever by the pump).
         assert_eq!(reports[0], "2 failed");
         assert_eq!(reports[1..3], ["3 ok u1".to_string(), "outbox".to_string()]);
-        assert_eq!(upstream.pushes.lock().unwrap().len(), 1, "the push ran once");
+        assert_eq!(
+            upstream.pushes.lock().unwrap().len(),
+            1,
+            "the push ran once"
+        );
     }
 }

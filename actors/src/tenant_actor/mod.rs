@@ -33,7 +33,9 @@ use crate::ports::{
     RosterCache, TenantStore,
 };
 use crate::tenant::TenantId;
-use crate::upstream::{CatalogCourse, LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError};
+use crate::upstream::{
+    CatalogCourse, LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError,
+};
 use batch::BatchPipeline;
 use feeder::Feeder;
 use jobs::{JobPump, PumpReport};

@@ -228,7 +228,10 @@ mod tests {
     }
 
     fn world(batch: usize) -> (Arc<FakeStore>, Arc<FakePublisher>, OutboxRelay) {
-        let (store, publisher) = (Arc::new(FakeStore::default()), Arc::new(FakePublisher::default()));
+        let (store, publisher) = (
+            Arc::new(FakeStore::default()),
+            Arc::new(FakePublisher::default()),
+        );
         let relay = OutboxRelay::new(t(), store.clone(), publisher.clone(), batch);
         (store, publisher, relay)
     }
@@ -236,7 +239,11 @@ mod tests {
     #[tokio::test]
     async fn rows_following_the_cursor_go_from_memory_and_the_cursor_rides_the_next_batch() {
         let (store, publisher, mut r) = world(100);
-        assert_eq!(r.flush().await, RelayNext::Idle, "empty table: nothing to do");
+        assert_eq!(
+            r.flush().await,
+            RelayNext::Idle,
+            "empty table: nothing to do"
+        );
         assert_eq!(r.carry(), 0);
         let rows = table(&store, 2);
         assert_eq!(r.publish_committed(rows).await, RelayNext::StoreCursorSoon);
@@ -244,8 +251,16 @@ mod tests {
         assert_eq!(r.carry(), 2, "the next batch stores the cursor");
         r.carried(2);
         assert_eq!(r.carry(), 0);
-        assert_eq!(r.store_cursor().await, RelayNext::Idle, "nothing left to store");
-        assert_eq!(stored_cursor(&store), 0, "stored by the batch, not by the relay");
+        assert_eq!(
+            r.store_cursor().await,
+            RelayNext::Idle,
+            "nothing left to store"
+        );
+        assert_eq!(
+            stored_cursor(&store),
+            0,
+            "stored by the batch, not by the relay"
+        );
     }
 
     #[tokio::test]
@@ -253,8 +268,15 @@ mod tests {
         let (store, publisher, mut r) = world(2);
         let rows = table(&store, 3);
         // Rows 2 and 3 were committed by this actor, but row 1 (another writer) came first.
-        assert_eq!(r.publish_committed(rows[1..].to_vec()).await, RelayNext::Idle);
-        assert_eq!(publisher.outbox_seqs(&t()), vec![1, 2, 3], "in seq order, two round trips");
+        assert_eq!(
+            r.publish_committed(rows[1..].to_vec()).await,
+            RelayNext::Idle
+        );
+        assert_eq!(
+            publisher.outbox_seqs(&t()),
+            vec![1, 2, 3],
+            "in seq order, two round trips"
+        );
         assert_eq!(stored_cursor(&store), 3, "a table relay stores its cursor");
         assert_eq!(r.carry(), 0);
     }
@@ -267,7 +289,11 @@ mod tests {
         assert_eq!(r.flush().await, RelayNext::RetryFlush);
         assert_eq!(stored_cursor(&store), 0, "no cursor past a failed publish");
         assert_eq!(r.flush().await, RelayNext::Idle);
-        assert_eq!(publisher.outbox_seqs(&t()), vec![1, 2, 3, 4], "each row once");
+        assert_eq!(
+            publisher.outbox_seqs(&t()),
+            vec![1, 2, 3, 4],
+            "each row once"
+        );
         assert_eq!(stored_cursor(&store), 4);
     }
 
@@ -277,10 +303,20 @@ mod tests {
         table(&store, 3);
         assert_eq!(first.flush().await, RelayNext::Idle);
         // The cursor store was lost (a crash right after the publish).
-        store.data.lock().unwrap().get_mut(&t()).unwrap().relayed_seq = 0;
+        store
+            .data
+            .lock()
+            .unwrap()
+            .get_mut(&t())
+            .unwrap()
+            .relayed_seq = 0;
         let mut second = OutboxRelay::new(t(), store.clone(), publisher.clone(), 100);
         assert_eq!(second.flush().await, RelayNext::Idle);
-        assert_eq!(publisher.outbox_seqs(&t()), vec![1, 2, 3], "nothing republished");
+        assert_eq!(
+            publisher.outbox_seqs(&t()),
+            vec![1, 2, 3],
+            "nothing republished"
+        );
         assert_eq!(stored_cursor(&store), 3);
     }
 

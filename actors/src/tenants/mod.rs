@@ -73,7 +73,9 @@ impl Tenants {
         timeout: Duration,
     ) -> Result<T, TenantsError> {
         let (tx, rx) = ractor::concurrency::oneshot();
-        self.tx.send(build(tx.into())).map_err(|_| TenantsError::Stopped)?;
+        self.tx
+            .send(build(tx.into()))
+            .map_err(|_| TenantsError::Stopped)?;
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(TenantsError::Timeout),
             Ok(Err(_)) => Err(TenantsError::Stopped),
@@ -150,8 +152,13 @@ impl Tenants {
 
     /// Drains and stops these tenants' actors; returns once they stopped (batch in flight
     /// committed, offsets stored) or after `timeout`.
-    pub async fn revoke(&self, tenants: Vec<TenantId>, timeout: Duration) -> Result<(), TenantsError> {
-        self.ask(|r| SupervisorMsg::Revoke(tenants, r), timeout).await
+    pub async fn revoke(
+        &self,
+        tenants: Vec<TenantId>,
+        timeout: Duration,
+    ) -> Result<(), TenantsError> {
+        self.ask(|r| SupervisorMsg::Revoke(tenants, r), timeout)
+            .await
     }
 
     /// Drains and stops every tenant actor of the process.

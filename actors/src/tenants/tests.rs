@@ -3,14 +3,14 @@
 //! (Each part's own rules are unit-tested next to it.)
 use super::*;
 use crate::fakes::*;
-use crate::supervisor::{ActorStatus, SupervisorSettings};
-use crate::tenant_actor::{PipelineSettings, TenantDeps};
-use std::sync::Arc;
-use tokio::time::Instant;
 use crate::ports::{EventPublisher, OutboundRecord};
 use crate::scim::tests::envelope;
+use crate::supervisor::{ActorStatus, SupervisorSettings};
 use crate::tenant::TopicKind;
+use crate::tenant_actor::{PipelineSettings, TenantDeps};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::time::Instant;
 
 struct Harness {
     store: Arc<FakeStore>,
@@ -396,9 +396,8 @@ async fn shutdown_finishes_the_batch_in_flight_and_stores_its_offset() {
     })
     .await;
     let tenants = h.tenants.clone();
-    let shutdown = tokio::spawn(async move {
-        tenants.shutdown(Duration::from_secs(60)).await.unwrap()
-    });
+    let shutdown =
+        tokio::spawn(async move { tenants.shutdown(Duration::from_secs(60)).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.add_permits(1000);
     shutdown.await.unwrap();

@@ -24,7 +24,7 @@ use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::actors::TenantId;
+use enablement::actors::TenantId;
 
 /// Simulator settings (command-line flags of `mindtickle-sim`).
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ pub async fn run(settings: SimSettings) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %settings.listen, "mindtickle simulator listening");
     axum::serve(listener, router(settings))
-        .with_graceful_shutdown(crate::signal::shutdown_signal())
+        .with_graceful_shutdown(enablement::signal::shutdown_signal())
         .await
 }
 

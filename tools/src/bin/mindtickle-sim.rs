@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use enablement::simulator::{run, Faults, SimSettings};
+use enablement_tools::simulator::{run, Faults, SimSettings};
 
 #[derive(Parser)]
 #[command(

@@ -7,14 +7,15 @@ use std::process::Command;
 #[test]
 fn every_scenario_runs_at_smoke_size_and_checks_itself() {
     let out = std::env::temp_dir().join(format!("bench-smoke-{}.json", std::process::id()));
-    let status = Command::new(env!("CARGO_BIN_EXE_enablement"))
+    // The service binary is built beside this one by `cargo test --workspace`.
+    let status = Command::new(env!("CARGO_BIN_EXE_enablement-bench"))
         .arg("--config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
-        .args(["bench", "--scenario", "all", "--size", "smoke", "--out"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml"))
+        .args(["--scenario", "all", "--size", "smoke", "--out"])
         .arg(&out)
         .env("ENABLEMENT__LOG__FILTER", "warn")
         .status()
-        .expect("run enablement bench");
+        .expect("run enablement-bench");
     assert!(status.success(), "bench failed: {status}");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("report written"))

@@ -26,7 +26,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::Config;
+use enablement::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

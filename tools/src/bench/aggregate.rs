@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::harness::{fail, pg, BenchWorld, ServiceProcess};
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
-use crate::actors::TenantId;
-use crate::db::TenantScopedStore;
+use enablement::actors::TenantId;
+use enablement::db::TenantScopedStore;
 
 struct Sizes {
     users: i32,
@@ -75,7 +75,7 @@ async fn bare(
         .scoped(t, move |tx, _| {
             Box::pin(async move {
                 Ok(tx
-                    .query_one(crate::readiness::REPORT_SQL, &[&name, &freshness_ms])
+                    .query_one(enablement::readiness::REPORT_SQL, &[&name, &freshness_ms])
                     .await?
                     .get(0))
             })

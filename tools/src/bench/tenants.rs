@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::harness::{fail, BenchWorld, ServiceProcess};
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
-use crate::actors::TenantId;
-use crate::db::Registry;
+use enablement::actors::TenantId;
+use enablement::db::Registry;
 
 /// CPU seconds (user + system) the process used so far, from `/proc/<pid>/stat`.
 fn cpu_secs(pid: u32) -> f64 {
@@ -64,7 +64,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
             (registry.clone(), world.config.kafka.clone(), chunk.to_vec());
         tasks.spawn(async move {
             for t in &chunk {
-                crate::tenants::register(&registry, &kafka, t, "Idle Org")
+                enablement::tenants::register(&registry, &kafka, t, "Idle Org")
                     .await
                     .map_err(fail)?;
             }

@@ -11,9 +11,9 @@ use super::harness::{
     fail, http_client, pg, start_simulator, wait_for, BenchWorld, ServiceProcess,
 };
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
-use crate::actors::TenantId;
-use crate::db::TenantScopedStore;
 use crate::simulator::{dev_secret, SimSettings};
+use enablement::actors::TenantId;
+use enablement::db::TenantScopedStore;
 
 const QUOTA_PER_MIN: i64 = 600;
 

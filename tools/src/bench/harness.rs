@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_postgres::NoTls;
 
 use super::BenchError;
-use crate::actors::ports::{EventPublisher, OutboundRecord};
-use crate::actors::{TenantId, TopicKind};
-use crate::config::Config;
-use crate::db::{connect_pool, migrate, PgPool, Registry};
-use crate::kafka::KafkaPublisher;
+use enablement::actors::ports::{EventPublisher, OutboundRecord};
+use enablement::actors::{TenantId, TopicKind};
+use enablement::config::Config;
+use enablement::db::{connect_pool, PgPool, Registry};
+use enablement::kafka::KafkaPublisher;
 
 /// One scenario's world: its own database and consumer group, unique tenant ids.
 pub struct BenchWorld {
@@ -40,17 +40,6 @@ pub fn pg(e: tokio_postgres::Error) -> BenchError {
     )
 }
 
-fn with_database(url: &str, db: &str) -> String {
-    match url.rfind('/') {
-        Some(i) if url[..i].contains("://") && url[..i].rfind('/') != Some(i - 1) => {
-            let (base, rest) = url.split_at(i);
-            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
-            format!("{base}/{db}{query}")
-        }
-        _ => format!("{}/{db}", url.trim_end_matches('/')),
-    }
-}
-
 impl BenchWorld {
     pub async fn new(
         base: &Config,
@@ -65,28 +54,15 @@ impl BenchWorld {
         );
         let db_name = format!("bench_{scenario}_{}", std::process::id());
         let admin_url = base.postgres.migrate_url.clone();
-        let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls)
-            .await
-            .map_err(|e| fail(format!("PostgreSQL (postgres.migrate_url) is not reachable: {e}; run scripts/dev-services.sh")))?;
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("drop database if exists {db_name} with (force)"))
+        let mut config = enablement::testing::create_database(base, &db_name)
             .await
             .map_err(fail)?;
-        admin
-            .batch_execute(&format!("create database {db_name}"))
-            .await
-            .map_err(fail)?;
-        let mut config = base.clone();
-        config.postgres.url = with_database(&base.postgres.url, &db_name);
-        config.postgres.migrate_url = with_database(&base.postgres.migrate_url, &db_name);
         config.kafka.group_id = format!("bench-{run_id}-{}", now_ms());
         // Unique per world like the group: a broker that keys static members by instance id
         // alone (nisshi 0.8.1) would hand one world's member another world's assignment.
         config.kafka.group_instance_id = format!("bench-{run_id}-{}", now_ms());
         config.kafka.tenant_refresh_ms = 500;
         config.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        migrate(&config.postgres).await.map_err(fail)?;
         let (owner, conn) = tokio_postgres::connect(&config.postgres.migrate_url, NoTls)
             .await
             .map_err(fail)?;
@@ -115,7 +91,7 @@ impl BenchWorld {
     pub async fn register(&self, tenants: &[TenantId]) -> Result<(), BenchError> {
         let registry = Registry::new(self.app_pool().await?);
         for t in tenants {
-            crate::tenants::register(&registry, &self.config.kafka, t, "Bench Org")
+            enablement::tenants::register(&registry, &self.config.kafka, t, "Bench Org")
                 .await
                 .map_err(fail)?;
         }
@@ -177,31 +153,14 @@ pub fn now_ms() -> u128 {
 }
 
 pub fn free_port() -> Result<u16, BenchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(fail)
+    enablement::testing::free_port().map_err(fail)
 }
 
 /// A SCIM CREATE/REPLACE envelope; `seq` orders versions of one user.
 pub fn scim_event(tenant: &str, event_id: &str, user: &str, seq: u64) -> String {
-    let at = time::OffsetDateTime::UNIX_EPOCH
-        + time::Duration::days(20_000)
-        + time::Duration::milliseconds(seq as i64);
-    let at = at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    json!({
-        "eventId": event_id, "tenantId": tenant,
-        "operation": if seq == 0 { "CREATE" } else { "REPLACE" }, "occurredAt": at,
-        "user": {
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-            "id": user, "userName": format!("{user}@{tenant}.test"),
-            "emails": [{"value": format!("{user}.{seq}@{tenant}.test"), "primary": true}],
-            "roles": [{"value": "rep"}], "active": true
-        }
-    })
-    .to_string()
+    let op = if seq == 0 { "CREATE" } else { "REPLACE" };
+    let email = format!("{user}.{seq}@{tenant}.test");
+    enablement::testing::scim_event(tenant, event_id, op, user, seq, &email)
 }
 
 /// Produces `events` (already JSON) to the tenant's inbound topic, keyed by user.
@@ -249,6 +208,24 @@ where
     }
 }
 
+/// The service binary: `ENABLEMENT_BIN`, else `enablement` next to this executable (cargo
+/// builds both into the same target directory).
+pub fn service_binary() -> Result<std::path::PathBuf, BenchError> {
+    if let Some(path) = std::env::var_os("ENABLEMENT_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().map_err(fail)?;
+    let path = exe.with_file_name("enablement");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(fail(format!(
+            "the service binary {} is missing: build it first (cargo build --release --bin enablement) or set ENABLEMENT_BIN",
+            path.display()
+        )))
+    }
+}
+
 /// The real `enablement serve` as a child process.
 pub struct ServiceProcess {
     child: Child,
@@ -262,7 +239,7 @@ impl ServiceProcess {
         role: &str,
         extra: &[(&str, String)],
     ) -> Result<Self, BenchError> {
-        let exe = std::env::current_exe().map_err(fail)?;
+        let exe = service_binary()?;
         let log_path = std::env::temp_dir().join(format!("{}-{role}.log", world.db_name));
         let log = std::fs::File::create(&log_path).map_err(fail)?;
         let child = Command::new(exe)

@@ -13,9 +13,9 @@ use super::harness::{
     fail, now_ms, percentile, pg, produce, scim_event, BenchWorld, ServiceProcess,
 };
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
-use crate::actors::ports::{EventPublisher, OutboundRecord};
-use crate::actors::{TenantId, TopicKind};
-use crate::kafka::KafkaPublisher;
+use enablement::actors::ports::{EventPublisher, OutboundRecord};
+use enablement::actors::{TenantId, TopicKind};
+use enablement::kafka::KafkaPublisher;
 
 /// Sends one event of B every 100 ms until `stop`; records each event id's send time (ms).
 async fn trickle(

@@ -24,10 +24,10 @@ use serde_json::{json, Value};
 
 use super::harness::{fail, pg, produce, scim_event, BenchWorld, ServiceProcess};
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
-use crate::actors::ports::{EventPublisher, OutboundRecord};
-use crate::actors::{TenantId, TopicKind};
-use crate::db::{outbox, TenantScopedStore};
-use crate::kafka::KafkaPublisher;
+use enablement::actors::ports::{EventPublisher, OutboundRecord};
+use enablement::actors::{TenantId, TopicKind};
+use enablement::db::{outbox, TenantScopedStore};
+use enablement::kafka::KafkaPublisher;
 
 struct Sizes {
     tenants: usize,
@@ -264,7 +264,7 @@ fn raw_consume(
     total: i64,
 ) -> Result<(f64, i64), BenchError> {
     let cfg = &world.config.kafka;
-    let consumer: BaseConsumer = crate::kafka::base_client_config(cfg)
+    let consumer: BaseConsumer = enablement::kafka::base_client_config(cfg)
         .set("group.id", format!("{}-raw", cfg.group_id))
         .set("enable.auto.commit", "false")
         .create()

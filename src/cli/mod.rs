@@ -1,0 +1,234 @@
+//! The `enablement` command line: `migrate`, `tenant`, `serve` and `events`.
+//!
+//! This module only parses and prints: each command calls one application function
+//! (`db::migrate`, `tenants::*`, `service::serve`, `kafka::push_events|tail_topic`) and every
+//! failure becomes one [`AppError`], whose exit code `main` returns (2: configuration or
+//! usage, 1: anything else).
+
+mod error;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use error::AppError;
+
+use crate::actors::{TenantId, TopicKind};
+use crate::config::Config;
+use crate::db::{connect_pool, migrate, Registry, TenantScopedStore};
+use crate::kafka::{push_events, tail_topic, TailOptions};
+use crate::tenants::{self, CacheCleared};
+
+#[derive(Parser)]
+#[command(
+    name = "enablement",
+    version,
+    about = "Multi-tenant SCIM and MindTickle enablement service"
+)]
+pub struct Cli {
+    /// Configuration file (every key overridable as ENABLEMENT__<SECTION>__<KEY>).
+    #[arg(long, global = true, default_value = "config.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Apply the database migrations, create and restrict the service role.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Run the service: supervisor, one actor per tenant, HTTP control endpoint.
+    Serve {
+        /// What this process runs: all (default), consumer (SCIM pipeline and upstream
+        /// work), aggregator (readiness reports) or api (HTTP tenant routes). Every role
+        /// serves /healthz, /readyz and /metrics on http.listen.
+        #[arg(long, value_enum, default_value = "all")]
+        role: crate::config::Role,
+    },
+    /// Produce to or read from a tenant's topics.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Register a tenant, create its topics and print its API token once.
+    Add {
+        /// Tenant id: ^[a-z0-9][a-z0-9-]{0,62}$
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List registered tenants (no secrets).
+    List,
+    /// Suspend a tenant: its topic is unsubscribed (the actor drains and stops) and its
+    /// cache namespace is deleted (SCAN, never KEYS). Data and topics are kept.
+    Suspend { id: String },
+    /// Re-activate a suspended tenant.
+    Resume { id: String },
+    /// Replace the tenant's API token and print the new one once; the old one stops
+    /// working at once.
+    RotateToken { id: String },
+    /// Store the tenant's MindTickle client credentials; the secret is read from stdin
+    /// (never from the command line, where `ps` would show it).
+    SetUpstream {
+        id: String,
+        #[arg(long)]
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// Send JSON lines from stdin to tenant.<id>.scim.
+    Push {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Print records of a tenant topic as JSON lines.
+    Tail {
+        #[arg(long)]
+        tenant: String,
+        /// scim, user_changed, events or dlq
+        #[arg(long)]
+        topic: String,
+        /// Start at the oldest record instead of the end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Exit at the end of the topic instead of waiting for more.
+        #[arg(long)]
+        exit: bool,
+        /// Exit after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn tenant_arg(raw: &str) -> Result<TenantId, AppError> {
+    TenantId::parse(raw).map_err(|e| AppError::Usage(format!("invalid tenant id: {e}")))
+}
+
+/// Loads the configuration, starts logging and runs the command.
+pub async fn run(cli: Cli) -> Result<(), AppError> {
+    let config = Config::load(&cli.config)?;
+    crate::telemetry::init_logging(&config.log);
+    match cli.command {
+        Command::Migrate => {
+            let report = migrate(&config.postgres).await?;
+            println!(
+                "migrations applied: {}; already applied: {}",
+                report.applied.len(),
+                report.already_applied.len()
+            );
+            Ok(())
+        }
+        Command::Tenant { command } => tenant(command, &config).await,
+        Command::Serve { role } => Ok(crate::service::serve(config, role).await?),
+        Command::Events { command } => events(command, &config).await,
+    }
+}
+
+async fn tenant(command: TenantCommand, config: &Config) -> Result<(), AppError> {
+    let registry = Registry::new(connect_pool(&config.postgres).await?);
+    let store = TenantScopedStore::new(registry.pool().clone());
+    match command {
+        TenantCommand::Add { id, name } => {
+            let tenant = tenant_arg(&id)?;
+            let r = tenants::register(&registry, &config.kafka, &tenant, &name).await?;
+            eprintln!(
+                "tenant {tenant} registered; topics: {}",
+                r.topics.join(", ")
+            );
+            eprintln!("API token (shown once, store it now):");
+            println!("{}", r.api_token);
+        }
+        TenantCommand::SetUpstream { id, client_id } => {
+            let tenant = tenant_arg(&id)?;
+            let mut secret = String::new();
+            std::io::stdin().read_line(&mut secret)?;
+            tenants::set_upstream(&store, &tenant, &client_id, &secret).await?;
+            eprintln!("upstream credentials of {tenant} stored");
+        }
+        TenantCommand::Suspend { id } => {
+            let tenant = tenant_arg(&id)?;
+            match tenants::set_suspended(&registry, &config.redis, &tenant, true).await? {
+                Some(CacheCleared::Removed(n)) => eprintln!("removed {n} cached keys of {tenant}"),
+                Some(CacheCleared::Failed(e)) => {
+                    eprintln!("warning: cache not cleared ({e}); entries expire by TTL")
+                }
+                None => {}
+            }
+            eprintln!("tenant {tenant} is suspended");
+        }
+        TenantCommand::Resume { id } => {
+            let tenant = tenant_arg(&id)?;
+            tenants::set_suspended(&registry, &config.redis, &tenant, false).await?;
+            eprintln!("tenant {tenant} is active");
+        }
+        TenantCommand::RotateToken { id } => {
+            let tenant = tenant_arg(&id)?;
+            let token = tenants::rotate_token(&store, &tenant).await?;
+            eprintln!("API token of {tenant} replaced; the old one no longer works");
+            eprintln!("new API token (shown once, store it now):");
+            println!("{token}");
+        }
+        TenantCommand::List => {
+            for t in registry.list().await? {
+                println!(
+                    "{}",
+                    serde_json::to_string(&t).map_err(|e| AppError::Output(e.to_string()))?
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn events(command: EventsCommand, config: &Config) -> Result<(), AppError> {
+    match command {
+        EventsCommand::Push { tenant } => {
+            let tenant = tenant_arg(&tenant)?;
+            let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            let n = push_events(&config.kafka, &tenant, stdin)
+                .await
+                .map_err(AppError::Events)?;
+            eprintln!(
+                "pushed {n} records to {}",
+                tenant.topic(&config.kafka.topic_prefix, TopicKind::Scim)
+            );
+        }
+        EventsCommand::Tail {
+            tenant,
+            topic,
+            from_beginning,
+            exit,
+            limit,
+        } => {
+            let tenant = tenant_arg(&tenant)?;
+            let kind = TopicKind::parse(&topic).ok_or_else(|| {
+                AppError::Usage("topic must be scim, user_changed, events or dlq".into())
+            })?;
+            let opts = TailOptions {
+                from_beginning,
+                exit_at_end: exit,
+                limit,
+            };
+            let cfg = config.kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                tail_topic(&cfg, &tenant, kind, &opts, |v| println!("{v}"))
+            })
+            .await
+            .map_err(|e| AppError::Events(e.to_string()))?
+            .map_err(AppError::Events)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `/healthz` (the process answers), `/readyz` (what this instance's role uses answers,
+//! checked in parallel with a deadline each; tenants and the consumer group reported in the
+//! body) and `/metrics` (Prometheus text).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::actors::ActorStatus;
+use crate::config::Role;
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Time allowed to each readiness check; they run in parallel, so `/readyz` answers within
+/// about this long whatever is down.
+pub(super) const READY_CHECK_TIMEOUT: Duration = Duration::from_millis(800);
+
+pub(super) async fn check<F, E>(f: F) -> Value
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(READY_CHECK_TIMEOUT, f).await {
+        Ok(Ok(())) => json!({"ok": true}),
+        Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
+        Err(_) => json!({"ok": false, "error": "timed out"}),
+    }
+}
+
+/// Ready when this instance can serve: what its role uses answers (PostgreSQL; Redis and
+/// the broker except for the aggregator). Tenant actors and the consumer group are reported
+/// in the body: a parked or restarting tenant is that tenant's problem, and taking the
+/// instance out of service would stop every other tenant too.
+pub(super) async fn readyz(State(s): State<AppState>) -> Response {
+    let pg = check(async {
+        let conn = tokio::time::timeout(READY_CHECK_TIMEOUT, s.pool.get())
+            .await
+            .map_err(|_| "no pooled connection in time".to_string())?
+            .map_err(crate::db::redact)?;
+        conn.simple_query("select 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    // The aggregator needs only PostgreSQL; the other roles also use Redis and the broker.
+    let uses_all = s.role != Role::Aggregator;
+    let redis = async {
+        if uses_all {
+            Some(check(s.cache.ping()).await)
+        } else {
+            None
+        }
+    };
+    let kafka = async {
+        if uses_all {
+            Some(check(s.publisher.broker_reachable()).await)
+        } else {
+            None
+        }
+    };
+    let tenants = async {
+        let tenants = s.tenants.as_ref()?;
+        Some(match tenants.health(READY_CHECK_TIMEOUT).await {
+            Ok(tenants) => {
+                let not_running: Vec<_> = tenants
+                    .iter()
+                    .filter(|t| t.status != ActorStatus::Running)
+                    .collect();
+                let restarted: Vec<_> = tenants.iter().filter(|t| t.restarts > 0).collect();
+                json!({
+                    "running": tenants.len() - not_running.len(),
+                    "parked": not_running.iter().filter(|t| t.status == ActorStatus::Parked).count(),
+                    "not_running": not_running,
+                    "restarted": restarted,
+                })
+            }
+            Err(_) => json!({"error": "supervisor not answering"}),
+        })
+    };
+    let (pg, redis, kafka, tenants) = tokio::join!(pg, redis, kafka, tenants);
+    let mut body = json!({"role": s.role.as_str(), "checks": {"postgres": pg}});
+    if let Some(r) = redis {
+        body["checks"]["redis"] = r;
+    }
+    if let Some(k) = kafka {
+        body["checks"]["kafka"] = k;
+    }
+    let ready = body["checks"]
+        .as_object()
+        .is_some_and(|checks| checks.values().all(|c| c["ok"] == true));
+    if let Some(t) = tenants {
+        body["tenants"] = t;
+    }
+    if let Some(group) = &s.group {
+        body["consumer_group"] = group.snapshot();
+    }
+    body["ready"] = Value::Bool(ready);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+pub(super) async fn metrics_text(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics disabled").into_response()
+        }
+    }
+}

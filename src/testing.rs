@@ -1,0 +1,118 @@
+//! A small public API for building a world against the real services, shared by the
+//! integration tests (`tests/common`) and the benchmark (`enablement-tools`): a fresh
+//! migrated database with a configuration pointing at it, SCIM events in the envelope the
+//! service reads, and free loopback ports. Nothing in the service itself uses it.
+
+use serde_json::json;
+use tokio_postgres::NoTls;
+
+use crate::config::Config;
+use crate::db::{migrate, MigrateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestingError {
+    #[error(
+        "PostgreSQL (postgres.migrate_url) is not reachable: {0}; run scripts/dev-services.sh"
+    )]
+    Unreachable(String),
+    #[error("cannot create database {db}: {message}")]
+    Create { db: String, message: String },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+/// `url` with its database replaced by `db` (query parameters kept).
+pub fn database_url(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.rfind('/') {
+        Some(cut) if base[..cut].ends_with('/') => format!("{base}/{db}"),
+        Some(cut) => format!("{}/{db}", &base[..cut]),
+        None => format!("{base}/{db}"),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Creates (or re-creates) database `db`, migrates it with the service's own migrations,
+/// and returns `base` pointing at it (both the service and the owner URL).
+pub async fn create_database(base: &Config, db: &str) -> Result<Config, TestingError> {
+    let (admin, conn) = tokio_postgres::connect(&base.postgres.migrate_url, NoTls)
+        .await
+        .map_err(|e| TestingError::Unreachable(e.to_string()))?;
+    tokio::spawn(conn);
+    let create = |e: tokio_postgres::Error| TestingError::Create {
+        db: db.to_owned(),
+        message: e.to_string(),
+    };
+    admin
+        .batch_execute(&format!("drop database if exists {db} with (force)"))
+        .await
+        .map_err(create)?;
+    admin
+        .batch_execute(&format!("create database {db}"))
+        .await
+        .map_err(create)?;
+    let mut config = base.clone();
+    config.postgres.url = database_url(&base.postgres.url, db);
+    config.postgres.migrate_url = database_url(&base.postgres.migrate_url, db);
+    migrate(&config.postgres).await?;
+    Ok(config)
+}
+
+/// A SCIM event envelope (a core User with one email and the `rep` role). `seq` orders the
+/// versions of one user: it becomes `occurredAt` (milliseconds after a fixed instant).
+pub fn scim_event(
+    tenant: &str,
+    event_id: &str,
+    op: &str,
+    user: &str,
+    seq: u64,
+    email: &str,
+) -> String {
+    let at = time::OffsetDateTime::UNIX_EPOCH
+        + time::Duration::days(20_000)
+        + time::Duration::milliseconds(seq as i64);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    json!({
+        "eventId": event_id, "tenantId": tenant, "operation": op, "occurredAt": at,
+        "user": {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "id": user, "userName": format!("{user}@{tenant}.test"),
+            "emails": [{"value": email, "primary": true}],
+            "roles": [{"value": "rep"}], "active": true
+        }
+    })
+    .to_string()
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_replaces_only_the_database() {
+        assert_eq!(
+            database_url(
+                "postgres://u@127.0.0.1:5432/enablement?sslmode=disable",
+                "t_1"
+            ),
+            "postgres://u@127.0.0.1:5432/t_1?sslmode=disable"
+        );
+        assert_eq!(database_url("postgres://u@h/db", "x"), "postgres://u@h/x");
+    }
+}
