@@ -9,6 +9,9 @@ builds a graph of components: the top-level modules of each crate (`enablement::
   --check   exits 1 when a component is missing from the layers file, when two components
             import each other through any chain (a cycle), or when a component imports one
             from a higher layer. Run by scripts/test.sh, so the house stays one-way.
+  --self-test  runs the check on a small synthetic workspace holding one upward import and
+            one cycle, and fails unless both are reported (so the check cannot rot into
+            passing everything).
   --report  prints the measurements quoted in issue notes: components, files, the longest
             import chain (levels), cycles, upward imports, the largest files and functions.
 
@@ -19,7 +22,7 @@ import re
 import sys
 from collections import defaultdict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.environ.get("MODULE_GRAPH_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRATES = {
     # crate name in paths -> (source dir, short name used in the layers file)
     "enablement": ("src", "enablement"),
@@ -266,8 +269,39 @@ def test_only(files):
     return out
 
 
+def self_test():
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as root:
+        def write(path, text):
+            full = os.path.join(root, path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "w", encoding="utf-8") as f:
+                f.write(text)
+        write("scripts/layers.txt", "top: enablement::app\nlow: enablement::base enablement::a enablement::b\n")
+        write("src/lib.rs", "pub mod app;\npub mod base;\npub mod a;\npub mod b;\n")
+        write("src/app.rs", "use crate::base::X;\n")
+        # upward: base (low) uses app (top); cycle: a <-> b.
+        write("src/base.rs", "pub struct X;\nfn f() { crate::app::g(); }\n")
+        write("src/a.rs", "use crate::b::{B, C};\n")
+        write("src/b.rs", "use super::a::A;\n#[cfg(test)]\nmod tests { use crate::app::T; }\n")
+        out = subprocess.run([sys.executable, __file__, "--check"], env={**os.environ,
+                             "MODULE_GRAPH_ROOT": root}, capture_output=True, text=True)
+        expected = ["upward import: enablement::base", "import cycle: enablement::a <-> enablement::b"]
+        missing = [e for e in expected if e not in out.stderr]
+        unexpected = "enablement::b (low) imports enablement::app" in out.stderr
+        if out.returncode != 1 or missing or unexpected:
+            print(f"self-test failed: exit {out.returncode}, missing {missing}, "
+                  f"test-module import counted: {unexpected}\n{out.stderr}", file=sys.stderr)
+            return 1
+    print("module graph self-test: an upward import and a cycle are caught")
+    return 0
+
+
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "--check"
+    if mode == "--self-test":
+        return self_test()
     files = rust_files()
     hidden = test_only(files)
     files = [

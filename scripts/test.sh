@@ -29,4 +29,9 @@ for db in $(psql -h 127.0.0.1 -U postgres -tAc "select datname from pg_database 
   psql -h 127.0.0.1 -U postgres -qc "drop database if exists \"$db\"" postgres >/dev/null 2>&1 || true
 done
 
+# The house stays one-way (scripts/layers.txt): no import cycle between modules and no import
+# from a lower layer to a higher one, checked on the source before anything is compiled.
+python3 scripts/module-graph.py --self-test
+python3 scripts/module-graph.py --check
+
 cargo test --workspace --all-targets "$@"

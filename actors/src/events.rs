@@ -10,7 +10,6 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use crate::metric_names as m;
-use crate::ports::{BatchReport, SecurityEvent};
 use crate::tenant::TenantId;
 
 /// Something worth a log line and a metric.
@@ -22,14 +21,16 @@ pub trait InternalEvent {
 /// the tenant's `security_events` (in the same transaction when there is one).
 pub struct SecurityEventObserved<'a> {
     pub tenant: &'a TenantId,
-    pub event: &'a SecurityEvent,
+    /// `tenant_mismatch`, `rls_violation`, `cross_tenant_access`.
+    pub kind: &'static str,
+    pub detail: &'a serde_json::Value,
 }
 
 impl InternalEvent for SecurityEventObserved<'_> {
     fn emit(self) {
-        tracing::error!(tenant = %self.tenant, kind = self.event.kind,
-            detail = %self.event.detail, "security event");
-        metrics::counter!(m::SECURITY_EVENTS_TOTAL, "kind" => self.event.kind).increment(1);
+        tracing::error!(tenant = %self.tenant, kind = self.kind, detail = %self.detail,
+            "security event");
+        metrics::counter!(m::SECURITY_EVENTS_TOTAL, "kind" => self.kind).increment(1);
     }
 }
 
@@ -37,7 +38,8 @@ impl InternalEvent for SecurityEventObserved<'_> {
 /// duration and size.
 pub struct BatchCommitted<'a> {
     pub tenant: &'a TenantId,
-    pub report: &'a BatchReport,
+    /// Events by outcome: `applied`, `unchanged`, `stale`, `duplicate`.
+    pub outcomes: [(&'static str, u64); 4],
     pub dead_reasons: &'a [&'static str],
 }
 
@@ -48,13 +50,7 @@ impl InternalEvent for BatchCommitted<'_> {
             metrics::counter!(m::SCIM_DLQ_TOTAL, "tenant" => label.clone(), "reason" => *reason)
                 .increment(1);
         }
-        let r = self.report;
-        for (outcome, n) in [
-            ("applied", r.applied),
-            ("unchanged", r.unchanged),
-            ("stale", r.stale),
-            ("duplicate", r.duplicate),
-        ] {
+        for (outcome, n) in self.outcomes {
             if n > 0 {
                 metrics::counter!(m::SCIM_EVENTS_TOTAL, "tenant" => label.clone(),
                     "outcome" => outcome)
@@ -169,5 +165,127 @@ impl InternalEvent for TenantActorFailed<'_> {
         }
         metrics::counter!(m::ACTOR_RESTARTS_TOTAL, "tenant" => tenant.as_str().to_owned())
             .increment(1);
+    }
+}
+
+/// Why a tenant's feed stopped pulling.
+#[derive(Debug, Clone, Copy)]
+pub enum PauseReason {
+    /// `high_water` records held.
+    HighWater,
+    /// The tenant's byte budget held.
+    ByteBudget { bytes: usize },
+}
+
+/// A tenant's feed paused (it resumes below the low-water marks).
+pub struct FeedPaused<'a> {
+    pub tenant: &'a TenantId,
+    pub reason: PauseReason,
+}
+
+impl InternalEvent for FeedPaused<'_> {
+    fn emit(self) {
+        let label = self.tenant.as_str().to_owned();
+        match self.reason {
+            PauseReason::HighWater => {
+                tracing::debug!(tenant = %self.tenant, "pausing at high water");
+                metrics::counter!(m::TENANT_PARTITION_PAUSES_TOTAL, "tenant" => label).increment(1);
+            }
+            PauseReason::ByteBudget { bytes } => {
+                tracing::debug!(tenant = %self.tenant, bytes, "pausing at the tenant's byte budget");
+                metrics::counter!(m::TENANT_BYTE_BUDGET_PAUSES_TOTAL, "tenant" => label)
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// A record arrived past the offset expected: legitimate with transaction markers or
+/// compaction, otherwise a broker skipped records. Visible, never silent.
+pub struct FeedOffsetGap<'a> {
+    pub tenant: &'a TenantId,
+    pub offset: i64,
+    pub expected: i64,
+}
+
+impl InternalEvent for FeedOffsetGap<'_> {
+    fn emit(self) {
+        tracing::warn!(tenant = %self.tenant, offset = self.offset, expected = self.expected,
+            "offset gap in tenant partition");
+        metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "offset_gap").increment(1);
+    }
+}
+
+/// Receiving from the broker failed (`kind`: `recv` on a tenant feed, `consumer` on the
+/// group consumer's main queue).
+pub struct FeedReceiveFailed<'a> {
+    pub tenant: Option<&'a TenantId>,
+    pub kind: &'static str,
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for FeedReceiveFailed<'_> {
+    fn emit(self) {
+        match self.tenant {
+            Some(t) => tracing::warn!(tenant = %t, error = %self.error, "feed receive failed"),
+            None => tracing::warn!(error = %self.error, "consumer error"),
+        }
+        metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => self.kind).increment(1);
+    }
+}
+
+/// The consumer-group watchdog found the group wedged; the consumer is re-created.
+pub struct ConsumerGroupWedged {
+    pub reason: &'static str,
+}
+
+impl InternalEvent for ConsumerGroupWedged {
+    fn emit(self) {
+        tracing::warn!(
+            reason = self.reason,
+            "consumer group wedged; re-creating the consumer as a fresh member"
+        );
+        metrics::counter!(m::KAFKA_GROUP_WEDGED_TOTAL, "reason" => self.reason).increment(1);
+    }
+}
+
+/// A cache read answered (hit or miss) for one of the tenant's resources.
+pub struct CacheLookup<'a> {
+    pub tenant: &'a TenantId,
+    pub resource: &'static str,
+    pub hit: bool,
+}
+
+impl InternalEvent for CacheLookup<'_> {
+    fn emit(self) {
+        let name = if self.hit {
+            m::CACHE_HITS_TOTAL
+        } else {
+            m::CACHE_MISSES_TOTAL
+        };
+        metrics::counter!(name, "tenant" => self.tenant.as_str().to_owned(),
+            "resource" => self.resource)
+        .increment(1);
+    }
+}
+
+/// One upstream (MindTickle) call answered, after waiting `waited` for a permit.
+pub struct UpstreamCalled<'a> {
+    pub tenant: &'a str,
+    /// `ok`, `429`, `5xx`, `unauthorized`, `not_found`, `timeout` or `error`.
+    pub status: &'static str,
+    pub waited: Duration,
+}
+
+impl InternalEvent for UpstreamCalled<'_> {
+    fn emit(self) {
+        metrics::histogram!(m::UPSTREAM_PERMIT_WAIT_SECONDS).record(self.waited.as_secs_f64());
+        metrics::counter!(m::UPSTREAM_CALLS_TOTAL, "tenant" => self.tenant.to_owned(),
+            "status" => self.status)
+        .increment(1);
+        if self.status == "429" {
+            metrics::counter!(m::UPSTREAM_RATE_LIMITED_TOTAL, "tenant" => self.tenant.to_owned())
+                .increment(1);
+        }
     }
 }

@@ -20,6 +20,7 @@ use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::events::{InternalEvent, UpstreamCalled};
 use crate::tenant::TenantId;
 
 /// A course of a user as the platform reports it.
@@ -256,8 +257,6 @@ impl TenantLimiter {
         loop {
             attempt += 1;
             let waited = self.acquire().await;
-            metrics::histogram!(crate::metric_names::UPSTREAM_PERMIT_WAIT_SECONDS)
-                .record(waited.as_secs_f64());
             let result = call().await;
             let status = match &result {
                 Ok(_) => "ok",
@@ -268,14 +267,12 @@ impl TenantLimiter {
                 Err(UpstreamError::Timeout) => "timeout",
                 Err(_) => "error",
             };
-            metrics::counter!(crate::metric_names::UPSTREAM_CALLS_TOTAL,
-                "tenant" => self.tenant.clone(), "status" => status)
-            .increment(1);
-            if status == "429" {
-                metrics::counter!(crate::metric_names::UPSTREAM_RATE_LIMITED_TOTAL,
-                    "tenant" => self.tenant.clone())
-                .increment(1);
+            UpstreamCalled {
+                tenant: &self.tenant,
+                status,
+                waited,
             }
+            .emit();
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {

@@ -92,7 +92,12 @@ impl TenantScopedStore {
     /// Logs, counts and records a security event in the tenant's own `security_events`
     /// (recording is best effort: the refusal itself already happened).
     pub async fn record_security_event(&self, tenant: &TenantId, event: &SecurityEvent) {
-        SecurityEventObserved { tenant, event }.emit();
+        SecurityEventObserved {
+            tenant,
+            kind: event.kind,
+            detail: &event.detail,
+        }
+        .emit();
         // Not through `scoped`, which calls this on a refusal: one level, no recursion.
         let Ok(mut conn) = self.pool.get().await else {
             return;

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::auth::{authorize_tenant, valid_user_id};
 use super::error::{accepted, json_answer, not_found, unavailable, ApiError};
 use super::AppState;
-use crate::actors::metric_names as m;
+use crate::actors::events::{CacheFailed, CacheLookup, InternalEvent};
 use crate::actors::{TenantId, Tenants, TenantsError};
 use crate::cache::Resource;
 use crate::readiness::Aggregation;
@@ -42,21 +42,29 @@ pub(super) async fn cache_lookup(
     tenant: &TenantId,
     resource: Resource,
 ) -> Option<Response> {
-    let label = tenant.as_str().to_owned();
+    let lookup = |hit| CacheLookup {
+        tenant,
+        resource: resource.key(),
+        hit,
+    };
     match s.cache.get(tenant, resource).await {
         Ok(Some(text)) => {
-            metrics::counter!(m::CACHE_HITS_TOTAL, "tenant" => label, "resource" => resource.key())
-                .increment(1);
+            lookup(true).emit();
             Some(json_answer(text, "hit"))
         }
         Ok(None) => {
-            metrics::counter!(m::CACHE_MISSES_TOTAL, "tenant" => label, "resource" => resource.key())
-                .increment(1);
+            lookup(false).emit();
             None
         }
         Err(e) => {
-            tracing::warn!(tenant = %tenant, error = %e, "cache read failed; answering without it");
-            metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "get").increment(1);
+            // Answered without the cache.
+            let error = &e;
+            CacheFailed {
+                tenant,
+                operation: "get",
+                error,
+            }
+            .emit();
             None
         }
     }
@@ -70,8 +78,13 @@ pub(super) async fn cache_fill(
     text: String,
 ) -> Response {
     if let Err(e) = s.cache.set(tenant, resource, &text).await {
-        tracing::warn!(tenant = %tenant, error = %e, "cache write failed");
-        metrics::counter!(m::CACHE_ERRORS_TOTAL, "operation" => "set").increment(1);
+        let error = &e;
+        CacheFailed {
+            tenant,
+            operation: "set",
+            error,
+        }
+        .emit();
     }
     json_answer(text, "miss")
 }

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::base_client_config;
+use crate::actors::events::{ConsumerGroupWedged, FeedReceiveFailed, InternalEvent};
 use crate::actors::metric_names as m;
 use crate::actors::ports::{AssignmentSink, FeedError, FeedSource, InboundRecord, PartitionFeed};
 use crate::actors::{TenantId, TopicKind};
@@ -483,8 +484,7 @@ impl KafkaHub {
                 msg = consumer.recv() => match msg {
                     Ok(msg) => self.route_stray(&msg),
                     Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "consumer").increment(1);
+                        FeedReceiveFailed { tenant: None, kind: "consumer", error: &e }.emit();
                     }
                 },
             }
@@ -540,11 +540,7 @@ impl KafkaHub {
     /// broker). Offsets stored but not committed are re-read by the new member and are
     /// no-ops there (idempotency records, dead letters keyed by offset).
     async fn recreate(&self, reason: &'static str) {
-        tracing::warn!(
-            reason,
-            "consumer group wedged; re-creating the consumer as a fresh member"
-        );
-        metrics::counter!(m::KAFKA_GROUP_WEDGED_TOTAL, "reason" => reason).increment(1);
+        ConsumerGroupWedged { reason }.emit();
         let tenants: Vec<TenantId> = self
             .queues
             .lock()

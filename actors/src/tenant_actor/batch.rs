@@ -219,13 +219,19 @@ impl BatchPipeline {
         for event in &notes.security_events {
             SecurityEventObserved {
                 tenant: &self.tenant,
-                event,
+                kind: event.kind,
+                detail: &event.detail,
             }
             .emit();
         }
         BatchCommitted {
             tenant: &self.tenant,
-            report: &report,
+            outcomes: [
+                ("applied", report.applied),
+                ("unchanged", report.unchanged),
+                ("stale", report.stale),
+                ("duplicate", report.duplicate),
+            ],
             dead_reasons: &notes.dead_reasons,
         }
         .emit();

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::settings::PipelineSettings;
+use crate::events::{FeedOffsetGap, FeedPaused, FeedReceiveFailed, InternalEvent, PauseReason};
 use crate::metric_names as m;
 use crate::ports::{InboundRecord, PartitionFeed};
 use crate::tenant::TenantId;
@@ -87,7 +88,7 @@ type InFlight = Pin<Box<dyn Future<Output = Option<i64>> + Send>>;
 impl Feeder {
     pub async fn run(self) {
         let label = self.tenant.as_str().to_owned();
-        let backlog = metrics::gauge!(m::TENANT_BACKLOG_MESSAGES, "tenant" => label.clone());
+        let backlog = metrics::gauge!(m::TENANT_BACKLOG_MESSAGES, "tenant" => label);
         let mut buffer: VecDeque<InboundRecord> = VecDeque::new();
         let mut in_flight: Option<(InFlight, usize, usize)> = None;
         let mut held = HeldBytes {
@@ -167,11 +168,12 @@ impl Feeder {
                     }
                     Ok(rec) => {
                         if next_expected.is_some_and(|n| rec.offset > n) {
-                            // Legitimate with transaction markers or compaction; otherwise a
-                            // broker skipped records. Visible, never silent.
-                            tracing::warn!(tenant = %self.tenant, offset = rec.offset,
-                                expected = ?next_expected, "offset gap in tenant partition");
-                            metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "offset_gap").increment(1);
+                            FeedOffsetGap {
+                                tenant: &self.tenant,
+                                offset: rec.offset,
+                                expected: next_expected.unwrap_or_default(),
+                            }
+                            .emit();
                         }
                         next_expected = Some(rec.offset + 1);
                         held.add(rec.payload.len());
@@ -180,21 +182,17 @@ impl Feeder {
                             linger_until = Some(Instant::now() + self.settings.batch_linger);
                         }
                         if !paused && buffer.len() >= self.settings.high_water {
-                            tracing::debug!(tenant = %self.tenant, "pausing at high water");
                             paused = true;
-                            metrics::counter!(m::TENANT_PARTITION_PAUSES_TOTAL, "tenant" => label.clone())
-                                .increment(1);
+                            FeedPaused { tenant: &self.tenant, reason: PauseReason::HighWater }.emit();
                         } else if !paused && held.mine >= tenant_budget {
-                            tracing::debug!(tenant = %self.tenant, bytes = held.mine,
-                                "pausing at the tenant's byte budget");
                             paused = true;
-                            metrics::counter!(m::TENANT_BYTE_BUDGET_PAUSES_TOTAL, "tenant" => label.clone())
-                                .increment(1);
+                            let reason = PauseReason::ByteBudget { bytes: held.mine };
+                            FeedPaused { tenant: &self.tenant, reason }.emit();
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(tenant = %self.tenant, error = %e, "feed receive failed");
-                        metrics::counter!(m::FEED_ERRORS_TOTAL, "kind" => "recv").increment(1);
+                        FeedReceiveFailed { tenant: Some(&self.tenant), kind: "recv", error: &e }
+                            .emit();
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
