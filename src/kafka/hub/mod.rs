@@ -24,23 +24,26 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod feed;
+mod health;
+
 use super::base_client_config;
 use crate::actors::events::{ConsumerGroupWedged, FeedReceiveFailed, InternalEvent};
 use crate::actors::metric_names as m;
-use crate::actors::ports::{AssignmentSink, FeedError, FeedSource, InboundRecord, PartitionFeed};
+use crate::actors::ports::AssignmentSink;
 use crate::actors::{TenantId, TopicKind};
 use crate::config::KafkaConfig;
 use crate::db::Registry;
+use feed::{to_record, TenantQueue};
+pub use health::GroupHealth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -65,70 +68,6 @@ pub struct HubContext {
     /// Cleared when the hub replaces this consumer: its callbacks then do nothing.
     armed: AtomicBool,
     health: Arc<GroupHealth>,
-}
-
-/// What the hub knows about its consumer group: for `/readyz`, metrics and the watchdog.
-#[derive(Default)]
-pub struct GroupHealth {
-    state: Mutex<GroupState>,
-}
-
-#[derive(Default)]
-struct GroupState {
-    subscribed: usize,
-    assigned: usize,
-    /// librdkafka's view (`cgrp.state`, `cgrp.join_state`), from the last statistics.
-    group_state: String,
-    join_state: String,
-    /// Since when the consumer, subscribed, has not been in a steady assignment.
-    unsettled_since: Option<std::time::Instant>,
-    /// Consumer lag per tenant partition, from the last statistics.
-    lag: HashMap<TenantId, i64>,
-    wedged: Option<(&'static str, std::time::Instant)>,
-    /// The tenants this consumer subscribed to.
-    subscription: BTreeSet<TenantId>,
-    /// Since when the group has assigned topics outside the subscription (a broker that
-    /// hands a static member an assignment of another group or an earlier subscription).
-    foreign_since: Option<std::time::Instant>,
-    recreations: u64,
-    static_membership: bool,
-}
-
-impl GroupHealth {
-    fn with<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
-        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// The group's health as JSON (the `/readyz` body).
-    pub fn snapshot(&self) -> serde_json::Value {
-        self.with(|s| {
-            serde_json::json!({
-                "subscribed_tenants": s.subscribed,
-                "assigned_tenants": s.assigned,
-                "state": s.group_state,
-                "join_state": s.join_state,
-                "unsettled_for_ms": s.unsettled_since.map(|t| t.elapsed().as_millis() as u64),
-                "wedged": s.wedged.map(|(reason, since)| serde_json::json!({
-                    "reason": reason, "for_ms": since.elapsed().as_millis() as u64})),
-                "consumer_recreations": s.recreations,
-                "static_membership": s.static_membership,
-            })
-        })
-    }
-
-    fn observe_stats(&self, cgrp: Option<&rdkafka::statistics::ConsumerGroup>) {
-        let Some(cgrp) = cgrp else { return };
-        self.with(|s| {
-            s.group_state = cgrp.state.clone();
-            s.join_state = cgrp.join_state.clone();
-            let steady = cgrp.join_state == "steady" && cgrp.state == "up";
-            if steady || s.subscribed == 0 {
-                s.unsettled_since = None;
-            } else if s.unsettled_since.is_none() {
-                s.unsettled_since = Some(std::time::Instant::now());
-            }
-        });
-    }
 }
 
 impl HubContext {
@@ -230,19 +169,6 @@ impl ConsumerContext for HubContext {
 
 type HubConsumer = StreamConsumer<HubContext>;
 
-/// The per-tenant end of the shared consumer.
-struct TenantQueue {
-    topic: String,
-    queue: StreamPartitionQueue<HubContext>,
-    strays_tx: mpsc::UnboundedSender<InboundRecord>,
-    strays_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundRecord>>,
-    /// Next offset whose effects are not known committed (-1: none stored yet).
-    next_offset: AtomicI64,
-    opened: AtomicBool,
-    /// Since when the tenant's actor has been waiting for a record (None: not waiting).
-    waiting_since: Mutex<Option<std::time::Instant>>,
-}
-
 pub struct KafkaHub {
     consumer: RwLock<Arc<HubConsumer>>,
     /// How the consumer was made (re-used when the watchdog re-creates it).
@@ -261,27 +187,6 @@ pub struct KafkaHub {
     /// An assignment outside the subscription for this long (one session timeout: any
     /// rebalance for a subscription change has settled by then) is a broker defect.
     foreign_after: Option<Duration>,
-}
-
-fn to_record(m: &BorrowedMessage<'_>) -> InboundRecord {
-    InboundRecord {
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        headers: m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
 }
 
 impl KafkaHub {
@@ -645,84 +550,5 @@ impl KafkaHub {
             Offset::Offset(n) => Some(n),
             _ => None,
         }
-    }
-}
-
-#[async_trait]
-impl FeedSource for KafkaHub {
-    async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError> {
-        let q = self
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .cloned()
-            .ok_or(FeedError::NotAssigned)?;
-        if q.opened.swap(true, Ordering::SeqCst) {
-            // A restart: rewind to the first record not known committed. What the previous
-            // actor fetched beyond that is discarded by the seek and read again.
-            let stored = q.next_offset.load(Ordering::SeqCst);
-            let target = if stored >= 0 {
-                Offset::Offset(stored)
-            } else {
-                self.committed_offset(&q.topic)
-                    .map_or(Offset::Beginning, Offset::Offset)
-            };
-            let mut strays = q.strays_rx.lock().await;
-            while strays.try_recv().is_ok() {}
-            drop(strays);
-            self.consumer()
-                .seek(&q.topic, 0, target, Duration::from_secs(5))
-                .map_err(|e| FeedError::Broker(e.to_string()))?;
-            tracing::info!(tenant = %tenant, offset = ?target, "feed rewound for restarted actor");
-        }
-        Ok(Arc::new(KafkaFeed {
-            consumer: self.consumer(),
-            q,
-        }))
-    }
-}
-
-/// Sets a feed's `waiting_since` while a `recv` is pending; clears it when dropped.
-struct Waiting<'a>(&'a Mutex<Option<std::time::Instant>>);
-
-impl<'a> Waiting<'a> {
-    fn start(slot: &'a Mutex<Option<std::time::Instant>>) -> Self {
-        slot.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(std::time::Instant::now);
-        Self(slot)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
-struct KafkaFeed {
-    consumer: Arc<HubConsumer>,
-    q: Arc<TenantQueue>,
-}
-
-#[async_trait]
-impl PartitionFeed for KafkaFeed {
-    async fn recv(&self) -> Result<InboundRecord, FeedError> {
-        // Marks the actor as waiting for as long as this call is pending (the feeder drops
-        // the call when it pauses at high water: a paused feed is not a silent one).
-        let _waiting = Waiting::start(&self.q.waiting_since);
-        tokio::select! {
-            m = self.q.queue.recv() => m.map(|m| to_record(&m)).map_err(|e| FeedError::Broker(e.to_string())),
-            Some(r) = async { self.q.strays_rx.lock().await.recv().await } => Ok(r),
-        }
-    }
-
-    fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {
-        self.q.next_offset.fetch_max(next_offset, Ordering::SeqCst);
-        // librdkafka stores `offset + 1`: hand it the last processed offset.
-        self.consumer
-            .store_offset(&self.q.topic, 0, next_offset - 1)
-            .map_err(|e| FeedError::Broker(e.to_string()))
     }
 }
