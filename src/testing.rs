@@ -93,6 +93,29 @@ pub fn scim_event(
     .to_string()
 }
 
+/// Polls `probe` every `every` until it answers `Some`; `None` once `timeout` passed. The
+/// one way tests and the benchmark wait for a condition (never a bare sleep).
+pub async fn poll_until<T, F, Fut>(
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut probe: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -32,18 +32,14 @@ pub fn tenant(prefix: &str) -> TenantId {
 }
 
 /// Waits until `probe` returns `Some`, polling; panics with `what` at the deadline.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    match enablement::testing::poll_until(timeout, Duration::from_millis(100), probe).await {
+        Some(v) => v,
+        None => panic!("timed out waiting for {what}"),
     }
 }
 

@@ -185,27 +185,14 @@ pub async fn produce(
 }
 
 /// Polls `probe` every 50 ms until it answers, or fails after `timeout`.
-pub async fn wait_for<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut probe: F,
-) -> Result<T, BenchError>
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> Result<T, BenchError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(fail(format!(
-                "timed out after {timeout:?} waiting for {what}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    enablement::testing::poll_until(timeout, Duration::from_millis(50), probe)
+        .await
+        .ok_or_else(|| fail(format!("timed out after {timeout:?} waiting for {what}")))
 }
 
 /// The service binary: `ENABLEMENT_BIN`, else `enablement` next to this executable (cargo
