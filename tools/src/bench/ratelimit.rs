@@ -12,6 +12,7 @@ use super::harness::{
 };
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
 use crate::simulator::{dev_secret, SimSettings};
+use enablement::actors::ports::{JobKind, JobPriority, NewJob};
 use enablement::actors::TenantId;
 use enablement::db::TenantScopedStore;
 
@@ -68,17 +69,20 @@ async fn queue_jobs(
     per_tenant: i64,
     phase: i64,
 ) -> Result<(), BenchError> {
+    // Queued through the service's own enqueue (as the service role, under RLS).
+    let store = TenantScopedStore::new(world.app_pool().await?);
+    let jobs: Vec<NewJob> = (1..=per_tenant)
+        .map(|g| NewJob {
+            priority: JobPriority::Background,
+            kind: JobKind::SyncProgress,
+            subject: format!("u{g}"),
+            payload: json!({ "phase": phase }),
+        })
+        .collect();
+    for t in tenants {
+        store.enqueue_jobs(t, &jobs).await.map_err(fail)?;
+    }
     let names: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
-    world
-        .owner
-        .execute(
-            "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
-             select t, 2, 'sync_progress', 'u' || g, jsonb_build_object('phase', $3::int)
-               from unnest($1::text[]) t, generate_series(1, $2::int) g",
-            &[&names, &(per_tenant as i32), &(phase as i32)],
-        )
-        .await
-        .map_err(pg)?;
     for t in &names {
         world
             .owner
