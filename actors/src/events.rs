@@ -289,3 +289,45 @@ impl InternalEvent for UpstreamCalled<'_> {
         }
     }
 }
+
+/// A readiness aggregation stored a report, was coalesced into one already running, or
+/// failed (the schedule keeps the tenant due).
+pub enum ReadinessAggregation<'a> {
+    Stored {
+        tenant: &'a TenantId,
+        /// `manual`, `changed` or `scheduled`.
+        trigger: &'static str,
+        provisional: bool,
+        took: Duration,
+    },
+    Coalesced,
+    Failed {
+        tenant: &'a TenantId,
+        error: &'a dyn Display,
+    },
+}
+
+impl InternalEvent for ReadinessAggregation<'_> {
+    fn emit(self) {
+        match self {
+            Self::Stored {
+                tenant,
+                trigger,
+                provisional,
+                took,
+            } => {
+                metrics::histogram!(m::READINESS_AGGREGATION_SECONDS, "trigger" => trigger)
+                    .record(took.as_secs_f64());
+                let state = if provisional { "provisional" } else { "final" };
+                metrics::counter!(m::READINESS_REPORTS_TOTAL, "state" => state).increment(1);
+                tracing::info!(tenant = %tenant, trigger, provisional,
+                    duration_ms = took.as_millis() as u64, "readiness report stored");
+            }
+            Self::Coalesced => metrics::counter!(m::READINESS_COALESCED_TOTAL).increment(1),
+            Self::Failed { tenant, error } => {
+                metrics::counter!(m::READINESS_FAILURES_TOTAL).increment(1);
+                tracing::warn!(tenant = %tenant, error = %error, "readiness aggregation failed");
+            }
+        }
+    }
+}

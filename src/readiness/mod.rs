@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::actors::metric_names as m;
+use crate::actors::events::{InternalEvent, ReadinessAggregation};
 use crate::actors::ports::JobPriority;
 use crate::actors::ports::StoreError;
 use crate::actors::readiness::{AggregationTrigger, ReadinessMark, ReadinessReport};
@@ -82,27 +82,16 @@ impl Aggregator {
         .await
         .and_then(|r| r.map_err(StoreError::Query));
         match &outcome {
-            Ok(Aggregation::Computed(report)) => {
-                metrics::histogram!(m::READINESS_AGGREGATION_SECONDS, "trigger" => trigger.as_str())
-                    .record(started.elapsed().as_secs_f64());
-                let state = if report.provisional {
-                    "provisional"
-                } else {
-                    "final"
-                };
-                metrics::counter!(m::READINESS_REPORTS_TOTAL, "state" => state).increment(1);
-                tracing::info!(tenant = %tenant, trigger = trigger.as_str(),
-                    provisional = report.provisional, duration_ms = report.duration_ms,
-                    "readiness report stored");
+            Ok(Aggregation::Computed(report)) => ReadinessAggregation::Stored {
+                tenant,
+                trigger: trigger.as_str(),
+                provisional: report.provisional,
+                took: started.elapsed(),
             }
-            Ok(Aggregation::Running) => {
-                metrics::counter!(m::READINESS_COALESCED_TOTAL).increment(1);
-            }
+            .emit(),
+            Ok(Aggregation::Running) => ReadinessAggregation::Coalesced.emit(),
             Ok(_) => {}
-            Err(e) => {
-                metrics::counter!(m::READINESS_FAILURES_TOTAL).increment(1);
-                tracing::warn!(tenant = %tenant, error = %e, "readiness aggregation failed");
-            }
+            Err(error) => ReadinessAggregation::Failed { tenant, error }.emit(),
         }
         outcome
     }
