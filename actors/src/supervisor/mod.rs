@@ -14,7 +14,6 @@ mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
@@ -234,9 +233,4 @@ fn publish_gauges(state: &SupervisorState) {
     let (running, parked) = state.policy.counts();
     metrics::gauge!(m::ACTORS_RUNNING).set(running as f64);
     metrics::gauge!(m::ACTORS_PARKED).set(parked as f64);
-}
-
-/// How long a drain may take end to end (for callers waiting on a revoke or shutdown).
-pub fn drain_deadline(settings: &SupervisorSettings) -> Duration {
-    settings.drain_timeout + Duration::from_secs(5)
 }
