@@ -62,7 +62,7 @@ def code_of(path):
     """The file's text without comments, string contents and `#[cfg(test)]` modules."""
     text = open(path, encoding="utf-8").read()
     # Strings first (a "//" inside a URL is not a comment), then comments.
-    text = re.sub(r'r#*"(?:.|\n)*?"#*', '""', text)
+    text = re.sub(r'(?<![A-Za-z0-9_])r#*"(?:.|\n)*?"#*', '""', text)
     text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
     text = re.sub(r"/\*(?:.|\n)*?\*/", "", text)
     text = re.sub(r"//[^\n]*", "", text)
@@ -227,7 +227,7 @@ def longest_chain(nodes, edges):
 def blank_strings(text):
     """String and char literals and comments replaced by spaces, newlines kept."""
     keep = lambda m: re.sub(r"[^\n]", " ", m.group(0))
-    text = re.sub(r'r#*"(?:.|\n)*?"#*|"(?:\\.|[^"\\])*"', keep, text)
+    text = re.sub(r'(?<![A-Za-z0-9_])r#*"(?:.|\n)*?"#*|"(?:\\.|[^"\\])*"', keep, text)
     text = re.sub(r"'(?:\\.|[^'\\])'", keep, text)
     return re.sub(r"//[^\n]*", keep, text)
 

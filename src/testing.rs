@@ -116,6 +116,17 @@ where
     }
 }
 
+/// Prometheus text (`/metrics`) as `name{labels} -> value`; comments skipped.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -276,13 +276,7 @@ impl Service {
     /// Parses `/metrics` into `name{labels} -> value`.
     pub async fn metrics(&self) -> HashMap<String, f64> {
         let (_, text) = self.get("/metrics").await.unwrap_or((0, String::new()));
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
+        enablement::testing::parse_metrics(&text)
     }
 
     pub async fn metric(&self, name_and_labels: &str) -> f64 {

@@ -62,7 +62,8 @@ pub struct HubContext {
     events: mpsc::UnboundedSender<HubEvent>,
     /// Where assignments go (the tenants of this process).
     sink: Arc<dyn AssignmentSink>,
-    drain_timeout: Duration,
+    /// How long a revocation may wait for the tenants to drain.
+    revoke_timeout: Duration,
     /// Which consumer this is (the hub re-creates a wedged one).
     generation: u64,
     /// Cleared when the hub replaces this consumer: its callbacks then do nothing.
@@ -117,7 +118,7 @@ impl ConsumerContext for HubContext {
                 "partitions revoked; draining tenant actors"
             );
             let sink = self.sink.clone();
-            let timeout = self.drain_timeout + Duration::from_secs(5);
+            let timeout = self.revoke_timeout;
             // The group waits for us: drain synchronously, then commit, then release.
             let drained = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current()
@@ -178,7 +179,9 @@ pub struct KafkaHub {
     events_tx: mpsc::UnboundedSender<HubEvent>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<HubEvent>>,
     refresh: Duration,
-    drain_timeout: Duration,
+    /// The supervisor's drain timeout plus slack for stopping the actors: how long a
+    /// revocation (by the group or by the watchdog) waits for the tenants to drain.
+    revoke_timeout: Duration,
     sink: Arc<dyn AssignmentSink>,
     generation: AtomicU64,
     health: Arc<GroupHealth>,
@@ -197,6 +200,7 @@ impl KafkaHub {
         sink: Arc<dyn AssignmentSink>,
     ) -> Result<Arc<Self>, HubError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let revoke_timeout = drain_timeout + Duration::from_secs(5);
         let mut client = base_client_config(cfg);
         client
             .set("group.id", &cfg.group_id)
@@ -235,7 +239,7 @@ impl KafkaHub {
             &cfg.topic_prefix,
             &tx,
             &sink,
-            drain_timeout,
+            revoke_timeout,
             0,
             &health,
         )?;
@@ -251,7 +255,7 @@ impl KafkaHub {
             events_tx: tx,
             events: tokio::sync::Mutex::new(rx),
             refresh: Duration::from_millis(cfg.tenant_refresh_ms),
-            drain_timeout,
+            revoke_timeout,
             sink,
             generation: AtomicU64::new(0),
             health,
@@ -266,7 +270,7 @@ impl KafkaHub {
         prefix: &str,
         events: &mpsc::UnboundedSender<HubEvent>,
         sink: &Arc<dyn AssignmentSink>,
-        drain_timeout: Duration,
+        revoke_timeout: Duration,
         generation: u64,
         health: &Arc<GroupHealth>,
     ) -> Result<HubConsumer, HubError> {
@@ -274,7 +278,7 @@ impl KafkaHub {
             prefix: prefix.to_owned(),
             events: events.clone(),
             sink: sink.clone(),
-            drain_timeout,
+            revoke_timeout,
             generation,
             armed: AtomicBool::new(true),
             health: health.clone(),
@@ -455,7 +459,7 @@ impl KafkaHub {
             .collect();
         let old = self.consumer();
         old.context().armed.store(false, Ordering::SeqCst);
-        let timeout = self.drain_timeout + Duration::from_secs(5);
+        let timeout = self.revoke_timeout;
         if !self.sink.revoke(tenants, timeout).await {
             tracing::warn!("draining tenants before re-creating the consumer did not complete");
         }
@@ -466,7 +470,7 @@ impl KafkaHub {
             &self.prefix,
             &self.events_tx,
             &self.sink,
-            self.drain_timeout,
+            self.revoke_timeout,
             generation,
             &self.health,
         ) {

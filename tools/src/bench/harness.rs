@@ -312,14 +312,7 @@ impl ServiceProcess {
         else {
             return HashMap::new();
         };
-        let text = r.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
+        enablement::testing::parse_metrics(&r.text().await.unwrap_or_default())
     }
 
     /// SIGTERM, then wait (killing after `timeout`).
