@@ -17,6 +17,8 @@ cargo build --quiet --workspace --bins
 bin="$root/target/debug/enablement"
 sim="$root/target/debug/mindtickle-sim"
 export ENABLEMENT__HTTP__LISTEN="${ENABLEMENT__HTTP__LISTEN:-127.0.0.1:3000}"
+# A development run on loopback: the operator token config.toml ships is accepted only so.
+export ENABLEMENT__HTTP__ALLOW_DEV_TOKEN="${ENABLEMENT__HTTP__ALLOW_DEV_TOKEN:-true}"
 base="http://$ENABLEMENT__HTTP__LISTEN"
 psql_() { psql -h 127.0.0.1 -U postgres -X -q enablement "$@"; }
 

@@ -3,6 +3,11 @@
 //! Redis is only a cache: the connection is opened lazily and re-opened after failures, so
 //! the service starts and keeps working with Redis down (callers count the failures).
 //! Whole-tenant invalidation walks the tenant's hash-tagged pattern with `SCAN`, never `KEYS`.
+//!
+//! A `rediss://` url speaks TLS (rustls), checked against `redis.ca_file` or the system
+//! roots. Down is tolerated, misconfigured is not: [`RedisCache::preflight`] tells a wrong
+//! CA, a wrong password or plaintext against a TLS port (the start is refused, naming the
+//! setting) from a server that is merely unreachable.
 
 use std::time::Duration;
 
@@ -42,10 +47,35 @@ fn unavailable(e: impl std::fmt::Display) -> CacheError {
     CacheError::Unavailable(e.to_string())
 }
 
+/// The outcome of [`RedisCache::preflight`] when it is not a plain success.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheStartError {
+    /// The settings are wrong: the service refuses to start (exit 2).
+    #[error("{key}: {reason}")]
+    Refused { key: &'static str, reason: String },
+    /// Redis is not reachable now: the service starts and works without its cache.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+}
+
 impl RedisCache {
     pub fn new(cfg: &RedisConfig) -> Result<Self, CacheError> {
+        let client = if cfg.ca_file.is_empty() {
+            redis::Client::open(cfg.url.as_str()).map_err(unavailable)?
+        } else {
+            let root_cert = std::fs::read(&cfg.ca_file)
+                .map_err(|e| CacheError::Unavailable(format!("redis.ca_file: {e}")))?;
+            redis::Client::build_with_tls(
+                cfg.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )
+            .map_err(|e| CacheError::Unavailable(format!("redis.ca_file: {e}")))?
+        };
         Ok(Self {
-            client: redis::Client::open(cfg.url.as_str()).map_err(unavailable)?,
+            client,
             conn: Mutex::new(None),
             timeout: Duration::from_millis(cfg.timeout_ms),
             roster_ttl_s: cfg.roster_ttl_s,
@@ -108,6 +138,60 @@ impl RedisCache {
             .query_async::<()>(&mut c)
             .await
             .map_err(unavailable)
+    }
+
+    /// One fresh connection and a `PING`, to classify what goes wrong (see
+    /// [`CacheStartError`]).
+    pub async fn preflight(&self) -> Result<(), CacheStartError> {
+        let tls = matches!(
+            self.client.get_connection_info().addr,
+            redis::ConnectionAddr::TcpTls { .. }
+        );
+        let attempt = async {
+            let mut c = self.client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        let e = match tokio::time::timeout(self.timeout * 5, attempt).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(if tls {
+                    CacheStartError::Unavailable("TLS connection timed out".into())
+                } else {
+                    CacheStartError::Refused {
+                        key: "redis.url",
+                        reason: "the server accepted the connection but never answered PING (a TLS port? use rediss://)".into(),
+                    }
+                })
+            }
+        };
+        let text = e.to_string();
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || text.contains("WRONGPASS")
+            || text.contains("NOAUTH")
+        {
+            return Err(CacheStartError::Refused {
+                key: "redis.url",
+                reason: "authentication failed (wrong user or password in the url)".into(),
+            });
+        }
+        if tls && crate::tls::is_tls_rejection(&e) {
+            return Err(CacheStartError::Refused {
+                key: "redis.ca_file",
+                reason: format!("TLS handshake refused: {text} (is the server's certificate signed by this CA, and issued for this host?)"),
+            });
+        }
+        if e.is_connection_refusal() || e.is_timeout() {
+            return Err(CacheStartError::Unavailable(text));
+        }
+        if !tls && e.is_io_error() {
+            // Connected, then dropped without an answer: what a TLS port does to plaintext.
+            return Err(CacheStartError::Refused {
+                key: "redis.url",
+                reason: format!("the server closed the connection without answering ({text}); if it serves TLS, use a rediss:// url"),
+            });
+        }
+        Err(CacheStartError::Unavailable(text))
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {

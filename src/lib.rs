@@ -11,7 +11,8 @@
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and tenant registration.
 //! - [`readiness`]: the analytics aggregator (team readiness reports, computed in SQL).
 //! - [`retention`]: the background deletion of rows that have outlived their use.
-//! - [`service`]: wiring for `serve`, and graceful shutdown.
+//! - [`service`]: wiring for `serve`, its start-up preflight, and graceful shutdown.
+//! - [`tls`]: rustls client settings (CA files, libpq verification levels) for the backends.
 
 pub mod cache;
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod signal;
 pub mod telemetry;
 pub mod tenants;
 pub mod testing;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
 

@@ -71,11 +71,46 @@ impl MindTickleClient {
         cfg: &MindTickleConfig,
         credentials: Arc<dyn UpstreamCredentials>,
     ) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(5_000)))
-            .build()
-            .map_err(|e| e.to_string())?;
+            .use_rustls_tls()
+            .tls_built_in_root_certs(true);
+        if !cfg.ca_file.is_empty() {
+            let pem = std::fs::read(&cfg.ca_file)
+                .map_err(|e| format!("mindtickle.ca_file: cannot read {}: {e}", cfg.ca_file))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("mindtickle.ca_file: {}: {e}", cfg.ca_file))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "mindtickle.ca_file: {} holds no certificate",
+                    cfg.ca_file
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if !cfg.client_cert_file.is_empty() {
+            let mut pem = std::fs::read(&cfg.client_cert_file).map_err(|e| {
+                format!(
+                    "mindtickle.client_cert_file: cannot read {}: {e}",
+                    cfg.client_cert_file
+                )
+            })?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(&cfg.client_key_file).map_err(|e| {
+                format!(
+                    "mindtickle.client_key_file: cannot read {}: {e}",
+                    cfg.client_key_file
+                )
+            })?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                format!("mindtickle.client_key_file: not a PEM certificate and key: {e}")
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().map_err(|e| format!("mindtickle: {e}"))?;
         Ok(Self {
             http,
             base: cfg.base_url.trim_end_matches('/').to_owned(),
@@ -83,6 +118,28 @@ impl MindTickleClient {
             margin: Duration::from_secs(cfg.token_refresh_margin_s),
             tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// One unauthenticated request to the base URL, at start: a TLS handshake the settings
+    /// cannot complete (unknown CA, wrong host, plaintext server) is a configuration error
+    /// naming the setting; any HTTP answer, or no answer at all, is not (the API may be
+    /// down now and back later).
+    pub async fn preflight(&self) -> Result<(), String> {
+        if !self.base.starts_with("https://") {
+            return Ok(());
+        }
+        match self.http.get(&self.base).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if crate::tls::is_tls_rejection(&e) => Err(format!(
+                "mindtickle.ca_file: TLS handshake with the MindTickle API refused: {} (is its \
+                 certificate signed by a system root or this CA, and issued for this host?)",
+                e.without_url()
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e.without_url(), "MindTickle API not reachable at start; jobs will retry");
+                Ok(())
+            }
+        }
     }
 
     async fn token(&self, tenant: &TenantId, fresh: bool) -> Result<String, UpstreamError> {

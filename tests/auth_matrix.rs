@@ -23,7 +23,7 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
     let svc = Service::start(&env, &[("ENABLEMENT__MINDTICKLE__BASE_URL", sim.as_str())]);
     svc.wait_ready(&[&a, &b]).await;
     env.provision(&a, "mx-e1", "u1", "u1@mx.test").await;
-    let op = env.config.http.operator_token.clone();
+    let op = env.config.http.operator_token.expose().to_owned();
     let forged = format!("ent_{a}.{}", "f".repeat(64));
     let quiz = json!({"submissionId": "s", "userId": "u1", "courseId": "c", "quizId": "q",
                       "answers": [{"questionId": "x", "selected": "y", "correct": true}],

@@ -314,6 +314,13 @@ fn a_bad_config_stops_the_start_naming_the_key() {
     let (code, err) = run(&[("ENABLEMENT__KAFKA__BROKERZ", "x")]);
     assert_eq!(code, Some(2));
     assert!(err.contains("brokerz"), "{err}");
+    // The operator token config.toml ships is refused unless development is declared.
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("http.operator_token") && err.contains("ALLOW_DEV_TOKEN"),
+        "{err}"
+    );
     let (code, err) = run(&[("ENABLEMENT__HTTP__LISTEN", "nowhere")]);
     assert_eq!(code, Some(2));
     assert!(err.contains("http.listen"), "{err}");

@@ -29,7 +29,7 @@ async fn tokens_reach_only_their_own_tenant() {
     env.add_tenant(&b).await;
     let svc = Service::start(&env, &[]);
     svc.wait_ready(&[&a, &b]).await;
-    let op = env.config.http.operator_token.clone();
+    let op = env.config.http.operator_token.expose().to_owned();
     let path_a = format!("/api/tenants/{a}/users");
     let path_b = format!("/api/tenants/{b}/users");
     let forged = format!("ent_{a}.{}", "0".repeat(64));

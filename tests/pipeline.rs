@@ -477,7 +477,7 @@ async fn tenant_registration_over_http_needs_the_operator_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let op = env.config.http.operator_token.clone();
+    let op = env.config.http.operator_token.expose().to_owned();
     let r = client
         .post(&url)
         .bearer_auth(&op)

@@ -63,3 +63,6 @@ pub const KAFKA_GROUP_WEDGED_TOTAL: &str = "enablement_kafka_group_wedged_total"
 pub const TENANT_BYTE_BUDGET_PAUSES_TOTAL: &str = "enablement_tenant_byte_budget_pauses_total";
 /// Counter {table}: rows deleted by the retention job.
 pub const RETENTION_DELETED_TOTAL: &str = "enablement_retention_deleted_total";
+/// Requests the HTTP edge refused before any work, by `reason` (`auth_failures`,
+/// `client_concurrency`).
+pub const HTTP_REFUSED_TOTAL: &str = "enablement_http_refused_total";

@@ -37,6 +37,9 @@ impl AppError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AppError::Config(_) | AppError::Usage(_) => 2,
+            AppError::Serve(ServeError::Refused(_))
+            | AppError::Migrate(MigrateError::Refused(_)) => 2,
+            AppError::Database(e) if e.is_configuration() => 2,
             AppError::Tenant(TenantAdminError::Invalid(_)) => 2,
             _ => 1,
         }

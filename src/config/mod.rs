@@ -10,10 +10,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod security;
 mod settings;
 
 use crate::actors::{PipelineSettings, SupervisorSettings};
 
+pub use security::{split_pg_tls_params, Secret, DEV_OPERATOR_TOKEN, KAFKA_PROTOCOLS, PG_SSLMODES};
 pub use settings::{AggregatorSettings, Keep, RetentionSettings, Role};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,11 @@ pub struct MindTickleConfig {
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub max_attempts: u32,
+    /// Extra CA certificates (PEM) trusted beside the system roots for an https base_url.
+    pub ca_file: String,
+    /// Client certificate and key (PEM) for mutual TLS to the upstream; both or neither.
+    pub client_cert_file: String,
+    pub client_key_file: String,
 }
 
 impl Default for MindTickleConfig {
@@ -141,6 +148,9 @@ impl Default for MindTickleConfig {
             backoff_initial_ms: 500,
             backoff_max_ms: 60_000,
             max_attempts: 6,
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
         }
     }
 }
@@ -156,6 +166,12 @@ pub struct PostgresConfig {
     pub app_role: String,
     pub pool_max_size: u32,
     pub connect_timeout_ms: u64,
+    /// TLS to PostgreSQL, for both URLs: `disable`, `require` (encrypted, certificate not
+    /// checked), `verify-ca` (chain checked), `verify-full` (chain and host name). An
+    /// `sslmode`/`sslrootcert` in a URL's query overrides these.
+    pub sslmode: String,
+    /// CA certificates (PEM) for verify-ca/verify-full; empty means the system roots.
+    pub sslrootcert: String,
 }
 
 impl Default for PostgresConfig {
@@ -166,6 +182,8 @@ impl Default for PostgresConfig {
             app_role: "enablement_app".into(),
             pool_max_size: 8,
             connect_timeout_ms: 5_000,
+            sslmode: "disable".into(),
+            sslrootcert: String::new(),
         }
     }
 }
@@ -177,6 +195,8 @@ pub struct RedisConfig {
     pub roster_ttl_s: u64,
     pub catalog_ttl_s: u64,
     pub timeout_ms: u64,
+    /// CA certificates (PEM) for a `rediss://` url; empty means the system roots.
+    pub ca_file: String,
 }
 
 impl Default for RedisConfig {
@@ -186,6 +206,7 @@ impl Default for RedisConfig {
             roster_ttl_s: 600,
             catalog_ttl_s: 1_800,
             timeout_ms: 1_000,
+            ca_file: String::new(),
         }
     }
 }
@@ -228,6 +249,25 @@ pub struct KafkaConfig {
     pub statistics_interval_ms: u64,
     /// librdkafka debug contexts (e.g. `cgrp,fetch`); empty for none.
     pub librdkafka_debug: String,
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` (librdkafka `security.protocol`),
+    /// for every Kafka client of the service and its tools.
+    pub security_protocol: String,
+    /// CA certificates (PEM) the brokers' certificates are checked against; empty means
+    /// the system roots.
+    pub ssl_ca_file: String,
+    /// Client certificate and key (PEM) for mutual TLS; both or neither.
+    pub ssl_cert_file: String,
+    pub ssl_key_file: String,
+    /// Passphrase of an encrypted `ssl_key_file` (or `ssl_key_password_file`).
+    pub ssl_key_password: Secret,
+    pub ssl_key_password_file: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` with a SASL security_protocol.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// The SASL password: from the environment (`ENABLEMENT__KAFKA__SASL_PASSWORD`) or
+    /// `sasl_password_file`, never from a committed file.
+    pub sasl_password: Secret,
+    pub sasl_password_file: String,
 }
 
 impl Default for KafkaConfig {
@@ -250,6 +290,16 @@ impl Default for KafkaConfig {
             produce_timeout_ms: 30_000,
             statistics_interval_ms: 5_000,
             librdkafka_debug: String::new(),
+            security_protocol: "PLAINTEXT".into(),
+            ssl_ca_file: String::new(),
+            ssl_cert_file: String::new(),
+            ssl_key_file: String::new(),
+            ssl_key_password: Secret::default(),
+            ssl_key_password_file: String::new(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+            sasl_password_file: String::new(),
         }
     }
 }
@@ -260,19 +310,46 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Bearer token for registration and cross-tenant operations. Set it from the
     /// environment (`ENABLEMENT__HTTP__OPERATOR_TOKEN`) outside development.
-    pub operator_token: String,
+    pub operator_token: Secret,
+    /// A file holding the operator token (a mounted secret), instead of `operator_token`.
+    pub operator_token_file: String,
+    /// Serve with the development operator token shipped in config.toml. Development only.
+    pub allow_dev_token: bool,
+    /// A second address serving only `/metrics` and the detailed `/readyz` without a
+    /// token (for Prometheus and probes inside the cluster); empty for none. On `listen`,
+    /// both need the operator token and `/readyz` without it answers only its status.
+    pub internal_listen: String,
     pub max_body_bytes: usize,
     /// How long a request waits for upstream work before answering 202 with a place to poll.
     pub request_deadline_ms: u64,
+    /// A client must send its request head within this (slow-header clients are cut off).
+    pub header_read_timeout_ms: u64,
+    /// Upper bound of one request, body included (answers 408 after it).
+    pub request_timeout_ms: u64,
+    /// Requests served at once by the whole endpoint; more wait in the accept queue.
+    pub max_concurrent_requests: usize,
+    /// Requests served at once for one client address; more get 429.
+    pub max_concurrent_requests_per_client: usize,
+    /// Failed authentications one client address may make per minute before its requests
+    /// get 429 with Retry-After.
+    pub auth_failures_per_min: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            operator_token: "dev-operator-token-change-me".into(),
+            operator_token: Secret::new(DEV_OPERATOR_TOKEN),
+            operator_token_file: String::new(),
+            allow_dev_token: false,
+            internal_listen: String::new(),
             max_body_bytes: 1_048_576,
             request_deadline_ms: 10_000,
+            header_read_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 256,
+            max_concurrent_requests_per_client: 32,
+            auth_failures_per_min: 20,
         }
     }
 }
@@ -453,13 +530,12 @@ impl Config {
             };
             table.insert(key.clone(), value);
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-                ConfigError::Key {
-                    key: e.path().to_string(),
-                    message: e.inner().to_string(),
-                }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(doc))
+            .map_err(|e| ConfigError::Key {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
             })?;
+        config.resolve_secret_files()?;
         config.validate()?;
         Ok(config)
     }
@@ -476,7 +552,11 @@ impl Config {
             ("postgres.url", &self.postgres.url),
             ("postgres.migrate_url", &self.postgres.migrate_url),
         ] {
-            if url.parse::<tokio_postgres::Config>().is_err() {
+            if security::split_pg_tls_params(url)
+                .0
+                .parse::<tokio_postgres::Config>()
+                .is_err()
+            {
                 return bad(key, "is not a PostgreSQL connection URL");
             }
         }
@@ -519,7 +599,7 @@ impl Config {
         if self.kafka.replication_factor < 1 {
             return bad("kafka.replication_factor", "must be at least 1");
         }
-        if self.http.operator_token.len() < 16 {
+        if self.http.operator_token.expose().len() < 16 {
             return bad("http.operator_token", "must be at least 16 characters");
         }
         let p = &self.pipeline;
@@ -596,7 +676,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be text or json");
         }
-        Ok(())
+        self.validate_security()
     }
 
     /// Environment overrides that point a child `enablement serve` at this configuration's
@@ -626,6 +706,10 @@ impl Config {
             (
                 "ENABLEMENT__HTTP__LISTEN".into(),
                 self.http.listen.to_string(),
+            ),
+            (
+                "ENABLEMENT__HTTP__ALLOW_DEV_TOKEN".into(),
+                self.http.allow_dev_token.to_string(),
             ),
         ]
     }
@@ -693,7 +777,7 @@ mod tests {
         assert_eq!(c.kafka.brokers, "a:1");
         assert_eq!(c.kafka.topic_prefix, "prod.");
         assert_eq!(c.pipeline.max_batch_events, 42);
-        assert_eq!(c.http.operator_token, "1234567890123456789");
+        assert_eq!(c.http.operator_token.expose(), "1234567890123456789");
     }
 
     fn key_of(text: &str, vars: &[(&str, &str)]) -> String {

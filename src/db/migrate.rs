@@ -6,7 +6,6 @@
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use crate::config::{is_sql_identifier, PostgresConfig};
 
@@ -74,6 +73,18 @@ pub enum MigrateError {
     Failed { name: String, message: String },
     #[error("database error: {0}")]
     Db(String),
+    /// TLS, credentials or the URL are wrong (exit 2).
+    #[error("{0}")]
+    Refused(super::DbError),
+}
+
+impl From<super::DbError> for MigrateError {
+    fn from(e: super::DbError) -> Self {
+        match e {
+            super::DbError::Connect(m) => MigrateError::Connect(m),
+            other => MigrateError::Refused(other),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -103,12 +114,15 @@ pub async fn migrate_through(
     if !is_sql_identifier(&cfg.app_role) {
         return Err(MigrateError::RoleName);
     }
-    let (mut client, conn) = tokio_postgres::connect(&cfg.migrate_url, NoTls)
+    let target = super::PgTarget::new(cfg, &cfg.migrate_url, "postgres.migrate_url")?;
+    let (mut client, conn) = target
+        .pg
+        .connect(target.tls.clone())
         .await
-        .map_err(|e| MigrateError::Connect(super::redact(e)))?;
+        .map_err(|e| MigrateError::from(target.classify(&e)))?;
     let conn_task = tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "migration connection ended");
+            tracing::warn!(error = %super::redact(e), "migration connection ended");
         }
     });
     client

@@ -17,6 +17,7 @@
 //! `store` implements the actors crate's ports by composing those functions, one scoped
 //! transaction per call.
 
+mod connect;
 pub mod jobs;
 mod migrate;
 pub mod outbox;
@@ -30,6 +31,7 @@ mod security;
 mod signals;
 mod store;
 
+pub use connect::{ensure_least_privilege, PgTarget};
 pub use migrate::{migrate, migrate_through, MigrateError, MigrationReport};
 pub use registry::{Registry, RegistryError, TenantRecord};
 pub(crate) use scoped::store_error;
@@ -39,11 +41,11 @@ pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PostgresConfig;
 
-pub type PgPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+pub type PgPool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -51,15 +53,27 @@ pub enum DbError {
     Url(String),
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(String),
+    /// The configuration is wrong (TLS, credentials, privileges): retrying cannot help.
+    #[error("{key}: {reason}")]
+    Refused { key: String, reason: String },
 }
 
-/// Opens the service role's pool. Connections are created lazily but one is tried now so
-/// a wrong URL or a stopped database fails the start with a clear message.
+impl DbError {
+    /// True when the error is the configuration's (the process exits 2).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, DbError::Refused { .. } | DbError::Url(_))
+    }
+}
+
+/// Opens the service role's pool. One connection is opened first, so a wrong URL, a TLS or
+/// password mismatch or a stopped database fails the start with a clear message, and the
+/// role is checked for least privilege ([`ensure_least_privilege`]).
 pub async fn connect_pool(cfg: &PostgresConfig) -> Result<PgPool, DbError> {
-    let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| DbError::Url(redact(e)))?;
-    pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
-    pg.application_name("enablement");
-    let manager = PostgresConnectionManager::new(pg, NoTls);
+    let target = PgTarget::new(cfg, &cfg.url, "postgres.url")?;
+    let probe = target.connect().await?;
+    ensure_least_privilege(&probe, "postgres.url").await?;
+    drop(probe);
+    let manager = PostgresConnectionManager::new(target.pg.clone(), target.tls.clone());
     let pool = bb8::Pool::builder()
         .max_size(cfg.pool_max_size)
         .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))

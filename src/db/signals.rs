@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::TenantId;
@@ -58,17 +58,22 @@ async fn listen_once<F>(
 where
     F: Fn(TenantId),
 {
-    let mut pg: tokio_postgres::Config = match cfg.url.parse() {
-        Ok(pg) => pg,
+    let target = match super::PgTarget::new(cfg, &cfg.url, "postgres.url") {
+        Ok(mut t) => {
+            t.pg.application_name("enablement-listener");
+            t
+        }
         Err(e) => {
-            tracing::error!(error = %super::redact(e), "tenant work listener: invalid postgres url");
+            tracing::error!(error = %e, "tenant work listener: unusable postgres settings");
             shutdown.cancelled().await;
             return Ok(());
         }
     };
-    pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
-    pg.application_name("enablement-listener");
-    let (client, mut conn) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut conn) = target
+        .pg
+        .connect(target.tls.clone())
+        .await
+        .map_err(|e| target.classify(&e).to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, String>>();
     // The connection must be polled for the LISTEN to complete and notifications to arrive.
     let driver = tokio::spawn(async move {

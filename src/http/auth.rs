@@ -1,8 +1,16 @@
 //! Who may call what: the operator token (constant-time compare of hashes), a tenant's own
 //! API token on its own paths, 404 (no existence leak) and a security event for a token
 //! used on another tenant's path, 403 for a suspended tenant.
+//!
+//! A token is checked against the database only when it has the token format and names a
+//! tenant that exists ([`KnownTenants`]): garbage and guessed tenant ids cost no
+//! transaction.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
+use tokio::sync::Mutex;
 
 use serde_json::json;
 
@@ -10,7 +18,45 @@ use super::error::{not_found, ApiError};
 use super::AppState;
 use crate::actors::ports::SecurityEvent;
 use crate::actors::TenantId;
+use crate::db::{Registry, RegistryError};
 use crate::tokens;
+
+/// The ids of registered tenants, reloaded from the registry when an unknown id is asked
+/// for, at most once per [`KnownTenants::RELOAD_EVERY`]: a client spraying made-up tenant
+/// ids causes at most one registry read per interval, whatever its rate.
+pub struct KnownTenants {
+    state: Mutex<(HashSet<TenantId>, Option<Instant>)>,
+}
+
+impl Default for KnownTenants {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new((HashSet::new(), None)),
+        }
+    }
+}
+
+impl KnownTenants {
+    pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+    pub async fn contains(
+        &self,
+        registry: &Registry,
+        tenant: &TenantId,
+    ) -> Result<bool, RegistryError> {
+        let mut state = self.state.lock().await;
+        if state.0.contains(tenant) {
+            return Ok(true);
+        }
+        if state.1.is_some_and(|at| at.elapsed() < Self::RELOAD_EVERY) {
+            return Ok(false);
+        }
+        let all = registry.list().await?;
+        state.0 = all.into_iter().map(|t| t.tenant_id).collect();
+        state.1 = Some(Instant::now());
+        Ok(state.0.contains(tenant))
+    }
+}
 
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -21,11 +67,17 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// True for a request that may see operational detail: on the internal listener, or with
+/// the operator token.
+pub(super) fn may_see_operations(s: &AppState, headers: &HeaderMap) -> bool {
+    s.internal || require_operator(s, headers).is_ok()
+}
+
 pub(super) fn require_operator(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let ok = bearer(headers).is_some_and(|t| {
         tokens::constant_time_eq(
             &tokens::hash(t),
-            &tokens::hash(&s.config.http.operator_token),
+            &tokens::hash(s.config.http.operator_token.expose()),
         )
     });
     if ok {
@@ -67,6 +119,16 @@ pub async fn authorize_tenant(
         return Ok(tenant);
     }
     let claimed = tokens::claimed_tenant(token).ok_or_else(unauthorized)?;
+    let exists = s.known.contains(&s.registry, &claimed).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "retry later",
+        )
+    })?;
+    if !exists {
+        return Err(unauthorized());
+    }
     let valid = s
         .store
         .token_matches(&claimed, tokens::hash(token))

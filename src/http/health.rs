@@ -1,15 +1,21 @@
 //! `/healthz` (the process answers), `/readyz` (what this instance's role uses answers,
 //! checked in parallel with a deadline each; tenants and the consumer group reported in the
 //! body) and `/metrics` (Prometheus text).
+//!
+//! Tenant ids and error texts are operational detail: the detailed `/readyz` body and
+//! `/metrics` are served on the internal listener, or with the operator token. Without it,
+//! `/readyz` answers its status code and `{"ready": ..}` only (enough for a load balancer),
+//! and `/metrics` answers 401.
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::may_see_operations;
 use super::error::ApiError;
 use super::AppState;
 use crate::actors::ActorStatus;
@@ -39,7 +45,7 @@ where
 /// the broker except for the aggregator). Tenant actors and the consumer group are reported
 /// in the body: a parked or restarting tenant is that tenant's problem, and taking the
 /// instance out of service would stop every other tenant too.
-pub(super) async fn readyz(State(s): State<AppState>) -> Response {
+pub(super) async fn readyz(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let pg = check(async {
         let conn = tokio::time::timeout(READY_CHECK_TIMEOUT, s.pool.get())
             .await
@@ -108,10 +114,21 @@ pub(super) async fn readyz(State(s): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if !may_see_operations(&s, &headers) {
+        return (status, Json(json!({"ready": ready}))).into_response();
+    }
     (status, Json(body)).into_response()
 }
 
-pub(super) async fn metrics_text(State(s): State<AppState>) -> Response {
+pub(super) async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if !may_see_operations(&s, &headers) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "metrics need the operator token, or the internal listener (http.internal_listen)",
+        )
+        .into_response();
+    }
     match &s.metrics {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
         None => {

@@ -59,6 +59,8 @@ impl TestEnv {
             .await
             .expect("a fresh migrated test database");
         config.kafka.group_id = unique("g");
+        // The tests serve with the development operator token config.toml ships.
+        config.http.allow_dev_token = true;
         config.kafka.tenant_refresh_ms = 300;
         // Crash tests restart a consumer in the same group: a short session lets the
         // coordinator give the dead member's partitions back sooner.
@@ -184,6 +186,8 @@ pub struct Service {
     child: Option<Child>,
     pub base_url: String,
     pub log_path: std::path::PathBuf,
+    /// Sent by [`Service::get`]: the detailed `/readyz` and `/metrics` need it.
+    pub operator_token: String,
 }
 
 impl Service {
@@ -216,6 +220,7 @@ impl Service {
             child: Some(child),
             base_url: format!("http://{listen}"),
             log_path,
+            operator_token: env.config.http.operator_token.expose().to_owned(),
         }
     }
 
@@ -223,8 +228,12 @@ impl Service {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// GET as the operator.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let r = reqwest::get(format!("{}{path}", self.base_url))
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.operator_token)
+            .send()
             .await
             .ok()?;
         let status = r.status().as_u16();

@@ -9,3 +9,4 @@
 
 pub mod bench;
 pub mod simulator;
+pub mod tls_listener;

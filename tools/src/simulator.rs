@@ -162,11 +162,30 @@ pub fn router(settings: SimSettings) -> Router {
 }
 
 pub async fn run(settings: SimSettings) -> std::io::Result<()> {
+    run_with_tls(settings, None).await
+}
+
+/// [`run`], over HTTPS when given `(certificate PEM, key PEM)`.
+pub async fn run_with_tls(
+    settings: SimSettings,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-    tracing::info!(listen = %settings.listen, "mindtickle simulator listening");
-    axum::serve(listener, router(settings))
-        .with_graceful_shutdown(enablement::signal::shutdown_signal())
-        .await
+    tracing::info!(listen = %settings.listen, tls = tls.is_some(), "mindtickle simulator listening");
+    let app = router(settings);
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(enablement::signal::shutdown_signal())
+                .await
+        }
+        Some((cert, key)) => {
+            let tls = crate::tls_listener::TlsListener::new(listener, &cert, &key)?;
+            axum::serve(tls, app)
+                .with_graceful_shutdown(enablement::signal::shutdown_signal())
+                .await
+        }
+    }
 }
 
 #[derive(Deserialize)]

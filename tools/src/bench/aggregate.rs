@@ -154,7 +154,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
     let freshness_ms = world.config.aggregator.freshness_ms as f64;
     let mut svc = ServiceProcess::start(&world, "api", &[])?;
     svc.wait_ready(0, Duration::from_secs(60)).await?;
-    let token = world.config.http.operator_token.clone();
+    let token = world.config.http.operator_token.expose().to_owned();
     // One warm-up each (caches, plans), then interleaved measured runs.
     let (_, want) = bare(&store, &big, freshness_ms).await?;
     let (_, first) = through_service(&svc, &big, &token).await?;

@@ -58,6 +58,8 @@ impl BenchWorld {
             .await
             .map_err(fail)?;
         config.kafka.group_id = format!("bench-{run_id}-{}", now_ms());
+        // A local benchmark: the development operator token is fine here.
+        config.http.allow_dev_token = true;
         // Unique per world like the group: a broker that keys static members by instance id
         // alone (nisshi 0.8.1) would hand one world's member another world's assignment.
         config.kafka.group_instance_id = format!("bench-{run_id}-{}", now_ms());
@@ -218,6 +220,8 @@ pub struct ServiceProcess {
     child: Child,
     pub base_url: String,
     pub log_path: std::path::PathBuf,
+    /// `/readyz` in detail and `/metrics` need it.
+    operator_token: String,
 }
 
 impl ServiceProcess {
@@ -245,6 +249,7 @@ impl ServiceProcess {
             child,
             base_url: format!("http://{}", world.config.http.listen),
             log_path,
+            operator_token: world.config.http.operator_token.expose().to_owned(),
         })
     }
 
@@ -270,6 +275,7 @@ impl ServiceProcess {
     pub async fn readyz(&self) -> Option<Value> {
         let r = http_client()
             .get(format!("{}/readyz", self.base_url))
+            .bearer_auth(&self.operator_token)
             .send()
             .await
             .ok()?;
@@ -307,6 +313,7 @@ impl ServiceProcess {
     pub async fn metrics(&self) -> HashMap<String, f64> {
         let Ok(r) = http_client()
             .get(format!("{}/metrics", self.base_url))
+            .bearer_auth(&self.operator_token)
             .send()
             .await
         else {

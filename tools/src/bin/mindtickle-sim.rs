@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use enablement_tools::simulator::{run, Faults, SimSettings};
+use enablement_tools::simulator::{run_with_tls, Faults, SimSettings};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,12 @@ struct Args {
     /// Retry-After seconds of forced 429s.
     #[arg(long, default_value_t = 1)]
     retry_after_s: u64,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -65,7 +71,17 @@ async fn main() -> std::process::ExitCode {
             retry_after_s: a.retry_after_s,
         },
     };
-    match run(settings).await {
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => match (std::fs::read(c), std::fs::read(k)) {
+            (Ok(c), Ok(k)) => Some((c, k)),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: --tls-cert/--tls-key: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    match run_with_tls(settings, tls).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -4,17 +4,22 @@
 //! the supervisor drains every tenant actor (fetching stops, batches in flight commit,
 //! outboxes flush, offsets are stored), the stored offsets are committed, and the process
 //! exits 0, all within `shutdown.grace_period_ms`.
+//!
+//! Before anything starts, [`preflight`] connects to every backend with the configured TLS
+//! and credentials and refuses (exit 2, naming the setting) what configuration got wrong.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+mod preflight;
+
 use crate::actors::{Supervisor, TenantDeps, Tenants, TenantsRuntime};
 use crate::cache::RedisCache;
 use crate::config::{Config, Role};
 use crate::db::{connect_pool, listen_tenant_work, Registry, TenantScopedStore};
-use crate::http::{router, AppState};
+use crate::http::{internal_router, router, AppState, KnownTenants, Listener};
 use crate::kafka::{KafkaHub, KafkaPublisher};
 use crate::readiness::Aggregator;
 
@@ -22,6 +27,9 @@ use crate::readiness::Aggregator;
 pub enum ServeError {
     #[error("{0}")]
     Startup(String),
+    /// The configuration is unsafe or does not fit the backends (exit code 2).
+    #[error("refusing to start: {0}")]
+    Refused(String),
     #[error("shutdown did not complete within the grace period")]
     GraceExceeded,
 }
@@ -40,11 +48,20 @@ struct ConsumerParts {
 
 pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    config
+        .check_serve_safety()
+        .map_err(|e| ServeError::Refused(e.to_string()))?;
     let metrics = crate::telemetry::init_metrics().map_err(startup)?;
-    let pool = connect_pool(&config.postgres).await.map_err(startup)?;
+    let pool = connect_pool(&config.postgres)
+        .await
+        .map_err(|e| match e.is_configuration() {
+            true => ServeError::Refused(e.to_string()),
+            false => startup(e),
+        })?;
     let registry = Registry::new(pool.clone());
     let store = TenantScopedStore::new(pool.clone());
     let cache = Arc::new(RedisCache::new(&config.redis).map_err(startup)?);
+    preflight::backends(&config, &cache).await?;
     let publisher = KafkaPublisher::new(&config.kafka).map_err(startup)?;
     let aggregator = Aggregator::new(store.clone(), config.aggregator_settings());
     let shutdown = CancellationToken::new();
@@ -70,13 +87,13 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
         ))
     });
 
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|e| {
-            ServeError::Startup(format!("cannot listen on {}: {e}", config.http.listen))
-        })?;
-    tracing::info!(listen = %config.http.listen, role = role.as_str(), "serving");
-    let app = router(AppState {
+    let listener = bind(config.http.listen).await?;
+    let internal_listener = match config.http.internal_listen.as_str() {
+        "" => None,
+        addr => Some(bind(addr.parse().map_err(startup)?).await?),
+    };
+    tracing::info!(listen = %config.http.listen, internal = %config.http.internal_listen, role = role.as_str(), "serving");
+    let state = AppState {
         config: config.clone(),
         role,
         pool: pool.clone(),
@@ -88,13 +105,24 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
         group: consumer.as_ref().map(|c| c.hub.health()),
         aggregator,
         metrics: Some(metrics),
-    });
-    let http_stop = shutdown.child_token();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
+        known: Arc::new(KnownTenants::default()),
+        internal: false,
+    };
+    let header_read_timeout = Duration::from_millis(config.http.header_read_timeout_ms);
+    if let Some(listener) = internal_listener {
+        let internal = Listener {
+            listener,
+            app: internal_router(state.clone()),
+            header_read_timeout,
+        };
+        tokio::spawn(internal.run(shutdown.child_token()));
+    }
+    let public = Listener {
+        listener,
+        app: router(state),
+        header_read_timeout,
+    };
+    let http_task = tokio::spawn(public.run(shutdown.child_token()));
 
     crate::signal::shutdown_signal().await;
     tracing::info!("shutdown requested; draining");
@@ -125,6 +153,12 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
     }
 }
 
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServeError::Startup(format!("cannot listen on {addr}: {e}")))
+}
+
 async fn start_consumer(
     config: &Arc<Config>,
     store: &TenantScopedStore,
@@ -145,7 +179,8 @@ async fn start_consumer(
     .map_err(startup)?;
     let upstream =
         crate::upstream::MindTickleClient::new(&config.mindtickle, Arc::new(store.clone()))
-            .map_err(startup)?;
+            .map_err(ServeError::Refused)?;
+    upstream.preflight().await.map_err(ServeError::Refused)?;
     let deps = TenantDeps {
         upstream: Arc::new(upstream),
         limits: config.limiter_settings(),

@@ -1,0 +1,459 @@
+//! TLS and authentication to every backend, on loopback, with certificates made by the test:
+//! a PostgreSQL cluster of the test's own serving TLS only (scram passwords), a Redis TLS
+//! port with a password, the development broker with a certificate and SASL, and the
+//! simulator over HTTPS. For each: the right CA and credentials connect; a wrong CA, a
+//! wrong password and plaintext against the TLS listener stop `enablement serve` at start
+//! with exit code 2 and the name of the setting to fix. Then one service runs with all
+//! four at once, end to end.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, free_port, scim_event, tenant, unique, TestEnv};
+
+/// A CA, a server certificate it signed for 127.0.0.1 and localhost, and an unrelated CA.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+        let dir = std::env::temp_dir().join(unique("pki"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            let cert = p.self_signed(&key).unwrap();
+            (cert, key)
+        };
+        let (ca_cert, ca_key) = ca("enablement test CA");
+        let (other_cert, _) = ca("some other CA");
+        let server_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        // OpenSSL clients (librdkafka) compare an IP host with DNS names too.
+        p.subject_alt_names
+            .push(SanType::DnsName("127.0.0.1".try_into().unwrap()));
+        p.distinguished_name.push(DnType::CommonName, "localhost");
+        let server = p.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("other-ca.pem"), other_cert.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A PostgreSQL cluster of this test's own: TLS required on TCP (`hostssl` with scram
+/// passwords, `hostnossl` rejected), trust on its private Unix socket for setup.
+struct TlsPostgres {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+const OWNER_PASSWORD: &str = "owner-pw-7f3a";
+const APP_PASSWORD: &str = "app-pw-91c2";
+
+impl TlsPostgres {
+    fn start(pki: &Pki) -> Self {
+        let bin = Path::new("/usr/lib/postgresql")
+            .read_dir()
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let dir = std::env::temp_dir().join(unique("pgtls"));
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), OWNER_PASSWORD).unwrap();
+        // The server refuses to run as root: everything below runs as `postgres`.
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir),
+        );
+        run_ok(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("initdb"))
+                .args(["-U", "postgres", "-A", "scram-sha-256", "--no-sync"])
+                .arg(format!("--pwfile={}", dir.join("pw").display()))
+                .arg("-D")
+                .arg(&data),
+        );
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        std::fs::copy(pki.path("server.pem"), data.join("server.crt")).unwrap();
+        std::fs::copy(pki.path("server.key"), data.join("server.key")).unwrap();
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir),
+        );
+        run_ok(
+            Command::new("chmod")
+                .arg("600")
+                .arg(data.join("server.key")),
+        );
+        let port = free_port();
+        let child = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.display()))
+            .args([
+                "-c",
+                "ssl=on",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=50",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("postgres.log")).unwrap())
+            .spawn()
+            .expect("start postgres");
+        wait_port(port, "TLS PostgreSQL");
+        let pg = Self { child, dir, port };
+        pg.psql_in("postgres", "create database enablement");
+        pg
+    }
+
+    /// SQL through the private socket, as the superuser.
+    fn psql(&self, sql: &str) {
+        self.psql_in("enablement", sql)
+    }
+
+    fn psql_in(&self, db: &str, sql: &str) {
+        run_ok(
+            Command::new("psql")
+                .args(["-X", "-q", "-U", "postgres", "-h"])
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string(), "-d", db, "-c", sql]),
+        );
+    }
+
+    fn url(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/enablement",
+            self.port
+        )
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("pkill")
+            .args(["-f", &self.dir.display().to_string()])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis of this test's own serving TLS only, with a password.
+struct TlsRedis {
+    child: Child,
+    port: u16,
+}
+
+const REDIS_PASSWORD: &str = "redis-pw-55ab";
+
+impl TlsRedis {
+    fn start(pki: &Pki) -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", &pki.path("server.pem")])
+            .args(["--tls-key-file", &pki.path("server.key")])
+            .args(["--tls-ca-cert-file", &pki.path("ca.pem")])
+            .args(["--tls-auth-clients", "no", "--requirepass", REDIS_PASSWORD])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        wait_port(port, "TLS Redis");
+        Self { child, port }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn enablement(args: &[&str], vars: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_enablement"));
+    cmd.args([
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+    ])
+    .args(args)
+    .env("ENABLEMENT__HTTP__ALLOW_DEV_TOKEN", "true")
+    .env("RUST_LOG", "warn")
+    .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd
+}
+
+/// `enablement serve` that is expected to stop at start: its exit code and stderr.
+fn serve_refused(vars: &[(String, String)]) -> (Option<i32>, String) {
+    let mut vars = vars.to_vec();
+    vars.push((
+        "ENABLEMENT__HTTP__LISTEN".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ));
+    let mut child = enablement(&["serve"], &vars)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve did not stop at start with {vars:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn var(k: &str, v: impl Into<String>) -> (String, String) {
+    (k.to_string(), v.into())
+}
+
+fn assert_refused(vars: &[(String, String)], setting: &str, secret: Option<&str>) {
+    let (code, err) = serve_refused(vars);
+    assert_eq!(code, Some(2), "expected exit 2 naming {setting}: {err}");
+    assert!(
+        err.contains(setting),
+        "the error must name {setting}: {err}"
+    );
+    if let Some(s) = secret {
+        assert!(!err.contains(s), "a secret leaked into the error: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_needs_the_right_ca_password_and_tls() {
+    let pki = Pki::new();
+    let pg = TlsPostgres::start(&pki);
+    let tls = |mode: &str, ca: &str| {
+        vec![
+            var("ENABLEMENT__POSTGRES__SSLMODE", mode),
+            var("ENABLEMENT__POSTGRES__SSLROOTCERT", ca),
+        ]
+    };
+    // The migrator connects over verify-full with the owner's password.
+    let mut vars = tls("verify-full", &pki.path("ca.pem"));
+    vars.push(var(
+        "ENABLEMENT__POSTGRES__MIGRATE_URL",
+        pg.url("postgres", OWNER_PASSWORD),
+    ));
+    run_ok(&mut enablement(&["migrate"], &vars));
+    pg.psql(&format!(
+        "alter role enablement_app password '{APP_PASSWORD}'"
+    ));
+
+    let app = |password: &str| {
+        var(
+            "ENABLEMENT__POSTGRES__URL",
+            pg.url("enablement_app", password),
+        )
+    };
+    // The service role connects with verify-full, verify-ca and require (the CLI shares
+    // the pool and its checks with serve).
+    for (mode, ca) in [
+        ("verify-full", pki.path("ca.pem")),
+        ("verify-ca", pki.path("ca.pem")),
+        ("require", String::new()),
+    ] {
+        let mut v = tls(mode, &ca);
+        v.push(app(APP_PASSWORD));
+        run_ok(&mut enablement(&["tenant", "list"], &v));
+    }
+    // libpq's parameters in the URL work too.
+    run_ok(&mut enablement(
+        &["tenant", "list"],
+        &[var(
+            "ENABLEMENT__POSTGRES__URL",
+            format!(
+                "{}?sslmode=verify-full&sslrootcert={}",
+                pg.url("enablement_app", APP_PASSWORD),
+                pki.path("ca.pem")
+            ),
+        )],
+    ));
+
+    // A CA that did not sign the server's certificate.
+    let mut v = tls("verify-full", &pki.path("other-ca.pem"));
+    v.push(app(APP_PASSWORD));
+    assert_refused(&v, "postgres.sslrootcert", Some(APP_PASSWORD));
+    // A wrong password.
+    let mut v = tls("verify-full", &pki.path("ca.pem"));
+    v.push(app("not-the-password"));
+    assert_refused(&v, "postgres.url", Some("not-the-password"));
+    // Plaintext where the server requires TLS.
+    let mut v = tls("disable", "");
+    v.push(app(APP_PASSWORD));
+    assert_refused(&v, "postgres.sslmode", Some(APP_PASSWORD));
+    // The migration owner as the service role: it owns the tenant tables (and is a
+    // superuser), so row-level security would not hold.
+    let mut v = tls("verify-full", &pki.path("ca.pem"));
+    v.push(var(
+        "ENABLEMENT__POSTGRES__URL",
+        pg.url("postgres", OWNER_PASSWORD),
+    ));
+    assert_refused(&v, "postgres.url", Some(OWNER_PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_needs_the_right_ca_password_and_rediss() {
+    let env = TestEnv::new().await;
+    let pki = Pki::new();
+    let redis = TlsRedis::start(&pki);
+    let base = env.service_env("127.0.0.1:1");
+    let with = |url: String, ca: &str| {
+        let mut v = base.clone();
+        v.push(var("ENABLEMENT__REDIS__URL", url));
+        v.push(var("ENABLEMENT__REDIS__CA_FILE", ca));
+        v
+    };
+    let url = |password: &str| format!("rediss://:{password}@127.0.0.1:{}/0", redis.port);
+    // The right CA and password: the cache answers over TLS.
+    let mut config = env.config.clone();
+    config.redis.url = url(REDIS_PASSWORD);
+    config.redis.ca_file = pki.path("ca.pem");
+    let cache = enablement::cache::RedisCache::new(&config.redis).expect("client");
+    cache
+        .preflight()
+        .await
+        .expect("TLS redis with the right CA");
+    cache.ping().await.expect("ping over TLS");
+
+    assert_refused(
+        &with(url(REDIS_PASSWORD), &pki.path("other-ca.pem")),
+        "redis.ca_file",
+        Some(REDIS_PASSWORD),
+    );
+    assert_refused(
+        &with(url("wrong-password"), &pki.path("ca.pem")),
+        "redis.url",
+        Some("wrong-password"),
+    );
+    assert_refused(
+        &with(
+            format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port),
+            "",
+        ),
+        "redis.url",
+        Some(REDIS_PASSWORD),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_over_https_needs_a_trusted_certificate() {
+    let env = TestEnv::new().await;
+    let pki = Pki::new();
+    let https = start_https_sim(&pki).await;
+    let plain = common::start_sim(Default::default()).await;
+    let base = env.service_env("127.0.0.1:1");
+    let with = |url: &str, ca: &str| {
+        let mut v = base.clone();
+        v.push(var("ENABLEMENT__MINDTICKLE__BASE_URL", url));
+        v.push(var("ENABLEMENT__MINDTICKLE__CA_FILE", ca));
+        v
+    };
+    // Not signed by a system root, and no CA file given.
+    assert_refused(&with(&https, ""), "mindtickle.ca_file", None);
+    assert_refused(
+        &with(&https, &pki.path("other-ca.pem")),
+        "mindtickle.ca_file",
+        None,
+    );
+    // https:// against a plaintext server.
+    let plain_as_https = plain.replace("http://", "https://");
+    assert_refused(
+        &with(&plain_as_https, &pki.path("ca.pem")),
+        "mindtickle.ca_file",
+        None,
+    );
+}
+
+async fn start_https_sim(pki: &Pki) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = enablement_tools::tls_listener::TlsListener::new(
+        listener,
+        &std::fs::read(pki.path("server.pem")).unwrap(),
+        &std::fs::read(pki.path("server.key")).unwrap(),
+    )
+    .unwrap();
+    tokio::spawn(async move {
+        axum::serve(tls, enablement_tools::simulator::router(Default::default())).await
+    });
+    format!("https://127.0.0.1:{}", addr.port())
+}
