@@ -65,11 +65,17 @@ if ! port_open 6379; then
 fi
 
 # 4. The development broker on 127.0.0.1:$ENABLEMENT_BROKER_PORT (default 9092).
-# nisshi (the later name of tansu, 0.8.x) is used when installed: measured here it rejoins a
-# consumer group in about a second where tansu 0.6.0 can wedge it (see the reliability notes).
-# It needs a newer rustc than the stable toolchain: `cargo +nightly install --locked nisshi
-# --version 0.8.1` (about 20 minutes). Otherwise tansu 0.6.0 is installed from crates.io.
+# nisshi (the later name of tansu, 0.8.x): it rejoins a consumer group in about a second
+# where tansu 0.6.0 can wedge it (see the reliability notes), and it serves TLS and
+# SASL/SCRAM users (tests/tls.rs needs them). It needs a newer rustc than the stable
+# toolchain: installed with `cargo +nightly` (about 20 minutes, once). Without a nightly
+# toolchain, tansu 0.6.0 is installed instead (the Kafka TLS/SASL tests then fail).
 broker_port="${ENABLEMENT_BROKER_PORT:-9092}"
+if ! command -v nisshi >/dev/null && cargo +nightly --version >/dev/null 2>&1; then
+  log "installing the nisshi broker from crates.io (one time, about 20 minutes)"
+  cargo +nightly install --locked nisshi --version 0.8.1 >"$dev_dir/nisshi-install.log" 2>&1 \
+    || { tail -20 "$dev_dir/nisshi-install.log" >&2; exit 1; }
+fi
 if command -v nisshi >/dev/null; then
   broker_bin=nisshi
 else

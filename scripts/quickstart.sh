@@ -19,6 +19,12 @@ sim="$root/target/debug/mindtickle-sim"
 export ENABLEMENT__HTTP__LISTEN="${ENABLEMENT__HTTP__LISTEN:-127.0.0.1:3000}"
 # A development run on loopback: the operator token config.toml ships is accepted only so.
 export ENABLEMENT__HTTP__ALLOW_DEV_TOKEN="${ENABLEMENT__HTTP__ALLOW_DEV_TOKEN:-true}"
+# The demo tenants' MindTickle secrets are sealed with a key made once for this checkout.
+if [ -z "${ENABLEMENT__SECRETS__KEYS:-}" ]; then
+  mkdir -p "$root/.dev"
+  [ -s "$root/.dev/secrets.key" ] || ( umask 077; echo "dev-1:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n")" >"$root/.dev/secrets.key" )
+  export ENABLEMENT__SECRETS__KEYS_FILE="$root/.dev/secrets.key"
+fi
 base="http://$ENABLEMENT__HTTP__LISTEN"
 psql_() { psql -h 127.0.0.1 -U postgres -X -q enablement "$@"; }
 

@@ -23,6 +23,7 @@ pub mod kafka;
 pub mod quiz;
 pub mod readiness;
 pub mod retention;
+pub mod sealing;
 pub mod service;
 pub mod signal;
 pub mod telemetry;

@@ -58,6 +58,21 @@ pub async fn register(
     })
 }
 
+/// Re-seals every tenant's MindTickle secret with the active key (`secrets rotate-key`),
+/// one tenant-scoped transaction each. Returns how many secrets were re-sealed.
+pub async fn reseal_secrets(
+    registry: &Registry,
+    store: &TenantScopedStore,
+) -> Result<usize, TenantAdminError> {
+    let mut n = 0;
+    for t in registry.list().await? {
+        if store.reseal_upstream_secret(&t.tenant_id).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Stores the tenant's MindTickle client credentials (in its RLS-protected secrets row).
 pub async fn set_upstream(
     store: &TenantScopedStore,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::actors::ports::UpstreamCredentials;
+use crate::actors::untrusted::{check_catalog, check_courses, check_roster, path_segment};
 use crate::actors::upstream::{
     CatalogCourse, MindTickleApi, RosterUser, UpstreamCourse, UpstreamError,
 };
@@ -33,6 +34,8 @@ pub struct MindTickleClient {
     credentials: Arc<dyn UpstreamCredentials>,
     margin: Duration,
     tokens: Mutex<HashMap<TenantId, CachedToken>>,
+    /// Largest answer body read; a larger one fails the job (`mindtickle.max_answer_bytes`).
+    max_answer_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +120,7 @@ impl MindTickleClient {
             credentials,
             margin: Duration::from_secs(cfg.token_refresh_margin_s),
             tokens: Mutex::new(HashMap::new()),
+            max_answer_bytes: cfg.max_answer_bytes,
         })
     }
 
@@ -212,10 +216,10 @@ impl MindTickleClient {
             let resp = req.send().await.map_err(transport)?;
             let status = resp.status();
             if status.is_success() {
-                return resp
-                    .json()
-                    .await
-                    .map_err(|e| UpstreamError::Invalid(e.without_url().to_string()));
+                let body = self.bounded_body(resp).await?;
+                return serde_json::from_slice(&body).map_err(|e| {
+                    UpstreamError::Invalid(format!("answer is not the expected JSON: {e}"))
+                });
             }
             let err = status_error(status, resp.headers());
             if err == UpstreamError::Unauthorized && !fresh {
@@ -227,16 +231,28 @@ impl MindTickleClient {
     }
 }
 
-fn path_segment(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
+impl MindTickleClient {
+    /// The answer body, refused past `max_answer_bytes` (announced or streamed): a huge or
+    /// endless answer cannot exhaust memory.
+    async fn bounded_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+        let max = self.max_answer_bytes;
+        let too_large = || {
+            UpstreamError::Invalid(format!(
+                "answer larger than {max} bytes (mindtickle.max_answer_bytes)"
+            ))
+        };
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > max {
+                return Err(too_large());
             }
-        })
-        .collect()
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
 }
 
 #[derive(Deserialize)]
@@ -266,14 +282,16 @@ impl MindTickleApi for MindTickleClient {
         let a: CoursesAnswer = self
             .get(
                 tenant,
-                &format!("/v2/users/{}/courses", path_segment(user_id)),
+                &format!("/v2/users/{}/courses", path_segment(user_id)?),
             )
             .await?;
+        check_courses(&a.courses)?;
         Ok(a.courses)
     }
 
     async fn catalog(&self, tenant: &TenantId) -> Result<Vec<CatalogCourse>, UpstreamError> {
         let a: CatalogAnswer = self.get(tenant, "/v2/courses").await?;
+        check_catalog(&a.courses)?;
         Ok(a.courses)
     }
 
@@ -285,7 +303,7 @@ impl MindTickleApi for MindTickleClient {
         let user_id = change["userId"]
             .as_str()
             .ok_or_else(|| UpstreamError::Invalid("change without userId".into()))?;
-        let path = format!("/v2/users/{}", path_segment(user_id));
+        let path = format!("/v2/users/{}", path_segment(user_id)?);
         let _: serde_json::Value = if change["active"] == serde_json::Value::Bool(false) {
             self.send(
                 tenant,
@@ -316,7 +334,10 @@ impl MindTickleApi for MindTickleClient {
             out.extend(p.users);
             match p.next_page {
                 Some(n) if n > page => page = n,
-                _ => return Ok(out),
+                _ => {
+                    check_roster(&out)?;
+                    return Ok(out);
+                }
             }
         }
     }

@@ -13,14 +13,22 @@ async fn every_tenant_route_answers_401_403_404_or_serves_by_token() {
     let (a, b) = (tenant("mx-a"), tenant("mx-b"));
     let token_a = env.add_tenant(&a).await;
     let token_b = env.add_tenant(&b).await;
-    let store = enablement::db::TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     let sim = common::start_sim(enablement_tools::simulator::SimSettings::default()).await;
     let secret = enablement_tools::simulator::dev_secret(a.as_str());
     store
         .set_upstream_credentials(&a, a.as_str(), &secret)
         .await
         .unwrap();
-    let svc = Service::start(&env, &[("ENABLEMENT__MINDTICKLE__BASE_URL", sim.as_str())]);
+    // The matrix fails authentication on purpose more often than the per-address budget
+    // allows (tests/http_edge.rs tests that budget).
+    let svc = Service::start(
+        &env,
+        &[
+            ("ENABLEMENT__MINDTICKLE__BASE_URL", sim.as_str()),
+            ("ENABLEMENT__HTTP__AUTH_FAILURES_PER_MIN", "10000"),
+        ],
+    );
     svc.wait_ready(&[&a, &b]).await;
     env.provision(&a, "mx-e1", "u1", "u1@mx.test").await;
     let op = env.config.http.operator_token.expose().to_owned();

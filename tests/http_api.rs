@@ -226,7 +226,7 @@ async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
     let (a, b) = (tenant("susp-a"), tenant("susp-b"));
     let token_a = env.add_tenant(&a).await;
     let token_b = env.add_tenant(&b).await;
-    let store = enablement::db::TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     let sim = common::start_sim(enablement_tools::simulator::SimSettings::default()).await;
     for t in [&a, &b] {
         let secret = enablement_tools::simulator::dev_secret(t.as_str());

@@ -22,8 +22,13 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
     svc.wait_ready(&[&acme, &globex]).await;
 
     let a = acme.as_str();
+    // An identity system may send the password: it is never stored nor re-published.
+    let mut with_password: Value =
+        serde_json::from_str(&scim_event(a, "e1", "CREATE", "u1", 1, "one@acme.test")).unwrap();
+    with_password["user"]["password"] = Value::String("Hunter2-secret".into());
+    with_password["user"]["PASSWORD"] = Value::String("Hunter2-secret".into());
     let good = vec![
-        scim_event(a, "e1", "CREATE", "u1", 1, "one@acme.test"),
+        with_password.to_string(),
         scim_event(a, "e2", "CREATE", "u2", 2, "two@acme.test"),
         scim_event(a, "e3", "UPDATE", "u1", 3, "one.new@acme.test"),
         scim_event(a, "e4", "DELETE", "u2", 4, "two@acme.test"),
@@ -125,6 +130,17 @@ async fn events_provision_update_deactivate_and_bad_input_goes_to_the_dlq() {
         .map(|r| r["payload"]["eventId"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["e1", "e2", "e3", "e4"]);
+    assert!(
+        changed.iter().all(|r| !r.to_string().contains("Hunter2")),
+        "a password was re-published"
+    );
+    let stored_passwords = env
+        .count(
+            "select count(*) from users where tenant_id = $1 and scim::text like '%Hunter2%'",
+            &acme,
+        )
+        .await;
+    assert_eq!(stored_passwords, 0, "a password was stored");
     assert_eq!(changed[3]["payload"]["active"], Value::Bool(false));
     // The relay cursor is stored (carried by a later batch or after cursor_store_delay).
     eventually("relay cursor stored", Duration::from_secs(30), || async {

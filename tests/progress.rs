@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use common::{eventually, read_topic, tenant, Service, TestEnv};
 use enablement::actors::TopicKind;
-use enablement::db::TenantScopedStore;
 use enablement_tools::simulator::{dev_secret, SimSettings};
 use serde_json::Value;
 
@@ -25,7 +24,7 @@ async fn sync_progress_stores_announces_and_answers_202_when_the_budget_is_spent
     let (t, other) = (tenant("prog"), tenant("prog-other"));
     let token = env.add_tenant(&t).await;
     let other_token = env.add_tenant(&other).await;
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     let sim = common::start_sim(SimSettings::default()).await;
     // A budget of 30/min with no burst beyond 1: the second sync in a row must wait ~2 s.
     let svc = Service::start(
@@ -242,7 +241,7 @@ async fn quiz_results_are_validated_recorded_once_and_announced() {
     assert_eq!(quiz.len(), 1, "announced once");
     assert_eq!(quiz[0]["payload"]["score"], 75.0);
     // RLS: the other tenant's scope cannot see the submission.
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     let seen: i64 = store
         .scoped(&other, |tx, _| {
             Box::pin(async move {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::{eventually, tenant, Service, TestEnv};
 use enablement::actors::ports::{JobKind, JobPriority, NewJob, TenantStore};
-use enablement::db::TenantScopedStore;
 use enablement_tools::simulator::{dev_secret, router, SimSettings};
 use serde_json::{json, Value};
 
@@ -32,7 +31,7 @@ async fn a_queue_beyond_a_minutes_budget_survives_a_crash_in_priority_order_with
         )
         .await
         .unwrap();
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     store
         .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
         .await
@@ -154,7 +153,7 @@ async fn scim_changes_are_pushed_to_the_platform_through_the_queue() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(SimSettings::default())).await });
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     store
         .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
         .await

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::{eventually, read_topic, scim_event, tenant, Service, TestEnv};
 use enablement::actors::{TenantId, TopicKind};
-use enablement::db::TenantScopedStore;
 use enablement_tools::simulator::{dev_secret, SimSettings};
 use reqwest::Method;
 use serde_json::Value;
@@ -234,7 +233,7 @@ async fn exact_figures_on_a_hand_built_data_set_and_no_rows_of_another_tenant() 
     assert_eq!(status, 404);
 
     // RLS under the SQL: scoped to A, the query asked for B's rows finds nothing.
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     let b_name = b.as_str().to_owned();
     let leaked: Value = store
         .scoped(&a, move |tx, _| {
@@ -319,7 +318,7 @@ async fn provisional_while_syncs_are_queued_then_final_once_the_consumer_drains_
     let env = TestEnv::new().await;
     let t = tenant("rd-prov");
     let token = env.add_tenant(&t).await;
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     store
         .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
         .await

@@ -12,7 +12,6 @@ use enablement::actors::ports::{ScimBatch, TenantStore};
 use enablement::actors::scim::{parse_event, ParseLimits};
 use enablement::actors::TenantId;
 use enablement::config::{Keep, RetentionSettings};
-use enablement::db::TenantScopedStore;
 use enablement::retention::purge_tenant;
 
 fn batch(t: &TenantId, lines: &[String]) -> ScimBatch {
@@ -50,7 +49,7 @@ async fn old_rows_go_in_batches_per_tenant_and_a_replay_stays_a_no_op() {
     let (a, b) = (tenant("ret-a"), tenant("ret-b"));
     env.add_tenant(&a).await;
     env.add_tenant(&b).await;
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     let lines = |t: &TenantId| -> Vec<String> {
         (0..25)
             .map(|i| {

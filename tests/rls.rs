@@ -74,7 +74,7 @@ async fn tenants_see_only_their_own_rows_and_cannot_write_others() {
     let (a, b) = (tenant("rls-a"), tenant("rls-b"));
     env.add_tenant(&a).await;
     env.add_tenant(&b).await;
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     seed_user(&store, &a, "shared-id").await;
     seed_user(&store, &b, "shared-id").await;
     seed_user(&store, &b, "only-b").await;
@@ -161,7 +161,10 @@ async fn no_setting_sees_nothing_and_the_setting_never_leaks_between_pooled_tran
     env.add_tenant(&a).await;
     env.add_tenant(&b).await;
     let pool = env.app_pool().await;
-    let store = TenantScopedStore::new(pool.clone());
+    let store = TenantScopedStore::new(
+        pool.clone(),
+        enablement::sealing::SecretSealer::from_config(&env.config.secrets).unwrap(),
+    );
     seed_user(&store, &a, "ua").await;
     seed_user(&store, &b, "ub").await;
 
@@ -292,7 +295,7 @@ async fn secrets_are_readable_only_in_their_tenants_scope_and_the_registry_holds
     let (a, b) = (tenant("sec-a"), tenant("sec-b"));
     let token_a = env.add_tenant(&a).await;
     env.add_tenant(&b).await;
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     assert!(store
         .token_matches(&a, enablement::tokens::hash(&token_a))
         .await
@@ -497,4 +500,129 @@ async fn upgrading_to_the_relay_cursor_keeps_unsent_outbox_rows_pending() {
         .unwrap()
         .get(0);
     assert!(forced);
+}
+
+/// `pg_dump` of the test database, as the owner.
+fn dump(env: &TestEnv) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "--data-only",
+            &env.db_name,
+        ])
+        .output()
+        .expect("pg_dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_secrets_are_sealed_at_rest_and_the_key_rotates() {
+    use enablement::actors::ports::UpstreamCredentials;
+    let mut env = TestEnv::new().await;
+    let (a, b) = (tenant("seal-a"), tenant("seal-b"));
+    env.add_tenant(&a).await;
+    env.add_tenant(&b).await;
+    let store = env.store().await;
+    let secret = "mt-secret-of-a-5b9f07";
+    assert!(store
+        .set_upstream_credentials(&a, "client-a", secret)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.upstream_credentials(&a).await.unwrap(),
+        Some(("client-a".to_string(), secret.to_string()))
+    );
+    // At rest: no plaintext column, no plaintext anywhere in a dump of the database.
+    let row = env
+        .owner
+        .query_one(
+            "select upstream_client_secret, upstream_secret_key_id from tenant_secrets where tenant_id = $1",
+            &[&a.as_str()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None);
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("test-1"));
+    assert!(!dump(&env).contains(secret), "the dump reveals the secret");
+
+    // A sealed secret copied into another tenant's row does not open there.
+    env.owner
+        .execute(
+            "update tenant_secrets set upstream_client_id = 'x', upstream_secret_key_id = s.k,
+                    upstream_secret_sealed = s.v
+               from (select upstream_secret_key_id k, upstream_secret_sealed v
+                       from tenant_secrets where tenant_id = $1) s
+              where tenant_id = $2",
+            &[&a.as_str(), &b.as_str()],
+        )
+        .await
+        .unwrap();
+    let err = store.upstream_credentials(&b).await.unwrap_err();
+    assert!(err.to_string().contains("does not open"), "{err}");
+
+    // Without the key: a clear error naming the setting, not the secret.
+    let keyless = TenantScopedStore::new(
+        env.app_pool().await,
+        std::sync::Arc::new(enablement::sealing::SecretSealer::from_spec("").unwrap()),
+    );
+    let err = keyless
+        .upstream_credentials(&a)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("secrets.keys") && !err.contains(secret),
+        "{err}"
+    );
+
+    // A plaintext left by an older version, then rotation to a new key with the CLI.
+    env.owner
+        .execute(
+            "update tenant_secrets set upstream_client_id = 'client-b', upstream_client_secret = 'legacy-b-secret',
+                    upstream_secret_key_id = null, upstream_secret_sealed = null where tenant_id = $1",
+            &[&b.as_str()],
+        )
+        .await
+        .unwrap();
+    let new_key = "test-2:7e57000000000000000000000000000000000000000000000000000000000002";
+    env.config.secrets.keys =
+        enablement::config::Secret::new(format!("{new_key},{}", common::TEST_SECRETS_KEY));
+    let out = common::cli_ok(&env, &["secrets", "rotate-key"]);
+    assert_eq!(out, "2 tenant secrets sealed with key test-2");
+    let ids: Vec<(Option<String>, Option<String>)> = env
+        .owner
+        .query(
+            "select upstream_secret_key_id, upstream_client_secret from tenant_secrets
+              where tenant_id = any($1) order by tenant_id",
+            &[&vec![a.as_str(), b.as_str()]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![(Some("test-2".into()), None), (Some("test-2".into()), None)]
+    );
+    assert!(!dump(&env).contains("legacy-b-secret"));
+    // The old key can go: the new one alone opens both.
+    env.config.secrets.keys = enablement::config::Secret::new(new_key);
+    let rotated = env.store().await;
+    assert_eq!(
+        rotated.upstream_credentials(&a).await.unwrap().unwrap().1,
+        secret
+    );
+    assert_eq!(
+        rotated.upstream_credentials(&b).await.unwrap().unwrap().1,
+        "legacy-b-secret"
+    );
 }

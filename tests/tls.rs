@@ -457,3 +457,288 @@ async fn start_https_sim(pki: &Pki) -> String {
     });
     format!("https://127.0.0.1:{}", addr.port())
 }
+
+/// The development broker with a certificate and SASL/SCRAM required. The user is created
+/// while the broker listens in plaintext on its own storage; then it is restarted on the
+/// same storage with TLS and authentication.
+struct TlsBroker {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+const KAFKA_USER: &str = "enablement-svc";
+const KAFKA_PASSWORD: &str = "kafka-pw-3e8d";
+
+impl TlsBroker {
+    fn start(pki: &Pki) -> Self {
+        let bin = std::env::var("ENABLEMENT_TEST_BROKER").unwrap_or_else(|_| "nisshi".into());
+        let dir = std::env::temp_dir().join(unique("tlsbroker"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let spawn = |extra: &[String]| {
+            Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "sqlite://broker.db"])
+                .args(extra)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("broker.log")).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+        };
+        let mut plain = spawn(&[]);
+        wait_port(port, "broker");
+        run_ok(
+            Command::new(&bin)
+                .args([
+                    "user",
+                    "create",
+                    "--broker",
+                    &url,
+                    KAFKA_USER,
+                    KAFKA_PASSWORD,
+                ])
+                .args(["--mechanism", "scram512"]),
+        );
+        let _ = plain.kill();
+        let _ = plain.wait();
+        let child = spawn(&[
+            "--cert".into(),
+            pki.path("server.pem"),
+            "--key".into(),
+            pki.path("server.key"),
+            "--authentication".into(),
+        ]);
+        wait_port(port, "TLS broker");
+        Self { child, port, dir }
+    }
+
+    /// The service's settings for this broker: SASL_SSL with SCRAM-SHA-512.
+    fn vars(&self, ca: &str, password: &str) -> Vec<(String, String)> {
+        vec![
+            var(
+                "ENABLEMENT__KAFKA__BROKERS",
+                format!("127.0.0.1:{}", self.port),
+            ),
+            var("ENABLEMENT__KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+            var("ENABLEMENT__KAFKA__SSL_CA_FILE", ca),
+            var("ENABLEMENT__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            var("ENABLEMENT__KAFKA__SASL_USERNAME", KAFKA_USER),
+            var("ENABLEMENT__KAFKA__SASL_PASSWORD", password),
+        ]
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_sasl_ssl_needs_the_right_ca_password_and_protocol() {
+    let env = TestEnv::new().await;
+    let pki = Pki::new();
+    let broker = TlsBroker::start(&pki);
+    let with = |extra: Vec<(String, String)>| {
+        let mut v = env.service_env("127.0.0.1:1");
+        v.retain(|(k, _)| k != "ENABLEMENT__KAFKA__BROKERS");
+        v.extend(extra);
+        v
+    };
+    // The right settings: the CLI creates a tenant's topics through the admin client.
+    let a = tenant("kafka-tls");
+    run_ok(&mut enablement(
+        &["tenant", "add", a.as_str(), "--name", "TLS"],
+        &with(broker.vars(&pki.path("ca.pem"), KAFKA_PASSWORD)),
+    ));
+    assert_refused(
+        &with(broker.vars(&pki.path("other-ca.pem"), KAFKA_PASSWORD)),
+        "kafka.ssl_ca_file",
+        Some(KAFKA_PASSWORD),
+    );
+    assert_refused(
+        &with(broker.vars(&pki.path("ca.pem"), "wrong-kafka-pw")),
+        "kafka.sasl_password",
+        Some("wrong-kafka-pw"),
+    );
+    assert_refused(
+        &with(vec![
+            var(
+                "ENABLEMENT__KAFKA__BROKERS",
+                format!("127.0.0.1:{}", broker.port),
+            ),
+            var("ENABLEMENT__KAFKA__SECURITY_PROTOCOL", "PLAINTEXT"),
+        ]),
+        "kafka.security_protocol",
+        None,
+    );
+}
+
+/// One service with every backend over TLS: PostgreSQL verify-full, Redis rediss://, Kafka
+/// SASL_SSL, the upstream over HTTPS; an event pushed with `events push` (the same
+/// settings) is applied, and a progress sync is fetched over HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_end_to_end_with_every_backend_over_tls() {
+    let pki = Pki::new();
+    let pg = TlsPostgres::start(&pki);
+    let redis = TlsRedis::start(&pki);
+    let broker = TlsBroker::start(&pki);
+    let sim = start_https_sim(&pki).await;
+    let ca = pki.path("ca.pem");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut vars = broker.vars(&ca, KAFKA_PASSWORD);
+    vars.extend([
+        var("ENABLEMENT__POSTGRES__SSLMODE", "verify-full"),
+        var("ENABLEMENT__POSTGRES__SSLROOTCERT", ca.clone()),
+        var(
+            "ENABLEMENT__POSTGRES__MIGRATE_URL",
+            pg.url("postgres", OWNER_PASSWORD),
+        ),
+        var(
+            "ENABLEMENT__POSTGRES__URL",
+            pg.url("enablement_app", APP_PASSWORD),
+        ),
+        var(
+            "ENABLEMENT__REDIS__URL",
+            format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port),
+        ),
+        var("ENABLEMENT__REDIS__CA_FILE", ca.clone()),
+        var("ENABLEMENT__MINDTICKLE__BASE_URL", sim.clone()),
+        var("ENABLEMENT__MINDTICKLE__CA_FILE", ca.clone()),
+        var("ENABLEMENT__KAFKA__GROUP_ID", unique("tls-g")),
+        var("ENABLEMENT__KAFKA__TENANT_REFRESH_MS", "300"),
+        var("ENABLEMENT__HTTP__LISTEN", listen.clone()),
+    ]);
+    run_ok(&mut enablement(&["migrate"], &vars));
+    pg.psql(&format!(
+        "alter role enablement_app password '{APP_PASSWORD}'"
+    ));
+    let t = tenant("all-tls");
+    let out = enablement(&["tenant", "add", t.as_str(), "--name", "All TLS"], &vars)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut set = enablement(
+        &[
+            "tenant",
+            "set-upstream",
+            t.as_str(),
+            "--client-id",
+            t.as_str(),
+        ],
+        &vars,
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    {
+        use std::io::Write;
+        let secret = enablement_tools::simulator::dev_secret(t.as_str());
+        set.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{secret}\n").as_bytes())
+            .unwrap();
+    }
+    assert!(set.wait().unwrap().success());
+
+    let log = std::env::temp_dir().join(format!("{}.log", unique("tls-svc")));
+    let mut svc = enablement(&["serve"], &vars)
+        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let c = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    let ready = enablement::testing::poll_until(
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            let r = c
+                .get(format!("{base}/readyz"))
+                .bearer_auth("dev-operator-token-change-me")
+                .send()
+                .await
+                .ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            (v["ready"] == true && v["tenants"]["running"] == 1).then_some(v)
+        },
+    )
+    .await;
+    assert!(
+        ready.is_some(),
+        "not ready over TLS: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let mut push = enablement(&["events", "push", "--tenant", t.as_str()], &vars)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let line = scim_event(t.as_str(), "tls-e1", "CREATE", "u1", 1, "u1@tls.test");
+        push.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+    assert!(push.wait().unwrap().success());
+    let users = format!("{base}/api/tenants/{t}/users");
+    eventually(
+        "the event applied over TLS",
+        Duration::from_secs(60),
+        || async {
+            let v: serde_json::Value = c
+                .get(&users)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v.to_string().contains("u1@tls.test")).then_some(())
+        },
+    )
+    .await;
+    // A progress sync fetched from the upstream over HTTPS.
+    let sync = format!("{base}/api/tenants/{t}/users/u1/sync-progress");
+    let r = c.post(&sync).bearer_auth(&token).send().await.unwrap();
+    assert!(matches!(r.status().as_u16(), 200 | 202), "{}", r.status());
+    eventually(
+        "progress synced over HTTPS",
+        Duration::from_secs(60),
+        || async {
+            let r = c.get(&sync).bearer_auth(&token).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["courses"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map(|_| ())
+        },
+    )
+    .await;
+    let _ = svc.kill();
+    let _ = svc.wait();
+}

@@ -25,7 +25,7 @@ async fn sim_stats(base: &str, org: &str) -> Value {
 }
 
 async fn client_for(env: &TestEnv, base: &str) -> (MindTickleClient, TenantScopedStore) {
-    let store = TenantScopedStore::new(env.app_pool().await);
+    let store = env.store().await;
     let cfg = MindTickleConfig {
         base_url: base.to_owned(),
         ..Default::default()
@@ -225,4 +225,49 @@ async fn simulator_faults_hit_only_the_chosen_organisation_and_are_counted_apart
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_fail_their_call_with_a_reason_and_ids_cannot_change_the_path() {
+    let env = TestEnv::new().await;
+    let t = tenant("up-hostile");
+    env.add_tenant(&t).await;
+    let base = common::start_sim(SimSettings {
+        rate_per_min: 6000,
+        burst: 100,
+        ..Default::default()
+    })
+    .await;
+    let store = env.store().await;
+    let cfg = MindTickleConfig {
+        base_url: base.clone(),
+        max_answer_bytes: 256 * 1024,
+        ..Default::default()
+    };
+    let client = MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone())).unwrap();
+    store
+        .set_upstream_credentials(&t, t.as_str(), &dev_secret(t.as_str()))
+        .await
+        .unwrap();
+    for (user, reason) in [
+        ("poison-score", "outside 0..100"),
+        ("poison-duplicate", "duplicate course id"),
+        ("poison-nul", "NUL"),
+        ("poison-huge", "max_answer_bytes"),
+        ("..", "cannot be a URL path segment"),
+    ] {
+        match client.user_courses(&t, user).await {
+            Err(UpstreamError::Invalid(m)) => assert!(m.contains(reason), "{user}: {m}"),
+            other => panic!("{user}: {other:?}"),
+        }
+    }
+    // `/`, `?` and `#` stay inside the segment: the simulator routes the request to the
+    // user's courses (unencoded, `/v2/users/we/ird?x/courses` would match no route).
+    let courses = client
+        .user_courses(&t, "we/ird?x#y")
+        .await
+        .expect("an odd id is one segment");
+    assert!(!courses.is_empty());
+    // The hostile calls did not spoil the client for the tenant's next call.
+    assert!(!client.user_courses(&t, "u1").await.unwrap().is_empty());
 }

@@ -31,6 +31,7 @@ pub mod supervisor;
 pub mod tenant;
 pub mod tenant_actor;
 pub mod tenants;
+pub mod untrusted;
 pub mod upstream;
 
 #[cfg(test)]

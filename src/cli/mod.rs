@@ -55,6 +55,19 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Tenant secrets at rest (sealed with `secrets.keys`).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Re-seal every tenant's MindTickle secret with the first key of secrets.keys (and
+    /// seal any left in plaintext by an older version). Run it after putting a new key
+    /// first; then the old key can be removed.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -133,12 +146,29 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         Command::Tenant { command } => tenant(command, &config).await,
         Command::Serve { role } => Ok(crate::service::serve(config, role).await?),
         Command::Events { command } => events(command, &config).await,
+        Command::Secrets {
+            command: SecretsCommand::RotateKey,
+        } => {
+            let registry = Registry::new(connect_pool(&config.postgres).await?);
+            let sealer = crate::sealing::SecretSealer::from_config(&config.secrets)
+                .map_err(|e| AppError::Usage(e.to_string()))?;
+            let key_id = sealer
+                .active_key_id()
+                .ok_or_else(|| AppError::Usage("secrets.keys is not set".into()))?
+                .to_owned();
+            let store = TenantScopedStore::new(registry.pool().clone(), sealer);
+            let n = tenants::reseal_secrets(&registry, &store).await?;
+            println!("{n} tenant secrets sealed with key {key_id}");
+            Ok(())
+        }
     }
 }
 
 async fn tenant(command: TenantCommand, config: &Config) -> Result<(), AppError> {
     let registry = Registry::new(connect_pool(&config.postgres).await?);
-    let store = TenantScopedStore::new(registry.pool().clone());
+    let sealer = crate::sealing::SecretSealer::from_config(&config.secrets)
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+    let store = TenantScopedStore::new(registry.pool().clone(), sealer);
     match command {
         TenantCommand::Add { id, name } => {
             let tenant = tenant_arg(&id)?;

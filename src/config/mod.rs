@@ -46,7 +46,18 @@ pub struct Config {
     pub mindtickle: MindTickleConfig,
     pub aggregator: AggregatorConfig,
     pub retention: RetentionConfig,
+    pub secrets: SecretsConfig,
     pub log: LogConfig,
+}
+
+/// Encryption of tenant secrets at rest (`src/sealing.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// AEAD keys, `<key id>:<64 hex characters>` comma separated; the first seals, all
+    /// open. From `ENABLEMENT__SECRETS__KEYS` or `keys_file`, never a committed file.
+    pub keys: Secret,
+    pub keys_file: String,
 }
 
 /// Deletion of rows that have outlived their use (`src/retention.rs`).
@@ -129,6 +140,8 @@ pub struct MindTickleConfig {
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub max_attempts: u32,
+    /// Largest answer body read from the API; a larger one fails that job.
+    pub max_answer_bytes: usize,
     /// Extra CA certificates (PEM) trusted beside the system roots for an https base_url.
     pub ca_file: String,
     /// Client certificate and key (PEM) for mutual TLS to the upstream; both or neither.
@@ -148,6 +161,7 @@ impl Default for MindTickleConfig {
             backoff_initial_ms: 500,
             backoff_max_ms: 60_000,
             max_attempts: 6,
+            max_answer_bytes: 8_388_608,
             ca_file: String::new(),
             client_cert_file: String::new(),
             client_key_file: String::new(),
@@ -710,6 +724,10 @@ impl Config {
             (
                 "ENABLEMENT__HTTP__ALLOW_DEV_TOKEN".into(),
                 self.http.allow_dev_token.to_string(),
+            ),
+            (
+                "ENABLEMENT__SECRETS__KEYS".into(),
+                self.secrets.keys.expose().to_owned(),
             ),
         ]
     }

@@ -161,6 +161,13 @@ impl Config {
             &h.operator_token_file,
             "http.operator_token",
             "http.operator_token_file",
+        )?;
+        let s = &mut self.secrets;
+        resolve_file(
+            &mut s.keys,
+            &s.keys_file,
+            "secrets.keys",
+            "secrets.keys_file",
         )
     }
 
@@ -261,6 +268,9 @@ impl Config {
             ));
         }
 
+        if let Err(e) = crate::sealing::SecretSealer::from_spec(self.secrets.keys.expose()) {
+            return Err(bad("secrets.keys", e.to_string()));
+        }
         let h = &self.http;
         if !h.internal_listen.is_empty()
             && h.internal_listen.parse::<std::net::SocketAddr>().is_err()

@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_retention.sql",
         include_str!("../../migrations/0009_retention.sql"),
     ),
+    (
+        10,
+        "0010_sealed_secrets.sql",
+        include_str!("../../migrations/0010_sealed_secrets.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

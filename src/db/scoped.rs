@@ -38,15 +38,22 @@ macro_rules! tenant_tx {
 #[derive(Clone)]
 pub struct TenantScopedStore {
     pool: PgPool,
+    /// Seals and opens tenant secrets (`secrets.keys`); without a key, storing or reading
+    /// a MindTickle secret fails with an error naming the setting.
+    sealer: std::sync::Arc<crate::sealing::SecretSealer>,
 }
 
 impl TenantScopedStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, sealer: std::sync::Arc<crate::sealing::SecretSealer>) -> Self {
+        Self { pool, sealer }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub(super) fn sealer(&self) -> &crate::sealing::SecretSealer {
+        &self.sealer
     }
 
     /// Runs `work` in a transaction scoped to `tenant` and commits it. The only way the

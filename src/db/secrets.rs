@@ -4,20 +4,36 @@
 
 use tokio_postgres::Transaction;
 
-/// The tenant's MindTickle credentials (client id, secret), if configured.
+/// The tenant's MindTickle credentials as stored: the client id and the secret, sealed
+/// (`(key id, nonce || ciphertext)`) or, left by a version before sealing, in plaintext.
+pub struct StoredCredentials {
+    pub client_id: String,
+    pub sealed: Option<(String, Vec<u8>)>,
+    pub legacy_plaintext: Option<String>,
+}
+
+/// The tenant's stored MindTickle credentials, if configured.
 pub async fn upstream_credentials(
     tx: &Transaction<'_>,
     t: &str,
-) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+) -> Result<Option<StoredCredentials>, tokio_postgres::Error> {
     Ok(tx
         .query_opt(
-            "select upstream_client_id, upstream_client_secret from tenant_secrets
+            "select upstream_client_id, upstream_secret_key_id, upstream_secret_sealed,
+                    upstream_client_secret
+               from tenant_secrets
               where tenant_id = $1 and upstream_client_id is not null
-                and upstream_client_secret is not null",
+                and (upstream_secret_sealed is not null or upstream_client_secret is not null)",
             &[&t],
         )
         .await?
-        .map(|r| (r.get(0), r.get(1))))
+        .map(|r| StoredCredentials {
+            client_id: r.get(0),
+            sealed: r
+                .get::<_, Option<String>>(1)
+                .zip(r.get::<_, Option<Vec<u8>>>(2)),
+            legacy_plaintext: r.get(3),
+        }))
 }
 
 /// True when the tenant has MindTickle credentials (so there is an account to push to).
@@ -35,19 +51,22 @@ pub async fn has_upstream_credentials(
         .is_some())
 }
 
-/// Stores the tenant's MindTickle credentials. False when the tenant has no secrets row.
+/// Stores the tenant's MindTickle credentials, the secret sealed, and clears any plaintext
+/// an older version left. False when the tenant has no secrets row.
 pub async fn set_upstream_credentials(
     tx: &Transaction<'_>,
     t: &str,
     client_id: &str,
-    secret: &str,
+    key_id: &str,
+    sealed: &[u8],
 ) -> Result<bool, tokio_postgres::Error> {
     let n = tx
         .execute(
-            "update tenant_secrets set upstream_client_id = $2,
-                    upstream_client_secret = $3, rotated_at = now()
+            "update tenant_secrets set upstream_client_id = $2, upstream_secret_key_id = $3,
+                    upstream_secret_sealed = $4, upstream_client_secret = null,
+                    rotated_at = now()
               where tenant_id = $1",
-            &[&t, &client_id, &secret],
+            &[&t, &client_id, &key_id, &sealed],
         )
         .await?;
     Ok(n == 1)

@@ -72,18 +72,33 @@ impl TenantScopedStore {
         .await
     }
 
-    /// Stores the tenant's MindTickle credentials in its RLS-protected secrets row.
+    /// Stores the tenant's MindTickle credentials in its RLS-protected secrets row, the
+    /// secret sealed with the active key of `secrets.keys`.
     pub async fn set_upstream_credentials(
         &self,
         tenant: &TenantId,
         client_id: &str,
         secret: &str,
     ) -> Result<bool, StoreError> {
-        let (id, secret) = (client_id.to_owned(), secret.to_owned());
+        let (key_id, sealed) = self
+            .sealer()
+            .seal(tenant.as_str(), secret)
+            .map_err(sealing)?;
+        let id = client_id.to_owned();
         tenant_tx!(self, tenant, |tx, t| {
-            secrets::set_upstream_credentials(tx, t, &id, &secret).await
+            secrets::set_upstream_credentials(tx, t, &id, &key_id, &sealed).await
         })
         .await
+    }
+
+    /// Re-seals the tenant's MindTickle secret with the active key (and seals a plaintext
+    /// an older version left). True when there was a secret to re-seal.
+    pub async fn reseal_upstream_secret(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        let Some((client_id, secret)) = self.upstream_credentials(tenant).await? else {
+            return Ok(false);
+        };
+        self.set_upstream_credentials(tenant, &client_id, &secret)
+            .await
     }
 
     /// Replaces the tenant's API token hash (rotation: the old token stops working at
@@ -252,9 +267,28 @@ impl UpstreamCredentials for TenantScopedStore {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<(String, String)>, StoreError> {
-        tenant_tx!(self, tenant, |tx, t| {
+        let stored = tenant_tx!(self, tenant, |tx, t| {
             secrets::upstream_credentials(tx, t).await
         })
-        .await
+        .await?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let secret = match (stored.sealed, stored.legacy_plaintext) {
+            (Some((key_id, sealed)), _) => self
+                .sealer()
+                .open(tenant.as_str(), &key_id, &sealed)
+                .map_err(sealing)?,
+            (None, Some(plain)) => {
+                tracing::warn!(tenant = %tenant, "a MindTickle secret is stored unsealed: run `enablement secrets rotate-key`");
+                plain
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some((stored.client_id, secret)))
     }
+}
+
+fn sealing(e: crate::sealing::SealError) -> StoreError {
+    StoreError::Query(e.to_string())
 }

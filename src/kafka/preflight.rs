@@ -38,6 +38,36 @@ impl ClientContext for Reports {
             seen.push((error.rdkafka_error_code(), reason.to_owned()));
         }
     }
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((None, log_message.to_owned()));
+            }
+        }
+    }
+}
+
+/// A plaintext client whose every connection the broker accepted and then closed at the
+/// first request: what a TLS listener does to plaintext (a down broker refuses instead).
+fn closed_at_first_request(
+    cfg: &KafkaConfig,
+    reports: &[(Option<RDKafkaErrorCode>, String)],
+) -> Option<KafkaStartError> {
+    let plaintext = !cfg.security_protocol.ends_with("SSL");
+    let closed = reports
+        .iter()
+        .any(|(_, r)| r.contains("APIVERSION_QUERY") && r.contains("closed"));
+    let refused = reports
+        .iter()
+        .any(|(_, r)| r.contains("Connection refused"));
+    (plaintext && closed && !refused).then(|| KafkaStartError::Refused {
+        key: "kafka.security_protocol",
+        reason: format!(
+            "{} against a broker that closes every connection at its first request: a TLS \
+             listener? use SSL or SASL_SSL",
+            cfg.security_protocol
+        ),
+    })
 }
 
 /// What the reports say about the settings, if anything.
@@ -83,6 +113,8 @@ pub fn preflight(cfg: &KafkaConfig, timeout: Duration) -> Result<(), KafkaStartE
     let seen = reports.0.clone();
     let client: BaseConsumer<Reports> = base_client_config(cfg)
         .set("reconnect.backoff.ms", "200")
+        // Connection failures are logged at info level: this client reads them (above).
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Info)
         .create_with_context(reports)
         .map_err(|e| KafkaStartError::Refused {
             key: "kafka.security_protocol",
@@ -93,6 +125,8 @@ pub fn preflight(cfg: &KafkaConfig, timeout: Duration) -> Result<(), KafkaStartE
         let step = Duration::from_millis(1_000)
             .min(deadline.saturating_duration_since(std::time::Instant::now()));
         let result = client.fetch_metadata(None, step.max(Duration::from_millis(100)));
+        // Error reports are callbacks: they are delivered only while the client is polled.
+        let _ = client.poll(Duration::from_millis(100));
         let reports = seen.lock().map(|s| s.clone()).unwrap_or_default();
         if let Some(refused) = diagnose(&reports) {
             return Err(refused);
@@ -100,6 +134,9 @@ pub fn preflight(cfg: &KafkaConfig, timeout: Duration) -> Result<(), KafkaStartE
         match result {
             Ok(_) => return Ok(()),
             Err(e) if std::time::Instant::now() >= deadline => {
+                if let Some(refused) = closed_at_first_request(cfg, &reports) {
+                    return Err(refused);
+                }
                 let last = reports
                     .last()
                     .map(|(_, r)| r.clone())

@@ -59,7 +59,9 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
             false => startup(e),
         })?;
     let registry = Registry::new(pool.clone());
-    let store = TenantScopedStore::new(pool.clone());
+    let sealer = crate::sealing::SecretSealer::from_config(&config.secrets)
+        .map_err(|e| ServeError::Refused(e.to_string()))?;
+    let store = TenantScopedStore::new(pool.clone(), sealer);
     let cache = Arc::new(RedisCache::new(&config.redis).map_err(startup)?);
     preflight::backends(&config, &cache).await?;
     let publisher = KafkaPublisher::new(&config.kafka).map_err(startup)?;

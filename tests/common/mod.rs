@@ -17,6 +17,10 @@ use tokio_postgres::NoTls;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The AEAD key of the tests' tenant secrets (`secrets.keys`).
+pub const TEST_SECRETS_KEY: &str =
+    "test-1:7e57000000000000000000000000000000000000000000000000000000000001";
+
 /// A short unique suffix: process id, counter and clock, all lowercase alphanumerics.
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -61,6 +65,8 @@ impl TestEnv {
         config.kafka.group_id = unique("g");
         // The tests serve with the development operator token config.toml ships.
         config.http.allow_dev_token = true;
+        // A test key seals tenant secrets (every process of the test gets it by child_env).
+        config.secrets.keys = enablement::config::Secret::new(TEST_SECRETS_KEY);
         config.kafka.tenant_refresh_ms = 300;
         // Crash tests restart a consumer in the same group: a short session lets the
         // coordinator give the dead member's partitions back sooner.
@@ -92,6 +98,14 @@ impl TestEnv {
                 }
             }
         }
+    }
+
+    /// The scoped store as the service builds it (the pool of the service role, the key).
+    pub async fn store(&self) -> enablement::db::TenantScopedStore {
+        enablement::db::TenantScopedStore::new(
+            self.app_pool().await,
+            enablement::sealing::SecretSealer::from_config(&self.config.secrets).expect("test key"),
+        )
     }
 
     pub async fn app_pool(&self) -> PgPool {

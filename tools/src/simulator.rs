@@ -380,6 +380,9 @@ async fn user_courses(
     Path(user_id): Path<String>,
 ) -> Result<Response, Response> {
     let org = admit(&s, &headers).await?;
+    if let Some(poisoned) = poisoned_courses(&user_id) {
+        return Ok(Json(json!({"userId": user_id, "courses": poisoned})).into_response());
+    }
     let courses: Vec<Value> = COURSES
         .iter()
         .enumerate()
@@ -396,6 +399,26 @@ async fn user_courses(
         })
         .collect();
     Ok(Json(json!({"userId": user_id, "courses": courses})).into_response())
+}
+
+/// Answers a hostile platform could give, for users named `poison-<kind>` (the service
+/// must fail those jobs with a reason and go on): a score out of range, a course listed
+/// twice, a NUL character, and an answer of about 1 MB.
+fn poisoned_courses(user_id: &str) -> Option<Value> {
+    let course = |id: &str, title: &str, score: Value| {
+        json!({"courseId": id, "title": title, "status": "completed", "quizScore": score,
+               "completedAt": "2026-10-01T12:00:00Z"})
+    };
+    Some(match user_id.strip_prefix("poison-")? {
+        "score" => json!([course("c1", "Pricing", json!(150))]),
+        "duplicate" => json!([
+            course("c1", "Pricing", json!(80)),
+            course("c1", "Pricing", json!(90))
+        ]),
+        "nul" => json!([course("c1", "Pri\u{0}cing", json!(80))]),
+        "huge" => json!([course("c1", &"x".repeat(1_000_000), json!(80))]),
+        _ => return None,
+    })
 }
 
 async fn create_user(

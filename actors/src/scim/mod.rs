@@ -296,7 +296,12 @@ pub fn parse_event(
     })
 }
 
-fn parse_user(u: serde_json::Map<String, Value>, op: Operation) -> Result<ScimUser, Rejection> {
+/// SCIM attributes never stored nor re-published (names compared case-insensitively, as
+/// SCIM attribute names are): an identity system may send a user's password on create.
+pub const NEVER_STORED: [&str; 1] = ["password"];
+
+fn parse_user(mut u: serde_json::Map<String, Value>, op: Operation) -> Result<ScimUser, Rejection> {
+    u.retain(|k, _| !NEVER_STORED.iter().any(|n| k.eq_ignore_ascii_case(n)));
     let fields = parse_user_fields(&u, op)?;
     Ok(ScimUser {
         resource: Value::Object(u),
@@ -497,6 +502,20 @@ pub(crate) mod tests {
         assert_eq!(ev.user.email.as_deref(), Some("a@acme.test"));
         assert_eq!(ev.user.external_id.as_deref(), Some("hr-u1"));
         assert!(ev.user.active);
+    }
+
+    #[test]
+    fn a_password_is_never_part_of_the_stored_resource() {
+        let ev = parse(&mutate(|v| {
+            v["user"]["password"] = "s3cret".into();
+            v["user"]["Password"] = "s3cret".into();
+        }))
+        .unwrap();
+        assert!(!ev.user.resource.to_string().contains("s3cret"));
+        assert_eq!(
+            ev.user.resource["userName"], "u1@acme.test",
+            "the rest is kept"
+        );
     }
 
     fn code_of(bytes: &[u8]) -> RejectCode {

@@ -150,7 +150,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         rows == i64::from(sizes.users) * i64::from(sizes.courses),
         format!("{rows} progress rows seeded for the big tenant"),
     )?];
-    let store = TenantScopedStore::new(world.app_pool().await?);
+    let store = world.store().await?;
     let freshness_ms = world.config.aggregator.freshness_ms as f64;
     let mut svc = ServiceProcess::start(&world, "api", &[])?;
     svc.wait_ready(0, Duration::from_secs(60)).await?;

@@ -58,8 +58,12 @@ impl BenchWorld {
             .await
             .map_err(fail)?;
         config.kafka.group_id = format!("bench-{run_id}-{}", now_ms());
-        // A local benchmark: the development operator token is fine here.
+        // A local benchmark: the development operator token is fine here, and a fixed key
+        // seals the tenants' upstream secrets.
         config.http.allow_dev_token = true;
+        config.secrets.keys = enablement::config::Secret::new(
+            "bench-1:be0c000000000000000000000000000000000000000000000000000000000001",
+        );
         // Unique per world like the group: a broker that keys static members by instance id
         // alone (nisshi 0.8.1) would hand one world's member another world's assignment.
         config.kafka.group_instance_id = format!("bench-{run_id}-{}", now_ms());
@@ -82,6 +86,16 @@ impl BenchWorld {
 
     pub async fn app_pool(&self) -> Result<PgPool, BenchError> {
         connect_pool(&self.config.postgres).await.map_err(fail)
+    }
+
+    /// The scoped store as the service builds it (the service role's pool, the bench key).
+    pub async fn store(&self) -> Result<enablement::db::TenantScopedStore, BenchError> {
+        let sealer =
+            enablement::sealing::SecretSealer::from_config(&self.config.secrets).map_err(fail)?;
+        Ok(enablement::db::TenantScopedStore::new(
+            self.app_pool().await?,
+            sealer,
+        ))
     }
 
     /// `t<run>-<name>`: unique per run, so topics of earlier runs are never read.

@@ -302,7 +302,7 @@ async fn raw_write(
     tenants: &[TenantId],
     per_tenant: usize,
 ) -> Result<f64, BenchError> {
-    let store = TenantScopedStore::new(world.app_pool().await?);
+    let store = world.store().await?;
     // Prepared outside the timing: the rows each event becomes. Tenants interleaved, so
     // the 4 connections write 4 different tenants (a tenant's outbox writers take turns on
     // its sequence row, as the service's one-batch-per-tenant pipeline does).

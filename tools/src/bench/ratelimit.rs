@@ -14,7 +14,6 @@ use super::{check, BenchError, Ctx, Figure, ScenarioReport};
 use crate::simulator::{dev_secret, SimSettings};
 use enablement::actors::ports::{JobKind, JobPriority, NewJob};
 use enablement::actors::TenantId;
-use enablement::db::TenantScopedStore;
 
 const QUOTA_PER_MIN: i64 = 600;
 
@@ -70,7 +69,7 @@ async fn queue_jobs(
     phase: i64,
 ) -> Result<(), BenchError> {
     // Queued through the service's own enqueue (as the service role, under RLS).
-    let store = TenantScopedStore::new(world.app_pool().await?);
+    let store = world.store().await?;
     let jobs: Vec<NewJob> = (1..=per_tenant)
         .map(|g| NewJob {
             priority: JobPriority::Background,
@@ -130,7 +129,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         .map(|i| world.tenant(&format!("t{i}")))
         .collect::<Result<_, _>>()?;
     world.register(&tenants).await?;
-    let store = TenantScopedStore::new(world.app_pool().await?);
+    let store = world.store().await?;
     for t in &tenants {
         store
             .set_upstream_credentials(t, t.as_str(), &dev_secret(t.as_str()))
