@@ -79,11 +79,9 @@ impl SecretSealer {
         })
     }
 
-    /// The sealer of a validated configuration (`secrets.keys`).
-    pub fn from_config(
-        cfg: &crate::config::SecretsConfig,
-    ) -> Result<std::sync::Arc<Self>, SealError> {
-        Self::from_spec(cfg.keys.expose()).map(std::sync::Arc::new)
+    /// [`Self::from_spec`], shared (what the store holds).
+    pub fn shared(spec: &str) -> Result<std::sync::Arc<Self>, SealError> {
+        Self::from_spec(spec).map(std::sync::Arc::new)
     }
 
     /// The id of the key that seals, if any key is configured.

@@ -26,6 +26,8 @@ pub enum TenantAdminError {
     NotFound(TenantId),
     #[error("{0}")]
     Invalid(&'static str),
+    #[error("erasure failed, nothing was deleted: {0}")]
+    Erase(String),
 }
 
 pub struct Registered {
@@ -127,6 +129,46 @@ pub async fn set_suspended(
         Err(e) => CacheCleared::Failed(e.to_string()),
     };
     Ok(Some(cleared))
+}
+
+/// What `tenant delete --erase` removed.
+pub struct Erased {
+    pub rows: crate::db::ErasedRows,
+    pub cache: CacheCleared,
+    pub topics: Result<Vec<String>, String>,
+}
+
+/// Erases a tenant: it is suspended first (consumers drain and stop), then every row is
+/// deleted in one transaction as the owner (an audit record stays), then its cache
+/// namespace (SCAN) and its topics. The database step decides: when it fails nothing is
+/// reported erased; the cache and topic steps report their own failures.
+pub async fn erase(
+    registry: &Registry,
+    config: &crate::config::Config,
+    tenant: &TenantId,
+) -> Result<Erased, TenantAdminError> {
+    set_suspended(registry, &config.redis, tenant, true).await?;
+    let rows = crate::db::erase_tenant(&config.postgres, tenant)
+        .await
+        .map_err(|e| TenantAdminError::Erase(e.to_string()))?;
+    if rows.is_empty() {
+        return Err(TenantAdminError::NotFound(tenant.clone()));
+    }
+    let cache = match RedisCache::new(&config.redis) {
+        Ok(cache) => match cache.invalidate_tenant(tenant).await {
+            Ok(n) => CacheCleared::Removed(n),
+            Err(e) => CacheCleared::Failed(e.to_string()),
+        },
+        Err(e) => CacheCleared::Failed(e.to_string()),
+    };
+    let topics = crate::kafka::delete_tenant_topics(&config.kafka, tenant)
+        .await
+        .map_err(|e| e.to_string());
+    Ok(Erased {
+        rows,
+        cache,
+        topics,
+    })
 }
 
 /// Replaces the tenant's API token; returns the new one (shown once). The old token stops

@@ -199,27 +199,6 @@ async fn with_redis_down_the_roster_is_served_from_postgres_and_the_failure_coun
     assert!(errors >= 2.0, "cache failures are counted: {errors}");
 }
 
-async fn tenant_keys(env: &TestEnv, t: &enablement::actors::TenantId) -> Vec<String> {
-    let redis = redis::Client::open(env.config.redis.url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(t.cache_pattern())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
     let env = TestEnv::new().await;
@@ -259,15 +238,19 @@ async fn catalog_is_cached_and_suspending_a_tenant_clears_only_its_namespace() {
     for (t, token) in [(&a, &token_a), (&b, &token_b)] {
         get(&svc, &format!("/api/tenants/{t}/users"), Some(token)).await;
     }
-    assert_eq!(tenant_keys(&env, &a).await.len(), 2);
-    assert_eq!(tenant_keys(&env, &b).await.len(), 1);
+    assert_eq!(common::tenant_cache_keys(&env, &a).await.len(), 2);
+    assert_eq!(common::tenant_cache_keys(&env, &b).await.len(), 1);
 
     common::cli_ok(&env, &["tenant", "suspend", a.as_str()]);
     assert!(
-        tenant_keys(&env, &a).await.is_empty(),
+        common::tenant_cache_keys(&env, &a).await.is_empty(),
         "A's namespace cleared"
     );
-    assert_eq!(tenant_keys(&env, &b).await.len(), 1, "B's keys untouched");
+    assert_eq!(
+        common::tenant_cache_keys(&env, &b).await.len(),
+        1,
+        "B's keys untouched"
+    );
     // The suspended tenant's actor is drained and stopped; the other keeps running.
     eventually(
         "suspended tenant's actor stopped",

@@ -163,7 +163,7 @@ async fn no_setting_sees_nothing_and_the_setting_never_leaks_between_pooled_tran
     let pool = env.app_pool().await;
     let store = TenantScopedStore::new(
         pool.clone(),
-        enablement::sealing::SecretSealer::from_config(&env.config.secrets).unwrap(),
+        enablement::sealing::SecretSealer::shared(env.config.secrets.keys.expose()).unwrap(),
     );
     seed_user(&store, &a, "ua").await;
     seed_user(&store, &b, "ub").await;

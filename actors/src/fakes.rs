@@ -229,7 +229,12 @@ impl TenantStore for FakeStore {
         self.batches.fetch_add(1, Ordering::SeqCst);
         let mut all = self.data.lock().unwrap();
         let data = all.entry(tenant.clone()).or_default();
-        let plan = plan_batch(data.users.clone(), &data.processed, batch.events);
+        let plan = plan_batch(
+            data.users.clone(),
+            &data.processed,
+            batch.events,
+            batch.delete_policy,
+        );
         let mut report = BatchReport::default();
         for (id, outcome) in &plan.outcomes {
             report.count(*outcome);

@@ -88,6 +88,8 @@ pub struct DeadLetter {
 #[derive(Debug, Clone, Default)]
 pub struct ScimBatch {
     pub events: Vec<ScimEvent>,
+    /// What a SCIM DELETE does to the stored user (`pipeline.scim_delete`).
+    pub delete_policy: crate::scim::DeletePolicy,
     pub security_events: Vec<SecurityEvent>,
     pub dead_letters: Vec<DeadLetter>,
 }

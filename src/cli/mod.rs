@@ -85,6 +85,17 @@ pub enum TenantCommand {
     /// Suspend a tenant: its topic is unsubscribed (the actor drains and stops) and its
     /// cache namespace is deleted (SCAN, never KEYS). Data and topics are kept.
     Suspend { id: String },
+    /// Erase a tenant: every row (users, progress, secrets, queues, reports), its cache
+    /// namespace and its topics; an audit record stays. Needs --erase and --confirm <id>.
+    Delete {
+        id: String,
+        /// Remove the tenant's data (the only mode: a registered tenant is never half-deleted).
+        #[arg(long)]
+        erase: bool,
+        /// The tenant id again, to confirm.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
     /// Re-activate a suspended tenant.
     Resume { id: String },
     /// Replace the tenant's API token and print the new one once; the old one stops
@@ -150,7 +161,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
             command: SecretsCommand::RotateKey,
         } => {
             let registry = Registry::new(connect_pool(&config.postgres).await?);
-            let sealer = crate::sealing::SecretSealer::from_config(&config.secrets)
+            let sealer = crate::sealing::SecretSealer::shared(config.secrets.keys.expose())
                 .map_err(|e| AppError::Usage(e.to_string()))?;
             let key_id = sealer
                 .active_key_id()
@@ -166,7 +177,7 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
 
 async fn tenant(command: TenantCommand, config: &Config) -> Result<(), AppError> {
     let registry = Registry::new(connect_pool(&config.postgres).await?);
-    let sealer = crate::sealing::SecretSealer::from_config(&config.secrets)
+    let sealer = crate::sealing::SecretSealer::shared(config.secrets.keys.expose())
         .map_err(|e| AppError::Usage(e.to_string()))?;
     let store = TenantScopedStore::new(registry.pool().clone(), sealer);
     match command {
@@ -197,6 +208,28 @@ async fn tenant(command: TenantCommand, config: &Config) -> Result<(), AppError>
                 None => {}
             }
             eprintln!("tenant {tenant} is suspended");
+        }
+        TenantCommand::Delete { id, erase, confirm } => {
+            let tenant = tenant_arg(&id)?;
+            if !erase || confirm.as_deref() != Some(tenant.as_str()) {
+                return Err(AppError::Usage(format!(
+                    "tenant delete erases all of a tenant's data: repeat it as `tenant delete {tenant} --erase --confirm {tenant}`"
+                )));
+            }
+            let erased = tenants::erase(&registry, config, &tenant).await?;
+            let total: u64 = erased.rows.values().sum();
+            eprintln!("erased {total} rows of {tenant}: {:?}", erased.rows);
+            match erased.cache {
+                CacheCleared::Removed(n) => eprintln!("removed {n} cached keys"),
+                CacheCleared::Failed(e) => {
+                    eprintln!("warning: cache not cleared ({e}); entries expire by TTL")
+                }
+            }
+            match erased.topics {
+                Ok(t) => eprintln!("deleted topics: {}", t.join(", ")),
+                Err(e) => eprintln!("warning: topics not deleted ({e}); delete them by hand"),
+            }
+            println!("tenant {tenant} erased");
         }
         TenantCommand::Resume { id } => {
             let tenant = tenant_arg(&id)?;

@@ -385,6 +385,9 @@ pub struct PipelineConfig {
     pub process_buffer_max_bytes: usize,
     pub retry_backoff_initial_ms: u64,
     pub retry_backoff_max_ms: u64,
+    /// What a SCIM DELETE does: `deactivate` (keep the attributes) or
+    /// `erase_personal_data` (deactivate and erase name, email, ids, the resource).
+    pub scim_delete: crate::actors::scim::DeletePolicy,
 }
 
 impl Default for PipelineConfig {
@@ -405,6 +408,7 @@ impl Default for PipelineConfig {
             process_buffer_max_bytes: d.process_buffer_max_bytes,
             retry_backoff_initial_ms: d.retry_backoff.initial.as_millis() as u64,
             retry_backoff_max_ms: d.retry_backoff.max.as_millis() as u64,
+            scim_delete: d.scim_delete,
         }
     }
 }

@@ -106,6 +106,7 @@ impl Config {
                 Duration::from_millis(p.retry_backoff_initial_ms.max(1)),
                 Duration::from_millis(p.retry_backoff_max_ms.max(1)),
             ),
+            scim_delete: p.scim_delete,
             ..PipelineSettings::default()
         }
     }

@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0010_sealed_secrets.sql",
         include_str!("../../migrations/0010_sealed_secrets.sql"),
     ),
+    (
+        11,
+        "0011_tenant_erasures.sql",
+        include_str!("../../migrations/0011_tenant_erasures.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

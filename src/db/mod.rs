@@ -12,12 +12,14 @@
 //! - `progress`: synced course progress; `secrets`: credentials and token hashes;
 //! - [`schedule`]: readiness re-aggregation marks; `security`: security events;
 //! - `registry`: the tenant registry (global, nothing secret); `migrate`; `signals`
-//!   (cross-process wake-ups).
+//!   (cross-process wake-ups); `erase` (a tenant's erasure, as the owner); `connect`
+//!   (URLs, TLS, the start-up privilege check).
 //!
 //! `store` implements the actors crate's ports by composing those functions, one scoped
 //! transaction per call.
 
 mod connect;
+mod erase;
 pub mod jobs;
 mod migrate;
 pub mod outbox;
@@ -32,6 +34,7 @@ mod signals;
 mod store;
 
 pub use connect::{ensure_least_privilege, PgTarget};
+pub use erase::{erase_tenant, ErasedRows};
 pub use migrate::{migrate, migrate_through, MigrateError, MigrationReport};
 pub use registry::{Registry, RegistryError, TenantRecord};
 pub(crate) use scoped::store_error;

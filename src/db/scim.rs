@@ -32,6 +32,7 @@ pub async fn apply_batch(
     let mut report = BatchReport::default();
     let ScimBatch {
         events,
+        delete_policy,
         security_events,
         dead_letters,
     } = batch;
@@ -40,7 +41,7 @@ pub async fn apply_batch(
         let seen = record_event_ids(tx, tenant, &ids).await?;
         let current = lock_users(tx, tenant, &events).await?;
         // The pure rules decide; the rest of this function only writes their plan.
-        let plan = plan_batch(current, &seen, events);
+        let plan = plan_batch(current, &seen, events, delete_policy);
         for (_, outcome) in &plan.outcomes {
             report.count(*outcome);
         }

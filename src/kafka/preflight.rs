@@ -28,7 +28,10 @@ pub enum KafkaStartError {
 
 /// Records what librdkafka reports while the preflight runs.
 #[derive(Default)]
-struct Reports(Arc<Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>>);
+struct Reports(Arc<Mutex<Vec<Report>>>);
+
+/// One error or connection-failure log line librdkafka reported.
+type Report = (Option<RDKafkaErrorCode>, String);
 
 impl ConsumerContext for Reports {}
 
@@ -49,10 +52,7 @@ impl ClientContext for Reports {
 
 /// A plaintext client whose every connection the broker accepted and then closed at the
 /// first request: what a TLS listener does to plaintext (a down broker refuses instead).
-fn closed_at_first_request(
-    cfg: &KafkaConfig,
-    reports: &[(Option<RDKafkaErrorCode>, String)],
-) -> Option<KafkaStartError> {
+fn closed_at_first_request(cfg: &KafkaConfig, reports: &[Report]) -> Option<KafkaStartError> {
     let plaintext = !cfg.security_protocol.ends_with("SSL");
     let closed = reports
         .iter()
@@ -71,7 +71,7 @@ fn closed_at_first_request(
 }
 
 /// What the reports say about the settings, if anything.
-fn diagnose(reports: &[(Option<RDKafkaErrorCode>, String)]) -> Option<KafkaStartError> {
+fn diagnose(reports: &[Report]) -> Option<KafkaStartError> {
     for (code, reason) in reports {
         let lower = reason.to_ascii_lowercase();
         if *code == Some(RDKafkaErrorCode::Authentication) || lower.contains("sasl authentication")

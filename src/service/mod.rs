@@ -59,7 +59,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
             false => startup(e),
         })?;
     let registry = Registry::new(pool.clone());
-    let sealer = crate::sealing::SecretSealer::from_config(&config.secrets)
+    let sealer = crate::sealing::SecretSealer::shared(config.secrets.keys.expose())
         .map_err(|e| ServeError::Refused(e.to_string()))?;
     let store = TenantScopedStore::new(pool.clone(), sealer);
     let cache = Arc::new(RedisCache::new(&config.redis).map_err(startup)?);

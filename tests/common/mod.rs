@@ -104,7 +104,8 @@ impl TestEnv {
     pub async fn store(&self) -> enablement::db::TenantScopedStore {
         enablement::db::TenantScopedStore::new(
             self.app_pool().await,
-            enablement::sealing::SecretSealer::from_config(&self.config.secrets).expect("test key"),
+            enablement::sealing::SecretSealer::shared(self.config.secrets.keys.expose())
+                .expect("test key"),
         )
     }
 
@@ -542,4 +543,26 @@ pub fn cli_ok(env: &TestEnv, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Every Redis key of the tenant's namespace (SCAN, as the service does).
+pub async fn tenant_cache_keys(env: &TestEnv, t: &enablement::actors::TenantId) -> Vec<String> {
+    let redis = redis::Client::open(env.config.redis.url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(t.cache_pattern())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
 }

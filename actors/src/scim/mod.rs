@@ -9,7 +9,8 @@
 pub mod rules;
 
 pub use rules::{
-    apply_event, plan_batch, BatchPlan, EventOutcome, FollowUps, StoredUser, UserChanged,
+    apply_event, plan_batch, BatchPlan, DeletePolicy, EventOutcome, FollowUps, StoredUser,
+    UserChanged,
 };
 
 use serde::{Deserialize, Serialize};

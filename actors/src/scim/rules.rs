@@ -119,6 +119,7 @@ pub fn plan_batch(
     mut current: HashMap<String, StoredUser>,
     seen: &std::collections::HashSet<String>,
     events: Vec<ScimEvent>,
+    delete: DeletePolicy,
 ) -> BatchPlan {
     let mut plan = BatchPlan::default();
     let mut batch_ids = std::collections::HashSet::new();
@@ -136,7 +137,7 @@ pub fn plan_batch(
             ev.occurred_at,
         );
         let prev = current.get(&ev.user.id);
-        let (outcome, next) = apply_event(prev, ev);
+        let (outcome, next) = apply_event(prev, ev, delete);
         if let Some(next) = next {
             if outcome == EventOutcome::Applied {
                 plan.changes.push(UserChanged {
@@ -179,14 +180,48 @@ fn raw_json(v: &Value) -> Box<RawValue> {
     serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
+/// What a SCIM DELETE does to the stored user (`pipeline.scim_delete`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeletePolicy {
+    /// Deactivate and keep the attributes (history, reports by manager).
+    #[default]
+    Deactivate,
+    /// Deactivate and erase the personal fields (user name, email, external id, manager,
+    /// the SCIM resource but its id): the row keeps only what idempotency, ordering and
+    /// the pseudonymous progress history need.
+    ErasePersonalData,
+}
+
 /// Applies one event to one user's state. Returns the new state when it must be written.
-pub fn apply_event(prev: Option<&StoredUser>, ev: ScimEvent) -> (EventOutcome, Option<StoredUser>) {
+pub fn apply_event(
+    prev: Option<&StoredUser>,
+    ev: ScimEvent,
+    delete: DeletePolicy,
+) -> (EventOutcome, Option<StoredUser>) {
     if let Some(p) = prev {
         if ev.occurred_at < p.occurred_at {
             return (EventOutcome::Stale, None);
         }
     }
     let mut next = match (ev.operation, prev) {
+        (Operation::Delete, Some(p)) if delete == DeletePolicy::ErasePersonalData => StoredUser {
+            user_id: p.user_id.clone(),
+            user_name: p.user_id.clone(),
+            email: None,
+            role: p.role,
+            external_id: None,
+            manager_id: None,
+            active: false,
+            resource: serde_json::json!({
+                "schemas": [crate::scim::CORE_USER_SCHEMA],
+                "id": p.user_id,
+                "active": false,
+            }),
+            version: p.version,
+            occurred_at: p.occurred_at,
+            last_event_id: String::new(),
+        },
         (Operation::Delete, Some(p)) => {
             // Deactivation keeps the stored attributes (history), only `active` flips.
             let mut n = p.clone();
@@ -255,7 +290,12 @@ mod tests {
             ev("e4", "DELETE", "u1", "2026-01-04T00:00:00Z", "b@acme.test"),
             ev("e2", "UPDATE", "u1", "2026-01-02T00:00:00Z", "b@acme.test"),
         ];
-        let plan = plan_batch(HashMap::new(), &HashSet::new(), events);
+        let plan = plan_batch(
+            HashMap::new(),
+            &HashSet::new(),
+            events,
+            DeletePolicy::Deactivate,
+        );
         let outcomes: Vec<_> = plan.outcomes.iter().map(|(_, o)| *o).collect();
         assert_eq!(
             outcomes,
@@ -288,6 +328,7 @@ mod tests {
                 "2026-01-05T00:00:00Z",
                 "new@acme.test",
             )],
+            DeletePolicy::Deactivate,
         );
         let stored: HashMap<_, _> = first
             .upserts
@@ -314,6 +355,7 @@ mod tests {
                     "new@acme.test",
                 ),
             ],
+            DeletePolicy::Deactivate,
         );
         assert_eq!(
             plan.outcomes.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
@@ -335,6 +377,7 @@ mod tests {
                 "2026-01-05T00:00:00Z",
                 "x@acme.test",
             )],
+            DeletePolicy::Deactivate,
         );
         assert_eq!(plan.upserts.len(), 1);
         assert!(!plan.upserts[0].active);
@@ -354,6 +397,7 @@ mod tests {
                 "2026-01-01T00:00:00Z",
                 "x@acme.test",
             )],
+            DeletePolicy::Deactivate,
         );
         assert_eq!(again.outcomes[0].1, EventOutcome::Stale);
     }

@@ -118,13 +118,14 @@ impl BatchPipeline {
             let error = loop {
                 // Parsed again on every attempt: the store consumes the batch, and the
                 // happy path must not pay for a copy.
-                let prepared = prepare(
+                let mut prepared = prepare(
                     &self.tenant,
                     records,
                     refused.clone(),
                     limits,
                     self.settings.max_record_bytes,
                 );
+                prepared.batch.delete_policy = self.settings.scim_delete;
                 let batch = &prepared.batch;
                 if batch.events.is_empty()
                     && batch.security_events.is_empty()

@@ -46,6 +46,8 @@ pub struct PipelineSettings {
     /// Waiting out a database outage: a batch whose transaction failed for a transient
     /// reason is retried after this capped, jittered backoff (never skipped, never parked).
     pub retry_backoff: Backoff,
+    /// What a SCIM DELETE does to the stored user.
+    pub scim_delete: crate::scim::DeletePolicy,
 }
 
 impl Default for PipelineSettings {
@@ -66,6 +68,7 @@ impl Default for PipelineSettings {
             process_buffer_max_bytes: 128 * 1024 * 1024,
             max_future_skew: Duration::from_secs(24 * 3600),
             retry_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+            scim_delete: crate::scim::DeletePolicy::Deactivate,
         }
     }
 }

@@ -90,8 +90,8 @@ impl BenchWorld {
 
     /// The scoped store as the service builds it (the service role's pool, the bench key).
     pub async fn store(&self) -> Result<enablement::db::TenantScopedStore, BenchError> {
-        let sealer =
-            enablement::sealing::SecretSealer::from_config(&self.config.secrets).map_err(fail)?;
+        let sealer = enablement::sealing::SecretSealer::shared(self.config.secrets.keys.expose())
+            .map_err(fail)?;
         Ok(enablement::db::TenantScopedStore::new(
             self.app_pool().await?,
             sealer,
