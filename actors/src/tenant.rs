@@ -68,7 +68,14 @@ impl TenantId {
 
     /// The name of one of this tenant's Kafka topics.
     pub fn topic(&self, prefix: &str, kind: TopicKind) -> String {
-        format!("{prefix}tenant.{}.{}", self.0, kind.suffix())
+        format!("{}{}", self.topic_acl_prefix(prefix), kind.suffix())
+    }
+
+    /// The prefix every topic of this tenant starts with, and no other tenant's: the
+    /// trailing dot keeps `tenant.acme.` from covering `tenant.acme-corp.*` (the prefixed
+    /// ACLs of the README use it).
+    pub fn topic_acl_prefix(&self, prefix: &str) -> String {
+        format!("{prefix}tenant.{}.", self.0)
     }
 
     /// Recovers the tenant id from an inbound topic name `<prefix>tenant.<id>.scim`.
@@ -155,6 +162,20 @@ impl TopicKind {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_tenants_acl_prefix_covers_its_topics_and_no_other_tenants() {
+        let acme = TenantId::parse("acme").unwrap();
+        let corp = TenantId::parse("acme-corp").unwrap();
+        let p = acme.topic_acl_prefix("");
+        assert_eq!(p, "tenant.acme.");
+        for kind in TopicKind::ALL {
+            assert!(acme.topic("", kind).starts_with(&p));
+            assert!(!corp.topic("", kind).starts_with(&p), "{kind:?}");
+        }
+        assert_eq!(acme.topic_acl_prefix("prod."), "prod.tenant.acme.");
+    }
+
     use super::*;
 
     #[test]
