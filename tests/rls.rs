@@ -626,3 +626,61 @@ async fn upstream_secrets_are_sealed_at_rest_and_the_key_rotates() {
         "legacy-b-secret"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_refuses_a_role_that_could_bypass_row_level_security() {
+    let env = TestEnv::new().await;
+    let suffix = env.db_name.trim_start_matches("t_").to_owned();
+    let (bypass, owner, member) = (
+        format!("r_bypass_{suffix}"),
+        format!("r_owner_{suffix}"),
+        format!("r_member_{suffix}"),
+    );
+    env.owner
+        .batch_execute(&format!(
+            "create role {bypass} login bypassrls;
+             create role {owner} login;
+             create role {member} login in role {owner};
+             grant connect on database {db} to {bypass}, {owner}, {member};
+             alter table dead_letters owner to {owner};",
+            db = env.db_name
+        ))
+        .await
+        .unwrap();
+    let with_role = |role: &str| {
+        let mut pg = env.config.postgres.clone();
+        pg.url = pg.url.replace("enablement_app@", &format!("{role}@"));
+        pg
+    };
+    for (role, says) in [
+        (bypass.as_str(), "BYPASSRLS"),
+        (owner.as_str(), "owns"),
+        (member.as_str(), "owns"),
+        ("postgres", "superuser"),
+    ] {
+        match enablement::db::connect_pool(&with_role(role)).await {
+            Err(e @ enablement::db::DbError::Refused { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(says) && text.contains("postgres.url"),
+                    "{role}: {text}"
+                );
+            }
+            Err(other) => panic!("{role}: {other}"),
+            Ok(_) => panic!("{role} must be refused"),
+        }
+    }
+    // The role `migrate` made is accepted.
+    assert!(enablement::db::connect_pool(&env.config.postgres)
+        .await
+        .is_ok());
+    env.owner
+        .batch_execute(&format!(
+            "alter table dead_letters owner to postgres;
+             revoke connect on database {db} from {bypass}, {owner}, {member};
+             drop role {member}; drop role {owner}; drop role {bypass};",
+            db = env.db_name
+        ))
+        .await
+        .unwrap();
+}

@@ -619,6 +619,7 @@ async fn the_service_runs_end_to_end_with_every_backend_over_tls() {
         var("ENABLEMENT__KAFKA__GROUP_ID", unique("tls-g")),
         var("ENABLEMENT__KAFKA__TENANT_REFRESH_MS", "300"),
         var("ENABLEMENT__HTTP__LISTEN", listen.clone()),
+        var("ENABLEMENT__SECRETS__KEYS", common::TEST_SECRETS_KEY),
     ]);
     run_ok(&mut enablement(&["migrate"], &vars));
     pg.psql(&format!(
