@@ -23,29 +23,13 @@ pub async fn delete_tenant_topics(
     cfg: &KafkaConfig,
     tenant: &TenantId,
 ) -> Result<Vec<String>, AdminError> {
-    let admin: AdminClient<DefaultClientContext> = base_client_config(cfg)
-        .create()
-        .map_err(|e| AdminError::Client(e.to_string()))?;
-    let names: Vec<String> = TopicKind::ALL
-        .iter()
-        .map(|k| tenant.topic(&cfg.topic_prefix, *k))
-        .collect();
+    let (admin, names) = admin_for(cfg, tenant)?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
     let results = admin
-        .delete_topics(&refs, &opts)
+        .delete_topics(&refs, &options())
         .await
         .map_err(|e| AdminError::Client(e.to_string()))?;
-    for r in results {
-        if let Err((topic, code)) = r {
-            if code != RDKafkaErrorCode::UnknownTopicOrPartition {
-                return Err(AdminError::Topic {
-                    topic,
-                    code: code.to_string(),
-                });
-            }
-        }
-    }
+    check(results, RDKafkaErrorCode::UnknownTopicOrPartition)?;
     Ok(names)
 }
 
@@ -55,13 +39,7 @@ pub async fn create_tenant_topics(
     cfg: &KafkaConfig,
     tenant: &TenantId,
 ) -> Result<Vec<String>, AdminError> {
-    let admin: AdminClient<DefaultClientContext> = base_client_config(cfg)
-        .create()
-        .map_err(|e| AdminError::Client(e.to_string()))?;
-    let names: Vec<String> = TopicKind::ALL
-        .iter()
-        .map(|k| tenant.topic(&cfg.topic_prefix, *k))
-        .collect();
+    let (admin, names) = admin_for(cfg, tenant)?;
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {
@@ -72,14 +50,41 @@ pub async fn create_tenant_topics(
             )
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
     let results = admin
-        .create_topics(&topics, &opts)
+        .create_topics(&topics, &options())
         .await
         .map_err(|e| AdminError::Client(e.to_string()))?;
+    check(results, RDKafkaErrorCode::TopicAlreadyExists)?;
+    Ok(names)
+}
+
+/// An admin client with the service's settings, and the tenant's four topic names.
+fn admin_for(
+    cfg: &KafkaConfig,
+    tenant: &TenantId,
+) -> Result<(AdminClient<DefaultClientContext>, Vec<String>), AdminError> {
+    let admin = base_client_config(cfg)
+        .create()
+        .map_err(|e| AdminError::Client(e.to_string()))?;
+    let names = TopicKind::ALL
+        .iter()
+        .map(|k| tenant.topic(&cfg.topic_prefix, *k))
+        .collect();
+    Ok((admin, names))
+}
+
+fn options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)))
+}
+
+/// The first per-topic failure other than `fine` (the idempotent outcome).
+fn check(
+    results: Vec<Result<String, (String, RDKafkaErrorCode)>>,
+    fine: RDKafkaErrorCode,
+) -> Result<(), AdminError> {
     for r in results {
         if let Err((topic, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
+            if code != fine {
                 return Err(AdminError::Topic {
                     topic,
                     code: code.to_string(),
@@ -87,5 +92,5 @@ pub async fn create_tenant_topics(
             }
         }
     }
-    Ok(names)
+    Ok(())
 }
