@@ -140,6 +140,23 @@ pub fn is_tls_rejection(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// True when the server refused the handshake for want of an acceptable client certificate
+/// (mutual TLS): the alert names it.
+pub fn is_client_certificate_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if text.contains("CertificateRequired")
+            || text.contains("BadCertificate")
+            || text.contains("UnknownCA")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// `verify-ca`: the chain is checked, the name is not.
 #[derive(Debug)]
 struct ChainOnly {

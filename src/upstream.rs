@@ -134,6 +134,11 @@ impl MindTickleClient {
         }
         match self.http.get(&self.base).send().await {
             Ok(_) => Ok(()),
+            Err(e) if crate::tls::is_client_certificate_refusal(&e) => Err(format!(
+                "mindtickle.client_cert_file: the MindTickle API requires a client certificate \
+                 it accepts: {}",
+                e.without_url()
+            )),
             Err(e) if crate::tls::is_tls_rejection(&e) => Err(format!(
                 "mindtickle.ca_file: TLS handshake with the MindTickle API refused: {} (is its \
                  certificate signed by a system root or this CA, and issued for this host?)",

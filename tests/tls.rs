@@ -47,6 +47,14 @@ impl Pki {
         std::fs::write(dir.join("other-ca.pem"), other_cert.pem()).unwrap();
         std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
         std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        // A client certificate for mutual TLS.
+        let client_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "enablement");
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = p.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+        std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
         Self { dir }
     }
     fn path(&self, name: &str) -> String {
@@ -444,12 +452,19 @@ async fn the_upstream_over_https_needs_a_trusted_certificate() {
 }
 
 async fn start_https_sim(pki: &Pki) -> String {
+    start_https_sim_with(pki, false).await
+}
+
+/// The simulator over HTTPS; with `mutual`, it requires a client certificate of the CA.
+async fn start_https_sim_with(pki: &Pki, mutual: bool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let tls = enablement_tools::tls_listener::TlsListener::new(
+    let client_ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    let tls = enablement_tools::tls_listener::TlsListener::with_client_ca(
         listener,
         &std::fs::read(pki.path("server.pem")).unwrap(),
         &std::fs::read(pki.path("server.key")).unwrap(),
+        mutual.then_some(client_ca.as_slice()),
     )
     .unwrap();
     tokio::spawn(async move {
@@ -742,4 +757,36 @@ async fn the_service_runs_end_to_end_with_every_backend_over_tls() {
     .await;
     let _ = svc.kill();
     let _ = svc.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_can_require_a_client_certificate() {
+    use enablement::actors::upstream::MindTickleApi;
+    let env = TestEnv::new().await;
+    let pki = Pki::new();
+    let sim = start_https_sim_with(&pki, true).await;
+    let t = tenant("mtls");
+    env.add_tenant(&t).await;
+    let store = env.store().await;
+    let secret = enablement_tools::simulator::dev_secret(t.as_str());
+    store.set_upstream_credentials(&t, t.as_str(), &secret).await.unwrap();
+    let client = |cert: bool| {
+        let cfg = enablement::config::MindTickleConfig {
+            base_url: sim.clone(),
+            ca_file: pki.path("ca.pem"),
+            client_cert_file: if cert { pki.path("client.pem") } else { String::new() },
+            client_key_file: if cert { pki.path("client.key") } else { String::new() },
+            ..Default::default()
+        };
+        enablement::upstream::MindTickleClient::new(&cfg, std::sync::Arc::new(store.clone())).unwrap()
+    };
+    // With the client certificate: served.
+    let courses = client(true).catalog(&t).await.expect("mutual TLS with the client certificate");
+    assert!(!courses.is_empty());
+    // Without: the handshake is refused, and `serve` stops at start naming the setting.
+    assert!(client(false).catalog(&t).await.is_err());
+    let mut vars = env.service_env("127.0.0.1:1");
+    vars.push(var("ENABLEMENT__MINDTICKLE__BASE_URL", sim.clone()));
+    vars.push(var("ENABLEMENT__MINDTICKLE__CA_FILE", pki.path("ca.pem")));
+    assert_refused(&vars, "mindtickle.client_cert_file", None);
 }

@@ -21,20 +21,48 @@ pub struct TlsListener {
 impl TlsListener {
     /// `cert_pem`: the certificate chain, `key_pem`: its private key (PKCS#8, SEC1 or RSA).
     pub fn new(tcp: TcpListener, cert_pem: &[u8], key_pem: &[u8]) -> std::io::Result<Self> {
+        Self::with_client_ca(tcp, cert_pem, key_pem, None)
+    }
+
+    /// [`Self::new`], requiring a client certificate signed by `client_ca_pem` when given
+    /// (mutual TLS).
+    pub fn with_client_ca(
+        tcp: TcpListener,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+    ) -> std::io::Result<Self> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let certs = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(format!("certificate: {e}")))?;
         let key =
             PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(format!("key: {e}")))?;
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| invalid(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(e.to_string()))?;
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for ca in CertificateDer::pem_slice_iter(pem) {
+                    roots
+                        .add(ca.map_err(|e| invalid(format!("client CA: {e}")))?)
+                        .map_err(|e| invalid(format!("client CA: {e}")))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| invalid(format!("client CA: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             tcp,
             acceptor: TlsAcceptor::from(Arc::new(config)),
