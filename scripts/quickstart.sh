@@ -53,16 +53,19 @@ for i in "${!tenants[@]}"; do
   echo "sim-${tenants[$i]}" | "$bin" tenant set-upstream "${tenants[$i]}" --client-id "${tenants[$i]}" 2>/dev/null
 done
 
+# /metrics and the detailed /readyz answer the operator token (or http.internal_listen).
+op=(-H "Authorization: Bearer ${ENABLEMENT__HTTP__OPERATOR_TOKEN:-dev-operator-token-change-me}")
+
 echo "== starting the service on $base"
 "$bin" serve >"$dev/service.log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid $sim_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
-  if curl -sf "$base/readyz" 2>/dev/null | grep -q '"running":2'; then break; fi
+  if curl -sf "${op[@]}" "$base/readyz" 2>/dev/null | grep -q '"running":2'; then break; fi
   kill -0 $pid 2>/dev/null || { tail -20 "$dev/service.log"; exit 1; }
   sleep 0.5
 done
-curl -s "$base/readyz"; echo
+curl -s "${op[@]}" "$base/readyz"; echo
 
 for t in "${tenants[@]}"; do
   echo "== pushing demo/$t.jsonl to tenant.$t.scim"
@@ -73,7 +76,7 @@ echo "== waiting for every pushed event to be applied or dead-lettered"
 for t in "${tenants[@]}"; do
   want=$(grep -c . "demo/$t.jsonl")
   for _ in $(seq 1 120); do
-    seen=$(curl -s "$base/metrics" | awk -v t="tenant=\"$t\"" 'index($0, t) && /^enablement_scim_(events|dlq)_total/ {s += $NF} END {print s + 0}')
+    seen=$(curl -s "${op[@]}" "$base/metrics" | awk -v t="tenant=\"$t\"" 'index($0, t) && /^enablement_scim_(events|dlq)_total/ {s += $NF} END {print s + 0}')
     [ "$seen" -ge "$want" ] && break
     sleep 0.5
   done
@@ -119,7 +122,7 @@ for c in p["courses"]:
   other=$(cat "$dev/token-$( [ "$t" = acme ] && echo globex || echo acme )")
   curl -s -o /dev/null -w "  HTTP %{http_code}\n" -H "Authorization: Bearer $other" "$base/api/tenants/$t/users"
   echo "-- metrics"
-  curl -s "$base/metrics" | grep "tenant=\"$t\"" | grep -E "^enablement_scim_(events|dlq)_total|^enablement_outbox|^enablement_cache" | sed 's/^/  /'
+  curl -s "${op[@]}" "$base/metrics" | grep "tenant=\"$t\"" | grep -E "^enablement_scim_(events|dlq)_total|^enablement_outbox|^enablement_cache" | sed 's/^/  /'
 done
 # Team readiness: queue a full progress sync of each tenant, aggregate at once (provisional:
 # syncs are queued), then wait for the automatic re-aggregation once they drained (final).
@@ -154,7 +157,7 @@ for t in "${tenants[@]}"; do
   done
   if [ -n "$final" ]; then echo "$final" | print_report; else echo "  still provisional after 120 s:"; echo "$r" | print_report; fi
 done
-curl -s "$base/metrics" | grep -E "^enablement_readiness_(reports|reaggregations)" | sed 's/^/  /'
+curl -s "${op[@]}" "$base/metrics" | grep -E "^enablement_readiness_(reports|reaggregations)" | sed 's/^/  /'
 
 curl -s "$sim_base/admin/stats" | python3 -c 'import json,sys
 for org, s in json.load(sys.stdin)["organisations"].items():
