@@ -16,6 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
 use crate::actors::ports::{CacheError, RosterCache};
+use crate::actors::upstream::CatalogCourse;
 use crate::actors::TenantId;
 use crate::config::RedisConfig;
 
@@ -245,4 +246,19 @@ impl RosterCache for RedisCache {
             .map(|_| ())
             .map_err(unavailable)
     }
+
+    async fn store_catalog(
+        &self,
+        tenant: &TenantId,
+        courses: &[CatalogCourse],
+    ) -> Result<(), CacheError> {
+        self.set(tenant, Resource::Catalog, &catalog_text(tenant, courses))
+            .await
+    }
+}
+
+/// The cached (and served) form of a tenant's course catalog: one text, whether the
+/// HTTP handler or a catalog refresh job fetched it.
+pub fn catalog_text(tenant: &TenantId, courses: &[CatalogCourse]) -> String {
+    serde_json::json!({"tenantId": tenant.as_str(), "courses": courses}).to_string()
 }

@@ -118,6 +118,17 @@ impl FeedSource for FakeFeeds {
             held: self.held.clone(),
         }))
     }
+
+    async fn until_record(&self, tenant: &TenantId) -> Result<(), FeedError> {
+        let log = self.log(tenant);
+        loop {
+            let notified = log.appended.notified();
+            if log.records.lock().unwrap().len() > log.stored() as usize {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -481,12 +492,25 @@ impl EventPublisher for FakePublisher {
 #[derive(Default)]
 pub struct FakeCache {
     pub invalidations: Mutex<Vec<TenantId>>,
+    pub catalogs: Mutex<HashMap<TenantId, usize>>,
 }
 
 #[async_trait]
 impl RosterCache for FakeCache {
     async fn invalidate_roster(&self, tenant: &TenantId) -> Result<(), CacheError> {
         self.invalidations.lock().unwrap().push(tenant.clone());
+        Ok(())
+    }
+
+    async fn store_catalog(
+        &self,
+        tenant: &TenantId,
+        courses: &[crate::upstream::CatalogCourse],
+    ) -> Result<(), CacheError> {
+        self.catalogs
+            .lock()
+            .unwrap()
+            .insert(tenant.clone(), courses.len());
         Ok(())
     }
 }

@@ -19,6 +19,8 @@ pub enum JobPriority {
 pub enum JobKind {
     SyncProgress,
     PushUser,
+    /// Fetch the course catalog into the tenant's cache namespace.
+    RefreshCatalog,
 }
 
 impl JobPriority {
@@ -44,12 +46,14 @@ impl JobKind {
         match self {
             JobKind::SyncProgress => "sync_progress",
             JobKind::PushUser => "push_user",
+            JobKind::RefreshCatalog => "refresh_catalog",
         }
     }
     pub fn parse(raw: &str) -> Option<Self> {
         match raw {
             "sync_progress" => Some(JobKind::SyncProgress),
             "push_user" => Some(JobKind::PushUser),
+            "refresh_catalog" => Some(JobKind::RefreshCatalog),
             _ => None,
         }
     }

@@ -17,8 +17,26 @@ pub const TENANT_LAG_MESSAGES: &str = "enablement_tenant_lag_messages";
 pub const TENANT_PARTITION_PAUSES_TOTAL: &str = "enablement_tenant_partition_pauses_total";
 /// Counter {tenant}: tenant actor restarts after a failure.
 pub const ACTOR_RESTARTS_TOTAL: &str = "enablement_actor_restarts_total";
+/// Counter {tenant}: tenant actors started in this process (an assignment, a restart after
+/// a failure, a wake after passivation). A rebalance that does not move a tenant leaves its
+/// count alone.
+pub const ACTOR_STARTS_TOTAL: &str = "enablement_actor_starts_total";
+/// Gauges {tenant} that describe a tenant owned by this instance: `/metrics` leaves out the
+/// series of tenants whose partitions moved to another instance.
+pub const OWNED_TENANT_GAUGES: [&str; 3] = [
+    TENANT_BACKLOG_MESSAGES,
+    TENANT_LAG_MESSAGES,
+    UPSTREAM_QUEUE_DEPTH,
+];
 /// Gauge: tenant actors running in this process.
 pub const ACTORS_RUNNING: &str = "enablement_actors_running";
+/// Gauge: tenants owned here whose actors are passivated (idle, stopped, woken on demand).
+pub const ACTORS_PASSIVATED: &str = "enablement_actors_passivated";
+/// Counter: tenant actors passivated after `supervisor.passivate_after_ms` idle.
+pub const TENANT_PASSIVATIONS_TOTAL: &str = "enablement_tenant_passivations_total";
+/// Counter {reason}: passivated tenants woken, by what woke them (`record`, `job`,
+/// `request`).
+pub const TENANT_WAKES_TOTAL: &str = "enablement_tenant_wakes_total";
 /// Gauge: tenants parked after crash-looping.
 pub const ACTORS_PARKED: &str = "enablement_actors_parked";
 /// Counter {tenant}: outbox rows published to Kafka.

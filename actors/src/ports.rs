@@ -48,6 +48,10 @@ pub trait PartitionFeed: Send + Sync + 'static {
 #[async_trait]
 pub trait FeedSource: Send + Sync + 'static {
     async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError>;
+    /// Returns once a record past what the tenant's last actor stored is available (the
+    /// tenant is passivated: this wakes it). The record itself is read again by the next
+    /// [`FeedSource::open`], which rewinds. Cancellation safe.
+    async fn until_record(&self, tenant: &TenantId) -> Result<(), FeedError>;
 }
 
 /// Where a consumer group's assignment changes go: the Kafka hub tells the tenants of this
@@ -282,4 +286,10 @@ pub enum CacheError {
 pub trait RosterCache: Send + Sync + 'static {
     /// Drops the cached roster after a committed change to the tenant's users.
     async fn invalidate_roster(&self, tenant: &TenantId) -> Result<(), CacheError>;
+    /// Stores a freshly fetched course catalog (a catalog refresh job).
+    async fn store_catalog(
+        &self,
+        tenant: &TenantId,
+        courses: &[crate::upstream::CatalogCourse],
+    ) -> Result<(), CacheError>;
 }

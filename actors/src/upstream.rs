@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::ops::Add;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -143,7 +143,7 @@ impl Clock for TokioClock {
 }
 
 /// Limits and retry policy of one tenant's upstream calls.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimiterSettings {
     pub requests_per_min: u32,
     pub burst: u32,
@@ -175,7 +175,8 @@ type Gcra = RateLimiter<
     governor::middleware::NoOpMiddleware<TokioInstant>,
 >;
 
-/// The per-tenant permit source. Owned by the tenant's actor; shared with nothing else.
+/// The per-tenant permit source. Used by the tenant's actor only; kept by the supervisor's
+/// [`LimiterBook`] across the actor's restarts and passivation.
 pub struct TenantLimiter {
     /// Metric label; empty in unit tests.
     tenant: String,
@@ -395,5 +396,49 @@ mod tests {
         assert!(b4 >= Duration::from_secs(2) && b4 <= Duration::from_secs(4));
         assert!(l.backoff(&e, 30) <= Duration::from_secs(60));
         assert!(!UpstreamError::Unauthorized.is_retryable());
+    }
+}
+
+/// The limiters of the tenants owned by this process, kept by the supervisor while a
+/// tenant's actor restarts or is passivated: the budget a tenant spent is not forgotten by
+/// stopping and starting its actor (passivating and waking cannot exceed the quota). A
+/// tenant's entry goes when its partition leaves this instance.
+#[derive(Default)]
+pub struct LimiterBook {
+    limiters: Mutex<std::collections::HashMap<TenantId, Arc<TenantLimiter>>>,
+}
+
+impl LimiterBook {
+    /// The tenant's limiter: the one kept for it if its settings are unchanged, else a new
+    /// one (a changed quota override takes effect at the actor's next start).
+    pub fn limiter(&self, tenant: &TenantId, settings: LimiterSettings) -> Arc<TenantLimiter> {
+        let mut book = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = book.get(tenant) {
+            if l.settings == settings {
+                return l.clone();
+            }
+        }
+        let l = Arc::new(TenantLimiter::for_tenant(tenant, settings));
+        book.insert(tenant.clone(), l.clone());
+        l
+    }
+
+    /// Forgets the tenant (its partition moved to another instance).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+    }
+
+    pub fn len(&self) -> usize {
+        self.limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -225,6 +225,9 @@ impl Default for RedisConfig {
     }
 }
 
+/// The partition assignment strategies librdkafka offers (`kafka.assignment_strategy`).
+pub const ASSIGNMENT_STRATEGIES: [&str; 3] = ["cooperative-sticky", "roundrobin", "range"];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -240,6 +243,12 @@ pub struct KafkaConfig {
     /// Join the group as a static member (`group.instance.id`). Off: a dynamic member,
     /// for brokers whose static-membership rejoin misbehaves.
     pub static_membership: bool,
+    /// librdkafka `partition.assignment.strategy`: `cooperative-sticky` (incremental: an
+    /// instance joining or leaving, or a tenant added or suspended, moves only the partitions
+    /// that change owner; every other tenant keeps flowing), or the eager `roundrobin` /
+    /// `range` (every rebalance revokes and restarts every tenant of every instance). All
+    /// instances of a group must use the same one.
+    pub assignment_strategy: String,
     /// The group watchdog: subscribed but not in a steady assignment, or a tenant feed
     /// silent while its partition has lag, for this many session timeouts means a wedged
     /// group; the consumer is then re-created as a fresh (dynamic) member. 0 disables.
@@ -292,6 +301,7 @@ impl Default for KafkaConfig {
             group_id: "enablement".into(),
             group_instance_id: String::new(),
             static_membership: true,
+            assignment_strategy: "cooperative-sticky".into(),
             group_wedged_after_sessions: 3,
             topic_partitions: 1,
             replication_factor: 1,
@@ -422,6 +432,9 @@ pub struct SupervisorConfig {
     pub park_duration_s: u64,
     pub healthy_after_s: u64,
     pub drain_timeout_ms: u64,
+    /// A tenant actor with no records, jobs or requests for this long is stopped (its
+    /// partition stays assigned; a record, a job or a request starts it again). 0: never.
+    pub passivate_after_ms: u64,
 }
 
 impl Default for SupervisorConfig {
@@ -434,6 +447,7 @@ impl Default for SupervisorConfig {
             park_duration_s: d.park_duration.as_secs(),
             healthy_after_s: d.healthy_after.as_secs(),
             drain_timeout_ms: d.drain_timeout.as_millis() as u64,
+            passivate_after_ms: d.passivate_after.map_or(0, |p| p.as_millis() as u64),
         }
     }
 }
@@ -606,6 +620,12 @@ impl Config {
             return bad(
                 "kafka.topic_partitions",
                 "must be 1: a tenant's events are totally ordered on one partition",
+            );
+        }
+        if !ASSIGNMENT_STRATEGIES.contains(&self.kafka.assignment_strategy.as_str()) {
+            return bad(
+                "kafka.assignment_strategy",
+                "must be cooperative-sticky, roundrobin or range",
             );
         }
         if self.kafka.group_wedged_after_sessions > 0 && self.kafka.statistics_interval_ms == 0 {

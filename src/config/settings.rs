@@ -162,6 +162,8 @@ impl Config {
             park_duration: Duration::from_secs(s.park_duration_s),
             healthy_after: Duration::from_secs(s.healthy_after_s),
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+            passivate_after: (s.passivate_after_ms > 0)
+                .then(|| Duration::from_millis(s.passivate_after_ms)),
         }
     }
 }

@@ -47,6 +47,26 @@ pub async fn enqueue(
         .collect())
 }
 
+/// Queues a job of `kind` about the whole tenant (subject `""`), unless one is pending;
+/// true when queued.
+pub async fn enqueue_unless_pending(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    priority: JobPriority,
+    kind: JobKind,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = tx
+        .execute(
+            "insert into upstream_jobs (tenant_id, priority, kind, subject)
+             select $1, $2, $3, ''
+              where not exists (select 1 from upstream_jobs
+                                 where tenant_id = $1 and kind = $3 and status = 'pending')",
+            &[&tenant, &(priority as i16), &kind.as_str()],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// Queues a progress sync at `priority` for each of `users` (in order) that has none
 /// pending, at most `limit`; returns how many were queued.
 pub async fn enqueue_syncs(

@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0011_tenant_erasures.sql",
         include_str!("../../migrations/0011_tenant_erasures.sql"),
     ),
+    (
+        12,
+        "0012_refresh_catalog_jobs.sql",
+        include_str!("../../migrations/0012_refresh_catalog_jobs.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

@@ -72,6 +72,23 @@ impl TenantScopedStore {
         .await
     }
 
+    /// Queues a refresh of the tenant's course catalog into its cache (unless one is
+    /// pending) and wakes the tenant's owner. True when a job was queued.
+    pub async fn queue_catalog_refresh(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        tenant_tx!(self, tenant, |tx, t| {
+            let queued = jobs::enqueue_unless_pending(
+                tx,
+                t,
+                JobPriority::Interactive,
+                crate::actors::ports::JobKind::RefreshCatalog,
+            )
+            .await?;
+            notify_tenant_work(tx, t).await?;
+            Ok(queued)
+        })
+        .await
+    }
+
     /// Stores the tenant's MindTickle credentials in its RLS-protected secrets row, the
     /// secret sealed with the active key of `secrets.keys`.
     pub async fn set_upstream_credentials(

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use super::auth::may_see_operations;
 use super::error::ApiError;
 use super::AppState;
-use crate::actors::ActorStatus;
+use crate::actors::metric_names::OWNED_TENANT_GAUGES;
+use crate::actors::{ActorStatus, TenantId};
 use crate::config::Role;
 
 pub(super) async fn healthz() -> Json<Value> {
@@ -76,13 +77,20 @@ pub(super) async fn readyz(State(s): State<AppState>, headers: HeaderMap) -> Res
         let tenants = s.tenants.as_ref()?;
         Some(match tenants.health(READY_CHECK_TIMEOUT).await {
             Ok(tenants) => {
+                // A passivated tenant is served: its actor starts on its next record,
+                // job or request.
+                let passivated = tenants
+                    .iter()
+                    .filter(|t| t.status == ActorStatus::Passivated)
+                    .count();
                 let not_running: Vec<_> = tenants
                     .iter()
-                    .filter(|t| t.status != ActorStatus::Running)
+                    .filter(|t| !matches!(t.status, ActorStatus::Running | ActorStatus::Passivated))
                     .collect();
                 let restarted: Vec<_> = tenants.iter().filter(|t| t.restarts > 0).collect();
                 json!({
-                    "running": tenants.len() - not_running.len(),
+                    "running": tenants.len() - not_running.len() - passivated,
+                    "passivated": passivated,
                     "parked": not_running.iter().filter(|t| t.status == ActorStatus::Parked).count(),
                     "not_running": not_running,
                     "restarted": restarted,
@@ -130,9 +138,60 @@ pub(super) async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) 
         .into_response();
     }
     match &s.metrics {
-        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        Some(h) => {
+            let mut text = h.render();
+            if let Some(group) = &s.group {
+                text = without_moved_tenants(&text, |t| {
+                    TenantId::parse(t).is_ok_and(|t| group.owns(&t))
+                });
+            }
+            ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+        }
         None => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics disabled").into_response()
         }
+    }
+}
+
+/// The Prometheus text without the series of [`OWNED_TENANT_GAUGES`] whose tenant this
+/// instance does not own (its partition moved to another instance): a gauge's last value
+/// stays in the recorder, but only its owner reports it, so a sum over instances counts
+/// every tenant once.
+fn without_moved_tenants(text: &str, owned: impl Fn(&str) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let moved = OWNED_TENANT_GAUGES.iter().any(|name| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .and_then(|labels| labels.split("tenant=\"").nth(1))
+                .and_then(|v| v.split('"').next())
+                .is_some_and(|tenant| !owned(tenant))
+        });
+        if !moved {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_moved_tenants;
+
+    #[test]
+    fn series_of_tenants_owned_elsewhere_are_left_out() {
+        let text = "# TYPE enablement_tenant_lag_messages gauge\n\
+            enablement_tenant_lag_messages{tenant=\"acme\"} 3\n\
+            enablement_tenant_lag_messages{tenant=\"globex\"} 5\n\
+            enablement_upstream_queue_depth{tenant=\"globex\",priority=\"interactive\"} 1\n\
+            enablement_scim_events_total{tenant=\"globex\",outcome=\"applied\"} 9\n";
+        let out = without_moved_tenants(text, |t| t == "acme");
+        assert!(out.contains("{tenant=\"acme\"} 3"), "{out}");
+        assert!(!out.contains("lag_messages{tenant=\"globex\""), "{out}");
+        assert!(!out.contains("queue_depth{tenant=\"globex\""), "{out}");
+        // Counters stay: they are this instance's own history.
+        assert!(out.contains("scim_events_total{tenant=\"globex\""), "{out}");
+        assert!(out.starts_with("# TYPE"), "{out}");
     }
 }

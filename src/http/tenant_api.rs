@@ -304,6 +304,18 @@ pub(super) async fn course_catalog(
     if let Some(hit) = cache_lookup(&s, &tenant, Resource::Catalog).await {
         return Ok(hit);
     }
+    if !is_local(&s, &tenant).await {
+        // The tenant's actor (and its rate budget) runs in another process: queue a
+        // refresh that the owner runs into the cache; the client comes back for it.
+        s.store
+            .queue_catalog_refresh(&tenant)
+            .await
+            .map_err(unavailable)?;
+        return Ok(accepted(
+            "queued",
+            &format!("/api/tenants/{tenant}/courses"),
+        ));
+    }
     let deadline = Duration::from_millis(s.config.http.request_deadline_ms);
     let courses =
         answer(&tenant, tenants(&s)?.catalog(&tenant, deadline).await)?.ok_or_else(|| {
@@ -313,6 +325,6 @@ pub(super) async fn course_catalog(
                 "the tenant's upstream budget is spent; retry later",
             )
         })?;
-    let text = json!({"tenantId": tenant.as_str(), "courses": courses}).to_string();
+    let text = crate::cache::catalog_text(&tenant, &courses);
     Ok(cache_fill(&s, &tenant, Resource::Catalog, text).await)
 }

@@ -7,6 +7,12 @@
 //! drain: the feeder stops fetching, the batch in flight commits and its offset is stored,
 //! then the actor stops (flushing its outbox).
 //!
+//! Passivation: a sweep every quarter of `passivate_after` stops the actors idle that long
+//! (drained like a revocation) and keeps their tenants owned. A passivated tenant's
+//! partition stays assigned; a watch on it ([`FeedSource::until_record`]), a job written
+//! for it elsewhere ([`SupervisorMsg::Wake`]) or a request ([`SupervisorMsg::Lookup`])
+//! starts its actor again. Its limiter is kept meanwhile ([`LimiterBook`]).
+//!
 //! Nothing outside the actors crate sends these messages: the service talks to tenants
 //! through [`crate::tenants::Tenants`].
 
@@ -14,14 +20,17 @@ mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metric_names as m;
+use crate::ports::FeedSource;
 use crate::tenant::TenantId;
-use crate::tenant_actor::{PipelineSettings, TenantActor, TenantDeps, TenantMsg};
+use crate::tenant_actor::{Activity, PipelineSettings, TenantActor, TenantDeps, TenantMsg};
+use crate::upstream::LimiterBook;
 pub use policy::{ActorStatus, SupervisorSettings, TenantHealth};
 use policy::{RestartAfter, RestartPolicy};
 
@@ -34,12 +43,35 @@ pub enum SupervisorMsg {
     Restart(TenantId, u64),
     /// The running actor of a tenant on this instance, if any.
     Lookup(TenantId, RpcReplyPort<Option<ActorRef<TenantMsg>>>),
-    /// Work was written for the tenant elsewhere: wake its actor if it runs here.
-    Wake(TenantId),
+    /// Work for the tenant: wake its actor if it runs here, start it if it is passivated.
+    Wake(TenantId, WakeReason),
+    /// Passivate the actors idle for `passivate_after` (the periodic sweep).
+    PassivateIdle,
     /// Status of every tenant, for `/readyz`.
     Health(RpcReplyPort<Vec<TenantHealth>>),
     /// Drain and stop every tenant actor.
     Shutdown(RpcReplyPort<()>),
+}
+
+/// What woke a passivated tenant (the `reason` label of `enablement_tenant_wakes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeReason {
+    /// A record arrived on its partition.
+    Record,
+    /// Work was written for it by another process (a queued job, outbox rows).
+    Job,
+    /// A request of the HTTP API needs its actor.
+    Request,
+}
+
+impl WakeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeReason::Record => "record",
+            WakeReason::Job => "job",
+            WakeReason::Request => "request",
+        }
+    }
 }
 
 pub struct Supervisor {
@@ -53,6 +85,7 @@ pub struct Running {
     actor: ActorRef<TenantMsg>,
     drain: CancellationToken,
     drained: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 }
 
 pub struct SupervisorState {
@@ -62,6 +95,10 @@ pub struct SupervisorState {
     batch_slots: Arc<tokio::sync::Semaphore>,
     /// Payload bytes held by the process's tenant feeders together.
     process_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every owned tenant's limiter, kept across restarts and passivation.
+    limiters: Arc<LimiterBook>,
+    /// The record watch of each passivated tenant.
+    watches: HashMap<TenantId, tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for Supervisor {
@@ -71,9 +108,13 @@ impl Actor for Supervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<SupervisorMsg>,
         _: (),
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        if let Some(after) = self.settings.passivate_after {
+            let every = (after / 4).clamp(Duration::from_millis(10), Duration::from_secs(30));
+            myself.send_interval(every, || SupervisorMsg::PassivateIdle);
+        }
         Ok(SupervisorState {
             policy: RestartPolicy::new(self.settings.clone()),
             by_actor: HashMap::new(),
@@ -81,6 +122,8 @@ impl Actor for Supervisor {
                 self.pipeline.max_concurrent_batches.max(1),
             )),
             process_bytes: Default::default(),
+            limiters: Default::default(),
+            watches: HashMap::new(),
         })
     }
 
@@ -113,13 +156,18 @@ impl Actor for Supervisor {
                 let _ = reply.send(());
             }
             SupervisorMsg::Lookup(tenant, reply) => {
+                self.wake(&myself, state, &tenant, WakeReason::Request)
+                    .await;
                 let _ = reply.send(state.policy.handle(&tenant).map(|r| r.actor.clone()));
             }
-            SupervisorMsg::Wake(tenant) => {
-                if let Some(r) = state.policy.handle(&tenant) {
-                    let _ = r.actor.cast(TenantMsg::Wake);
+            SupervisorMsg::Wake(tenant, reason) => {
+                if !self.wake(&myself, state, &tenant, reason).await {
+                    if let Some(r) = state.policy.handle(&tenant) {
+                        let _ = r.actor.cast(TenantMsg::Wake);
+                    }
                 }
             }
+            SupervisorMsg::PassivateIdle => self.passivate_idle(&myself, state).await,
             SupervisorMsg::Health(reply) => {
                 let _ = reply.send(state.policy.health());
             }
@@ -160,6 +208,7 @@ impl Supervisor {
     ) {
         let drain = CancellationToken::new();
         let (drained_tx, drained_rx) = watch::channel(false);
+        let activity = Arc::new(Activity::new());
         let actor = TenantActor {
             tenant: tenant.clone(),
             deps: self.deps.clone(),
@@ -168,9 +217,13 @@ impl Supervisor {
             drained: Arc::new(drained_tx),
             batch_slots: state.batch_slots.clone(),
             process_bytes: state.process_bytes.clone(),
+            activity: activity.clone(),
+            limiters: state.limiters.clone(),
         };
         match Actor::spawn_linked(None, actor, (), myself.get_cell()).await {
             Ok((actor, _join)) => {
+                metrics::counter!(m::ACTOR_STARTS_TOTAL, "tenant" => tenant.as_str().to_owned())
+                    .increment(1);
                 state.by_actor.insert(actor.get_id(), tenant.clone());
                 state.policy.running(
                     tenant,
@@ -178,6 +231,7 @@ impl Supervisor {
                         actor,
                         drain,
                         drained: drained_rx,
+                        activity,
                     },
                 );
             }
@@ -192,17 +246,82 @@ impl Supervisor {
         }
     }
 
-    /// Drains the tenants concurrently, then stops their actors and forgets them.
+    /// Drains the tenants concurrently, then stops their actors and forgets them (their
+    /// partitions left this instance).
     async fn drain(&self, state: &mut SupervisorState, tenants: &[TenantId]) {
+        let mut running = Vec::new();
+        for tenant in tenants {
+            stop_watch(state, tenant).await;
+            state.limiters.forget(tenant);
+            if let Some(r) = state.policy.release(tenant) {
+                running.push((tenant.clone(), r));
+            }
+        }
+        self.stop_drained(state, running).await;
+    }
+
+    /// Passivates the running actors idle for `passivate_after`: drains and stops them,
+    /// keeps their tenants owned, and watches their partitions for the next record.
+    async fn passivate_idle(&self, myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
+        let Some(after) = self.settings.passivate_after else {
+            return;
+        };
+        let idle: Vec<TenantId> = state
+            .policy
+            .running_handles()
+            .filter(|(_, r)| r.activity.idle_for() >= after)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let mut stopping = Vec::new();
+        for tenant in idle {
+            if let Some(r) = state.policy.passivate(&tenant) {
+                stopping.push((tenant, r));
+            }
+        }
+        metrics::counter!(m::TENANT_PASSIVATIONS_TOTAL).increment(stopping.len() as u64);
+        let tenants: Vec<TenantId> = stopping.iter().map(|(t, _)| t.clone()).collect();
+        self.stop_drained(state, stopping).await;
+        for tenant in tenants {
+            let feeds = self.deps.feeds.clone();
+            let supervisor = myself.clone();
+            let watched = tenant.clone();
+            let watch = tokio::spawn(async move {
+                watch_partition(feeds, supervisor, watched).await;
+            });
+            state.watches.insert(tenant.clone(), watch);
+            tracing::debug!(tenant = %tenant, "tenant actor passivated");
+        }
+    }
+
+    /// Starts a passivated tenant's actor; false when the tenant is not passivated here.
+    async fn wake(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        tenant: &TenantId,
+        reason: WakeReason,
+    ) -> bool {
+        if !state.policy.wake(tenant) {
+            return false;
+        }
+        // The watch must be gone before the new actor reads the partition (a watch still
+        // polling could take a record from under it).
+        stop_watch(state, tenant).await;
+        metrics::counter!(m::TENANT_WAKES_TOTAL, "reason" => reason.as_str()).increment(1);
+        self.start(myself, state, tenant).await;
+        true
+    }
+
+    /// Drains the actors concurrently, then stops them.
+    async fn stop_drained(&self, state: &mut SupervisorState, running: Vec<(TenantId, Running)>) {
         let timeout = self.settings.drain_timeout;
         let mut set = tokio::task::JoinSet::new();
-        for tenant in tenants {
-            let Some(r) = state.policy.release(tenant) else {
-                continue;
-            };
+        for (tenant, r) in running {
             state.by_actor.remove(&r.actor.get_id());
             r.drain.cancel();
-            let tenant = tenant.clone();
             set.spawn(async move {
                 let mut rx = r.drained;
                 let drained =
@@ -229,8 +348,33 @@ fn schedule_restart(myself: &ActorRef<SupervisorMsg>, tenant: TenantId, next: Re
     });
 }
 
+/// Waits for a record on a passivated tenant's partition, then wakes the tenant. A feed
+/// error (the partition left, the consumer is being replaced) ends the watch quietly: the
+/// tenant is woken by its next job or request, or revoked.
+async fn watch_partition(
+    feeds: Arc<dyn FeedSource>,
+    supervisor: ActorRef<SupervisorMsg>,
+    tenant: TenantId,
+) {
+    match feeds.until_record(&tenant).await {
+        Ok(()) => {
+            let _ = supervisor.cast(SupervisorMsg::Wake(tenant, WakeReason::Record));
+        }
+        Err(e) => tracing::debug!(tenant = %tenant, error = %e, "partition watch ended"),
+    }
+}
+
+/// Stops a passivated tenant's record watch and waits until it is gone.
+async fn stop_watch(state: &mut SupervisorState, tenant: &TenantId) {
+    if let Some(watch) = state.watches.remove(tenant) {
+        watch.abort();
+        let _ = watch.await;
+    }
+}
+
 fn publish_gauges(state: &SupervisorState) {
-    let (running, parked) = state.policy.counts();
+    let (running, parked, passivated) = state.policy.counts();
     metrics::gauge!(m::ACTORS_RUNNING).set(running as f64);
     metrics::gauge!(m::ACTORS_PARKED).set(parked as f64);
+    metrics::gauge!(m::ACTORS_PASSIVATED).set(passivated as f64);
 }

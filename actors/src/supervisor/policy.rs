@@ -33,6 +33,9 @@ pub struct SupervisorSettings {
     pub healthy_after: Duration,
     /// Upper bound on draining one tenant on revocation or shutdown.
     pub drain_timeout: Duration,
+    /// A running actor idle (no record, job or request) this long is passivated: stopped,
+    /// its partition kept, woken by the next record, job or request. `None`: never.
+    pub passivate_after: Option<Duration>,
 }
 
 impl Default for SupervisorSettings {
@@ -44,6 +47,7 @@ impl Default for SupervisorSettings {
             park_duration: Duration::from_secs(300),
             healthy_after: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(20),
+            passivate_after: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -54,6 +58,8 @@ pub enum ActorStatus {
     Running,
     Restarting,
     Parked,
+    /// Stopped while idle; its partition stays assigned here and it starts on demand.
+    Passivated,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +81,7 @@ enum Phase<R> {
     Running { handle: R, started: Instant },
     Restarting,
     Parked,
+    Passivated,
 }
 
 struct Slot<R> {
@@ -119,7 +126,7 @@ impl<R> RestartPolicy<R> {
     /// True when a restart timer of `generation` should start the tenant's actor now.
     pub fn restart_due(&self, tenant: &TenantId, generation: u64) -> bool {
         self.slots.get(tenant).is_some_and(|s| {
-            s.generation == generation && !matches!(s.phase, Phase::Running { .. })
+            s.generation == generation && matches!(s.phase, Phase::Restarting | Phase::Parked)
         })
     }
 
@@ -187,6 +194,38 @@ impl<R> RestartPolicy<R> {
         }
     }
 
+    /// Passivates the tenant's running actor: returns its handle (the caller drains and
+    /// stops it); the tenant stays owned here. `None` when it does not run.
+    pub fn passivate(&mut self, tenant: &TenantId) -> Option<R> {
+        let slot = self.slots.get_mut(tenant)?;
+        if !matches!(slot.phase, Phase::Running { .. }) {
+            return None;
+        }
+        match std::mem::replace(&mut slot.phase, Phase::Passivated) {
+            Phase::Running { handle, .. } => Some(handle),
+            _ => None,
+        }
+    }
+
+    /// True when the tenant is passivated: it is now starting (the caller starts it).
+    pub fn wake(&mut self, tenant: &TenantId) -> bool {
+        match self.slots.get_mut(tenant) {
+            Some(slot) if matches!(slot.phase, Phase::Passivated) => {
+                slot.phase = Phase::Restarting;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The running actors' handles.
+    pub fn running_handles(&self) -> impl Iterator<Item = (&TenantId, &R)> {
+        self.slots.iter().filter_map(|(t, s)| match &s.phase {
+            Phase::Running { handle, .. } => Some((t, handle)),
+            _ => None,
+        })
+    }
+
     /// Forgets the tenant (revoked or shutting down); returns its running actor's handle.
     pub fn release(&mut self, tenant: &TenantId) -> Option<R> {
         match self.slots.remove(tenant)?.phase {
@@ -210,6 +249,7 @@ impl<R> RestartPolicy<R> {
                     Phase::Running { .. } => ActorStatus::Running,
                     Phase::Restarting => ActorStatus::Restarting,
                     Phase::Parked => ActorStatus::Parked,
+                    Phase::Passivated => ActorStatus::Passivated,
                 },
                 restarts: s.restarts,
             })
@@ -218,12 +258,13 @@ impl<R> RestartPolicy<R> {
         out
     }
 
-    /// (running, parked) tenants.
-    pub fn counts(&self) -> (usize, usize) {
+    /// (running, parked, passivated) tenants.
+    pub fn counts(&self) -> (usize, usize, usize) {
         let count = |f: fn(&Phase<R>) -> bool| self.slots.values().filter(|s| f(&s.phase)).count();
         (
             count(|p| matches!(p, Phase::Running { .. })),
             count(|p| matches!(p, Phase::Parked)),
+            count(|p| matches!(p, Phase::Passivated)),
         )
     }
 }
@@ -244,6 +285,7 @@ mod tests {
             park_duration: Duration::from_secs(60),
             healthy_after: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(1),
+            passivate_after: Some(Duration::from_secs(30)),
         })
     }
 
@@ -270,7 +312,7 @@ mod tests {
         assert_eq!(parked.delay, Duration::from_secs(60));
         assert_eq!(p.health()[0].status, ActorStatus::Parked);
         assert_eq!(p.health()[0].restarts, 4);
-        assert_eq!(p.counts(), (0, 1));
+        assert_eq!(p.counts(), (0, 1, 0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -320,5 +362,27 @@ mod tests {
         assert_eq!(p.failed(&a, "late"), None);
         assert!(!p.restart_due(&a, 0));
         assert_eq!(p.tenants(), vec![b]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passivated_tenant_stays_owned_and_wakes_once() {
+        let mut p = policy();
+        let a = t("a");
+        p.admit(&a);
+        assert_eq!(p.passivate(&a), None, "not running yet");
+        p.running(&a, "actor");
+        assert_eq!(p.passivate(&a), Some("actor"));
+        assert_eq!(p.handle(&a), None);
+        assert_eq!(p.counts(), (0, 0, 1));
+        assert_eq!(p.health()[0].status, ActorStatus::Passivated);
+        assert!(
+            !p.restart_due(&a, 0),
+            "no restart timer starts a passivated tenant"
+        );
+        assert!(p.wake(&a), "the first wake starts it");
+        assert!(!p.wake(&a), "a second wake while it starts does nothing");
+        p.running(&a, "again");
+        assert_eq!(p.handle(&a), Some(&"again"));
+        assert_eq!(p.tenants(), vec![a]);
     }
 }

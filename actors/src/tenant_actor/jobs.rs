@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SyncError;
 use crate::metric_names as m;
-use crate::ports::{Job, JobKind, ProgressSnapshot, TenantStore};
+use crate::ports::{Job, JobKind, ProgressSnapshot, RosterCache, TenantStore};
 use crate::tenant::TenantId;
 use crate::upstream::{MindTickleApi, TenantLimiter};
 
@@ -30,12 +30,16 @@ pub struct JobPump {
     pub tenant: TenantId,
     pub store: Arc<dyn TenantStore>,
     pub upstream: Arc<dyn MindTickleApi>,
+    /// Where a catalog refresh puts the catalog (the tenant's cache namespace).
+    pub cache: Arc<dyn RosterCache>,
     pub limiter: Arc<TenantLimiter>,
     /// Tells the owner what happened (the tenant actor answers waiters, relays the outbox).
     pub report: Arc<dyn Fn(PumpReport) + Send + Sync>,
     pub wake: Arc<tokio::sync::Notify>,
     pub alive: CancellationToken,
     pub poll: Duration,
+    /// A job running keeps the actor from being passivated.
+    pub activity: Arc<super::Activity>,
 }
 
 impl JobPump {
@@ -48,6 +52,7 @@ impl JobPump {
             self.publish_depth().await;
             match next {
                 Ok(Some(job)) => {
+                    let _busy = self.activity.busy();
                     tokio::select! {
                         _ = self.alive.cancelled() => return,
                         _ = self.execute(job) => {}
@@ -106,6 +111,20 @@ impl JobPump {
                 (self.report)(PumpReport::Finished(job.id, result));
                 if synced {
                     (self.report)(PumpReport::OutboxWritten);
+                }
+            }
+            JobKind::RefreshCatalog => {
+                let fetched = self.limiter.run(|| upstream.catalog(tenant)).await;
+                let error = match fetched {
+                    Ok(courses) => match self.cache.store_catalog(tenant, &courses).await {
+                        Ok(()) => None,
+                        Err(e) => Some(format!("cache: {e}")),
+                    },
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Err(e) = store.finish_job(tenant, job.id, error.as_deref()).await {
+                    tracing::warn!(tenant = %tenant, error = %e, "finishing a catalog job failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             JobKind::PushUser => {
@@ -221,6 +240,7 @@ mod tests {
                 tenant: t(),
                 store: store.clone(),
                 upstream: upstream.clone(),
+                cache: Arc::new(crate::fakes::FakeCache::default()),
                 limiter: Arc::new(TenantLimiter::for_tenant(&t(), limits)),
                 report: Arc::new(move |r| {
                     seen.lock().unwrap().push(match r {
@@ -232,6 +252,7 @@ mod tests {
                 wake: Arc::new(tokio::sync::Notify::new()),
                 alive: alive.clone(),
                 poll: Duration::from_secs(10),
+                activity: Default::default(),
             }
             .run(),
         );

@@ -15,6 +15,7 @@
 //! A failing batch makes the handler return an error: the actor dies, the supervisor
 //! restarts it with backoff, and the new actor's feed rewinds to the last stored offset.
 
+mod activity;
 mod batch;
 mod feeder;
 mod jobs;
@@ -34,8 +35,9 @@ use crate::ports::{
 };
 use crate::tenant::TenantId;
 use crate::upstream::{
-    CatalogCourse, LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError,
+    CatalogCourse, LimiterBook, LimiterSettings, MindTickleApi, TenantLimiter, UpstreamError,
 };
+pub use activity::Activity;
 use batch::BatchPipeline;
 use feeder::Feeder;
 use jobs::{JobPump, PumpReport};
@@ -99,6 +101,10 @@ pub struct TenantActor {
     pub batch_slots: Arc<tokio::sync::Semaphore>,
     /// Payload bytes held by all tenant feeders of the process.
     pub process_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Touched on every message: the supervisor passivates the actor when it idles.
+    pub activity: Arc<Activity>,
+    /// The process's tenant limiters, kept across this actor's restarts and passivation.
+    pub limiters: Arc<LimiterBook>,
 }
 
 pub struct TenantState {
@@ -138,7 +144,7 @@ impl Actor for TenantActor {
             Err(e) => tracing::warn!(tenant = %tenant, error = %e,
                 "reading the quota override failed; using the default budget"),
         }
-        let limiter = Arc::new(TenantLimiter::for_tenant(tenant, limits));
+        let limiter: Arc<TenantLimiter> = self.limiters.limiter(tenant, limits);
         let alive = CancellationToken::new();
         let wake_pump = Arc::new(tokio::sync::Notify::new());
         let actor = myself.clone();
@@ -172,6 +178,7 @@ impl Actor for TenantActor {
                 tenant: tenant.clone(),
                 store: deps.store.clone(),
                 upstream: deps.upstream.clone(),
+                cache: deps.cache.clone(),
                 limiter: limiter.clone(),
                 report: Arc::new(move |report| {
                     let _ = actor.cast(match report {
@@ -182,6 +189,7 @@ impl Actor for TenantActor {
                 wake: wake_pump.clone(),
                 alive: alive.clone(),
                 poll: self.settings.job_poll,
+                activity: self.activity.clone(),
             }
             .run(),
         );
@@ -219,6 +227,7 @@ impl Actor for TenantActor {
         msg: TenantMsg,
         state: &mut TenantState,
     ) -> Result<(), ActorProcessingErr> {
+        self.activity.touch();
         match msg {
             TenantMsg::ProcessBatch(records, reply) => {
                 let handled = state.pipeline.handle(records, &mut state.relay).await?;
@@ -255,6 +264,7 @@ impl Actor for TenantActor {
                 };
                 match self.deps.store.enqueue_job(&self.tenant, &job).await {
                     Ok(id) => {
+                        self.activity.waiting(true);
                         state.waiters.insert(id, reply);
                         state.wake_pump.notify_one();
                     }
@@ -265,16 +275,19 @@ impl Actor for TenantActor {
             }
             TenantMsg::JobDone(id, result) => {
                 if let Some(reply) = state.waiters.remove(&id) {
+                    self.activity.waiting(false);
                     let _ = reply.send(result);
                 }
             }
             TenantMsg::Catalog(reply) => {
-                let (tenant, upstream, limiter) = (
+                let (tenant, upstream, limiter, activity) = (
                     self.tenant.clone(),
                     self.deps.upstream.clone(),
                     state.limiter.clone(),
+                    self.activity.clone(),
                 );
                 tokio::spawn(async move {
+                    let _busy = activity.busy();
                     let result = limiter.run(|| upstream.catalog(&tenant)).await;
                     let _ = reply.send(result.map_err(SyncError::from));
                 });

@@ -20,7 +20,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
 use crate::ports::{AssignmentSink, ProgressSnapshot};
-use crate::supervisor::{Supervisor, SupervisorMsg, TenantHealth};
+use crate::supervisor::{Supervisor, SupervisorMsg, TenantHealth, WakeReason};
 use crate::tenant::TenantId;
 use crate::tenant_actor::{SyncError, TenantMsg};
 use crate::upstream::CatalogCourse;
@@ -135,7 +135,9 @@ impl Tenants {
     /// Work was written for the tenant by another process: relay its outbox and look at
     /// its job queue now (nothing happens when its actor runs elsewhere).
     pub fn wake(&self, tenant: &TenantId) {
-        let _ = self.tx.send(SupervisorMsg::Wake(tenant.clone()));
+        let _ = self
+            .tx
+            .send(SupervisorMsg::Wake(tenant.clone(), WakeReason::Job));
     }
 
     /// The status of every tenant owned by this process.

@@ -28,6 +28,14 @@ impl Harness {
 }
 
 async fn harness(pipeline: PipelineSettings, settings: SupervisorSettings) -> Harness {
+    harness_with(pipeline, settings, Arc::new(NoUpstream)).await
+}
+
+async fn harness_with(
+    pipeline: PipelineSettings,
+    settings: SupervisorSettings,
+    upstream: Arc<dyn crate::upstream::MindTickleApi>,
+) -> Harness {
     let store = Arc::new(FakeStore::default());
     let feeds = Arc::new(FakeFeeds::default());
     let publisher = Arc::new(FakePublisher::default());
@@ -37,7 +45,7 @@ async fn harness(pipeline: PipelineSettings, settings: SupervisorSettings) -> Ha
         cache: cache.clone(),
         publisher: publisher.clone(),
         feeds: feeds.clone(),
-        upstream: Arc::new(NoUpstream),
+        upstream,
         limits: Default::default(),
     };
     let (tenants, inbox) = Tenants::channel();
@@ -665,4 +673,167 @@ async fn a_dead_letter_larger_than_the_broker_accepts_is_cut_to_fit_and_says_so(
         "a prefix of the original"
     );
     wait_for("the next event applied", || log.stored() == 2).await;
+}
+
+/// An upstream that records when each progress call reached it.
+#[derive(Default)]
+struct TimedUpstream {
+    calls: std::sync::Mutex<Vec<Instant>>,
+}
+
+#[async_trait::async_trait]
+impl crate::upstream::MindTickleApi for TimedUpstream {
+    async fn user_courses(
+        &self,
+        _: &TenantId,
+        _: &str,
+    ) -> Result<Vec<crate::upstream::UpstreamCourse>, crate::upstream::UpstreamError> {
+        self.calls.lock().unwrap().push(Instant::now());
+        Ok(vec![])
+    }
+    async fn catalog(
+        &self,
+        _: &TenantId,
+    ) -> Result<Vec<crate::upstream::CatalogCourse>, crate::upstream::UpstreamError> {
+        Ok(vec![])
+    }
+    async fn roster(
+        &self,
+        _: &TenantId,
+    ) -> Result<Vec<crate::upstream::RosterUser>, crate::upstream::UpstreamError> {
+        Ok(vec![])
+    }
+    async fn push_user(
+        &self,
+        _: &TenantId,
+        _: &serde_json::Value,
+    ) -> Result<(), crate::upstream::UpstreamError> {
+        Ok(())
+    }
+}
+
+fn passivating(after: Duration) -> SupervisorSettings {
+    SupervisorSettings {
+        passivate_after: Some(after),
+        ..Default::default()
+    }
+}
+
+async fn status(tenants: &Tenants, tenant: &TenantId) -> Option<ActorStatus> {
+    health(tenants)
+        .await
+        .into_iter()
+        .find(|h| &h.tenant == tenant)
+        .map(|h| h.status)
+}
+
+async fn wait_status(tenants: &Tenants, tenant: &TenantId, want: ActorStatus) {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while status(tenants, tenant).await != Some(want) {
+        assert!(Instant::now() < deadline, "timed out waiting for {want:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_tenant_is_passivated_and_woken_by_a_record_a_job_and_a_request() {
+    let h = harness(
+        PipelineSettings::default(),
+        passivating(Duration::from_secs(60)),
+    )
+    .await;
+    let (acme, busy) = (t("acme"), t("busy"));
+    let log = h.feeds.log(&acme);
+    log.append(event("acme", 1, "u1", "ada"));
+    h.tenants.assign(vec![acme.clone(), busy.clone()]);
+    wait_for("first record stored", || log.stored() == 1).await;
+    let idle_from = Instant::now();
+    wait_status(&h.tenants, &acme, ActorStatus::Passivated).await;
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_secs(60) && idle <= Duration::from_secs(80),
+        "passivated after its idle time: {idle:?}"
+    );
+    assert_eq!(
+        status(&h.tenants, &busy).await,
+        Some(ActorStatus::Passivated),
+        "a tenant that never had work is passivated too"
+    );
+
+    // A record wakes it; the record is applied once.
+    log.append(event("acme", 2, "u2", "eve"));
+    wait_for("second record stored", || log.stored() == 2).await;
+    assert_eq!(status(&h.tenants, &acme).await, Some(ActorStatus::Running));
+    assert_eq!(h.store.users(&acme).len(), 2);
+
+    // Work written elsewhere (a job) wakes it.
+    wait_status(&h.tenants, &acme, ActorStatus::Passivated).await;
+    h.tenants.wake(&acme);
+    wait_status(&h.tenants, &acme, ActorStatus::Running).await;
+
+    // A request wakes it and is answered.
+    wait_status(&h.tenants, &acme, ActorStatus::Passivated).await;
+    h.tenants
+        .sync_progress(&acme, "u1", Duration::from_secs(60))
+        .await
+        .expect("a request to a passivated tenant is served");
+    assert_eq!(status(&h.tenants, &acme).await, Some(ActorStatus::Running));
+
+    // Revoking a passivated tenant forgets it; a later record does not start it here.
+    wait_status(&h.tenants, &acme, ActorStatus::Passivated).await;
+    h.tenants
+        .revoke(vec![acme.clone()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    log.append(event("acme", 3, "u3", "bob"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status(&h.tenants, &acme).await, None);
+    assert_eq!(log.stored(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn passivating_and_waking_keeps_the_tenants_rate_budget() {
+    let upstream = Arc::new(TimedUpstream::default());
+    let h = harness_with(
+        PipelineSettings::default(),
+        passivating(Duration::from_secs(2)),
+        upstream.clone(),
+    )
+    .await;
+    *h.store.quota.lock().unwrap() = Some(6); // one call per 10 s
+    let acme = t("acme");
+    h.assign(&acme);
+    let mut wakes = 0;
+    for round in 0..8 {
+        // Each request wakes the passivated actor; its limiter is the one it had.
+        h.tenants
+            .sync_progress(&acme, "u1", Duration::from_secs(600))
+            .await
+            .unwrap();
+        if round < 7 {
+            wait_status(&h.tenants, &acme, ActorStatus::Passivated).await;
+            wakes += 1;
+        }
+    }
+    assert_eq!(wakes, 7);
+    let calls = upstream.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 8);
+    // Never more than the quota: 6 calls in any minute, burst 3 included.
+    for (i, at) in calls.iter().enumerate() {
+        let in_minute = calls[i..]
+            .iter()
+            .filter(|c| c.duration_since(*at) < Duration::from_secs(60))
+            .count();
+        assert!(
+            in_minute <= 6 + 3,
+            "{in_minute} calls in the minute after call {i}"
+        );
+    }
+    for pair in calls.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_millis(9_990),
+            "calls spaced by the tenant's interval across passivation: {gap:?}"
+        );
+    }
 }

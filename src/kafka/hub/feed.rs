@@ -26,6 +26,8 @@ pub(super) struct TenantQueue {
     pub(super) strays_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundRecord>>,
     /// Next offset whose effects are not known committed (-1: none stored yet).
     pub(super) next_offset: AtomicI64,
+    /// One past the last offset handed to an actor (-1: none yet).
+    pub(super) fetched_until: AtomicI64,
     pub(super) opened: AtomicBool,
     /// Since when the tenant's actor has been waiting for a record (None: not waiting).
     pub(super) waiting_since: Mutex<Option<std::time::Instant>>,
@@ -85,6 +87,25 @@ impl FeedSource for KafkaHub {
             q,
         }))
     }
+
+    async fn until_record(&self, tenant: &TenantId) -> Result<(), FeedError> {
+        let q = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+            .ok_or(FeedError::NotAssigned)?;
+        // Records the last actor fetched but did not commit (a drain abandons its buffer):
+        // they are in no queue any more, so wake now and let `open` rewind to them.
+        if q.fetched_until.load(Ordering::SeqCst) > q.next_offset.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        tokio::select! {
+            m = q.queue.recv() => m.map(|_| ()).map_err(|e| FeedError::Broker(e.to_string())),
+            Some(_) = async { q.strays_rx.lock().await.recv().await } => Ok(()),
+        }
+    }
 }
 
 /// Sets a feed's `waiting_since` while a `recv` is pending; clears it when dropped.
@@ -116,10 +137,14 @@ impl PartitionFeed for KafkaFeed {
         // Marks the actor as waiting for as long as this call is pending (the feeder drops
         // the call when it pauses at high water: a paused feed is not a silent one).
         let _waiting = Waiting::start(&self.q.waiting_since);
-        tokio::select! {
+        let record = tokio::select! {
             m = self.q.queue.recv() => m.map(|m| to_record(&m)).map_err(|e| FeedError::Broker(e.to_string())),
             Some(r) = async { self.q.strays_rx.lock().await.recv().await } => Ok(r),
-        }
+        }?;
+        self.q
+            .fetched_until
+            .fetch_max(record.offset + 1, Ordering::SeqCst);
+        Ok(record)
     }
 
     fn store_offset(&self, next_offset: i64) -> Result<(), FeedError> {

@@ -16,7 +16,9 @@ pub struct GroupHealth {
 #[derive(Default)]
 pub(super) struct GroupState {
     pub(super) subscribed: usize,
-    pub(super) assigned: usize,
+    /// The tenants whose partitions the group assigned to this consumer (incremental
+    /// assignments add to it, revocations take from it).
+    pub(super) owned: BTreeSet<TenantId>,
     /// librdkafka's view (`cgrp.state`, `cgrp.join_state`), from the last statistics.
     pub(super) group_state: String,
     pub(super) join_state: String,
@@ -44,7 +46,9 @@ impl GroupHealth {
         self.with(|s| {
             serde_json::json!({
                 "subscribed_tenants": s.subscribed,
-                "assigned_tenants": s.assigned,
+                "assigned_tenants": s.owned.len(),
+                // Which tenants this instance owns (the first 1,000 by id).
+                "owned": s.owned.iter().take(1000).map(TenantId::as_str).collect::<Vec<_>>(),
                 "state": s.group_state,
                 "join_state": s.join_state,
                 "unsettled_for_ms": s.unsettled_since.map(|t| t.elapsed().as_millis() as u64),
@@ -54,6 +58,11 @@ impl GroupHealth {
                 "static_membership": s.static_membership,
             })
         })
+    }
+
+    /// True when this consumer owns the tenant's partition now.
+    pub fn owns(&self, tenant: &TenantId) -> bool {
+        self.with(|s| s.owned.contains(tenant))
     }
 
     pub(super) fn observe_stats(&self, cgrp: Option<&rdkafka::statistics::ConsumerGroup>) {

@@ -9,6 +9,10 @@
 //! - Assignments go to the [`AssignmentSink`] given at construction (the tenants of the
 //!   process): assignment starts actors; revocation drains them (batch in flight committed, offsets
 //!   stored) and commits synchronously before the partitions are released.
+//! - With `kafka.assignment_strategy = "cooperative-sticky"` (the default) assignments and
+//!   revocations are incremental: they name only the partitions that change owner, so an
+//!   instance joining or leaving the group, or a tenant added or suspended, drains and
+//!   starts only the tenants that move; the others keep flowing.
 //! - Offsets are stored by the actors only after their transaction committed and are
 //!   committed by librdkafka's auto-commit (`enable.auto.offset.store=false`).
 //! - A watchdog ([`GroupHealth`]) reads the group state from librdkafka's statistics. When
@@ -113,8 +117,10 @@ impl ConsumerContext for HubContext {
         }
         if let Rebalance::Revoke(tpl) = rebalance {
             let tenants = self.tenants_of(tpl);
+            let revoked = tenants.clone();
             tracing::info!(
                 count = tenants.len(),
+                lost = consumer.assignment_lost(),
                 "partitions revoked; draining tenant actors"
             );
             let sink = self.sink.clone();
@@ -130,7 +136,14 @@ impl ConsumerContext for HubContext {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "commit on revoke");
             }
-            self.health.with(|s| s.assigned = 0);
+            // Incremental (cooperative) revocations name only the partitions that move;
+            // eager ones name every partition.
+            self.health.with(|s| {
+                for t in &revoked {
+                    s.owned.remove(t);
+                    s.lag.remove(t);
+                }
+            });
         }
     }
 
@@ -151,7 +164,7 @@ impl ConsumerContext for HubContext {
                 } else if s.foreign_since.is_none() {
                     s.foreign_since = Some(std::time::Instant::now());
                 }
-                s.assigned = tenants.len();
+                s.owned.extend(tenants.iter().cloned());
                 foreign.len()
             });
             if foreign > 0 {
@@ -212,7 +225,7 @@ impl KafkaHub {
             )
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-            .set("partition.assignment.strategy", "roundrobin")
+            .set("partition.assignment.strategy", &cfg.assignment_strategy)
             .set(
                 "fetch.message.max.bytes",
                 cfg.fetch_max_bytes_per_partition.to_string(),
@@ -318,6 +331,7 @@ impl KafkaHub {
                 strays_tx,
                 strays_rx: tokio::sync::Mutex::new(strays_rx),
                 next_offset: AtomicI64::new(-1),
+                fetched_until: AtomicI64::new(-1),
                 opened: AtomicBool::new(false),
                 waiting_since: Mutex::new(None),
             }),
@@ -424,7 +438,7 @@ impl KafkaHub {
                     .is_some_and(|(t, after)| t.elapsed() >= after)
                 {
                     Some("foreign_assignment")
-                } else if s.assigned > 0
+                } else if !s.owned.is_empty()
                     && waiting.iter().any(|(t, since)| {
                         since.elapsed() >= limit && s.lag.get(t).is_some_and(|lag| *lag > 0)
                     })
@@ -489,7 +503,7 @@ impl KafkaHub {
         self.health.with(|s| {
             s.recreations += 1;
             s.static_membership = false;
-            s.assigned = 0;
+            s.owned.clear();
             s.unsettled_since = None;
             s.foreign_since = None;
             s.wedged = None;
@@ -506,6 +520,7 @@ impl KafkaHub {
             if let Some(q) = queues.get(t) {
                 q.opened.store(false, Ordering::SeqCst);
                 q.next_offset.store(-1, Ordering::SeqCst);
+                q.fetched_until.store(-1, Ordering::SeqCst);
             }
         }
     }
