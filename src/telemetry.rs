@@ -1,6 +1,9 @@
 //! Logging (`tracing`) and metrics (the `metrics` facade rendered in Prometheus format).
 //! Metric names are declared once, in `enablement_actors::metric_names`.
 
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -24,8 +27,9 @@ pub fn init_logging(cfg: &LogConfig) {
 }
 
 /// Installs the process-wide Prometheus recorder and returns the handle `/metrics` renders.
-pub fn init_metrics() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
+/// Metrics named in `untenanted` lose their `tenant` label on the way in.
+pub fn init_metrics(untenanted: &[String]) -> Result<PrometheusHandle, String> {
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(m::SCIM_BATCH_DURATION_SECONDS.into()),
             &[
@@ -45,7 +49,90 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
             )
         })
         .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())?;
+        .build_recorder();
+    let handle = recorder.handle();
+    let filtered = WithoutTenantLabel {
+        inner: recorder,
+        names: untenanted.iter().cloned().collect(),
+    };
+    metrics::set_global_recorder(filtered).map_err(|e| e.to_string())?;
     Ok(handle)
+}
+
+/// A recorder that drops the `tenant` label of the metrics in `names` before the inner
+/// recorder sees them: their per-tenant series collapse into one.
+struct WithoutTenantLabel<R> {
+    inner: R,
+    names: std::collections::HashSet<String>,
+}
+
+impl<R> WithoutTenantLabel<R> {
+    fn key(&self, key: &Key) -> Key {
+        if !self.names.contains(key.name()) {
+            return key.clone();
+        }
+        let labels: Vec<Label> = key
+            .labels()
+            .filter(|l| l.key() != "tenant")
+            .cloned()
+            .collect();
+        Key::from_parts(key.name().to_owned(), labels)
+    }
+}
+
+impl<R: Recorder> Recorder for WithoutTenantLabel<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description)
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description)
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description)
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.inner.register_counter(&self.key(key), metadata)
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.inner.register_gauge(&self.key(key), metadata)
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.inner.register_histogram(&self.key(key), metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_metrics_lose_their_tenant_label_and_sum_over_tenants() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let filtered = WithoutTenantLabel {
+            inner: recorder,
+            names: ["enablement_scim_events_total".to_owned()].into(),
+        };
+        metrics::with_local_recorder(&filtered, || {
+            for tenant in ["acme", "globex"] {
+                metrics::counter!("enablement_scim_events_total", "tenant" => tenant, "outcome" => "applied")
+                    .increment(2);
+                metrics::counter!("enablement_outbox_published_total", "tenant" => tenant)
+                    .increment(1);
+            }
+        });
+        let text = handle.render();
+        assert!(
+            text.contains("enablement_scim_events_total{outcome=\"applied\"} 4"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("enablement_scim_events_total{tenant"),
+            "{text}"
+        );
+        assert!(
+            text.contains("enablement_outbox_published_total{tenant=\"acme\"} 1"),
+            "others keep the label: {text}"
+        );
+    }
 }

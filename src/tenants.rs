@@ -11,7 +11,7 @@ use crate::actors::TenantId;
 use crate::cache::RedisCache;
 use crate::config::{KafkaConfig, RedisConfig};
 use crate::db::{Registry, RegistryError, TenantRecord, TenantScopedStore};
-use crate::kafka::{create_tenant_topics, AdminError};
+use crate::kafka::{create_tenant_topics, create_topics_for, AdminError};
 use crate::tokens;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,37 @@ pub async fn register(
         topics,
         api_token,
     })
+}
+
+/// Registers many tenants at once (thousands): every id checked first (an existing one
+/// is an error that changes nothing), then all their topics through one admin client in
+/// batches, then the registry rows and hashed tokens. Returns each tenant's API token.
+pub async fn register_many(
+    registry: &Registry,
+    kafka: &KafkaConfig,
+    tenants: &[TenantId],
+    display_name: &str,
+) -> Result<Vec<(TenantId, String)>, TenantAdminError> {
+    let known: std::collections::HashSet<TenantId> = registry
+        .list()
+        .await?
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .collect();
+    if let Some(t) = tenants.iter().find(|t| known.contains(*t)) {
+        return Err(RegistryError::Exists(t.clone()).into());
+    }
+    create_topics_for(kafka, tenants).await?;
+    let mut out = Vec::with_capacity(tenants.len());
+    for t in tenants {
+        let api_token = tokens::generate(t);
+        registry
+            .add(t, display_name, &tokens::hash(&api_token))
+            .await?;
+        out.push((t.clone(), api_token));
+    }
+    tracing::info!(tenants = tenants.len(), "tenants registered");
+    Ok(out)
 }
 
 /// Re-seals every tenant's MindTickle secret with the active key (`secrets rotate-key`),

@@ -143,3 +143,43 @@ async fn an_idle_tenant_is_passivated_and_woken_by_a_record_a_job_and_a_request(
     );
     drop(api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_assigned_passivated_start_on_their_first_record_and_miss_none() {
+    let env = TestEnv::new().await;
+    let (quiet, busy) = (tenant("lazy-q"), tenant("lazy-b"));
+    env.add_tenant(&quiet).await;
+    env.add_tenant(&busy).await;
+    // A backlog before the service starts: the watch takes its first record off the
+    // partition, and the actor it wakes must still apply that record.
+    let backlog: Vec<String> = (0..20).map(|n| event(&busy, n)).collect();
+    push(&env.config, &busy, &backlog).await;
+    let svc = Service::start_role(
+        &env,
+        "consumer",
+        &[
+            ("ENABLEMENT__SUPERVISOR__PASSIVATE_AFTER_MS", "600000"),
+            ("ENABLEMENT__SUPERVISOR__START_PASSIVATED", "true"),
+        ],
+    );
+    eventually("the backlog applied", Duration::from_secs(60), || async {
+        (env.processed(&busy).await == 20).then_some(())
+    })
+    .await;
+    let v = readyz(&svc).await.expect("readyz");
+    assert_eq!(v["tenants"]["running"], 1, "{v}");
+    assert_eq!(
+        v["tenants"]["passivated"], 1,
+        "the quiet tenant never started: {v}"
+    );
+    // A later record of the quiet tenant is its first: applied.
+    push(&env.config, &quiet, &[event(&quiet, 0)]).await;
+    eventually(
+        "the quiet tenant's first record",
+        Duration::from_secs(60),
+        || async { (env.processed(&quiet).await == 1).then_some(()) },
+    )
+    .await;
+    assert_effects_once(&env, &busy, 20).await;
+    assert_effects_once(&env, &quiet, 1).await;
+}

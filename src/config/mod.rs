@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 mod security;
 mod settings;
 
+use crate::actors::metric_names::OWNED_TENANT_GAUGES;
 use crate::actors::{PipelineSettings, SupervisorSettings};
 
 pub use security::{split_pg_tls_params, Secret, DEV_OPERATOR_TOKEN, KAFKA_PROTOCOLS, PG_SSLMODES};
@@ -48,6 +49,17 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub secrets: SecretsConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus metrics (`src/telemetry.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Metrics whose `tenant` label is dropped: one series summed over every tenant of the
+    /// instance instead of one per tenant (bounds the series count with thousands of
+    /// tenants; the owner-only gauges keep their label).
+    pub untenanted: Vec<String>,
 }
 
 /// Encryption of tenant secrets at rest (`src/sealing.rs`).
@@ -435,6 +447,9 @@ pub struct SupervisorConfig {
     /// A tenant actor with no records, jobs or requests for this long is stopped (its
     /// partition stays assigned; a record, a job or a request starts it again). 0: never.
     pub passivate_after_ms: u64,
+    /// With passivation on, newly assigned tenants start passivated (for instances that own
+    /// thousands of tenants: serving at once, actors started on demand).
+    pub start_passivated: bool,
 }
 
 impl Default for SupervisorConfig {
@@ -448,6 +463,7 @@ impl Default for SupervisorConfig {
             healthy_after_s: d.healthy_after.as_secs(),
             drain_timeout_ms: d.drain_timeout.as_millis() as u64,
             passivate_after_ms: d.passivate_after.map_or(0, |p| p.as_millis() as u64),
+            start_passivated: d.start_passivated,
         }
     }
 }
@@ -620,6 +636,16 @@ impl Config {
             return bad(
                 "kafka.topic_partitions",
                 "must be 1: a tenant's events are totally ordered on one partition",
+            );
+        }
+        if let Some(name) =
+            self.metrics.untenanted.iter().find(|n| {
+                !n.starts_with("enablement_") || OWNED_TENANT_GAUGES.contains(&n.as_str())
+            })
+        {
+            return bad(
+                "metrics.untenanted",
+                format!("{name}: not a per-tenant counter or histogram of this service"),
             );
         }
         if !ASSIGNMENT_STRATEGIES.contains(&self.kafka.assignment_strategy.as_str()) {

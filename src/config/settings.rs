@@ -164,6 +164,7 @@ impl Config {
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
             passivate_after: (s.passivate_after_ms > 0)
                 .then(|| Duration::from_millis(s.passivate_after_ms)),
+            start_passivated: s.start_passivated,
         }
     }
 }

@@ -9,7 +9,7 @@ mod hub;
 mod preflight;
 mod producer;
 
-pub use admin::{create_tenant_topics, delete_tenant_topics, AdminError};
+pub use admin::{create_tenant_topics, create_topics_for, delete_tenant_topics, AdminError};
 pub use devtools::{push_events, tail_topic, TailOptions};
 pub use hub::{GroupHealth, HubError, KafkaHub};
 pub use preflight::{preflight, KafkaStartError};

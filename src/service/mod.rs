@@ -51,7 +51,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
     config
         .check_serve_safety()
         .map_err(|e| ServeError::Refused(e.to_string()))?;
-    let metrics = crate::telemetry::init_metrics().map_err(startup)?;
+    let metrics = crate::telemetry::init_metrics(&config.metrics.untenanted).map_err(startup)?;
     let pool = connect_pool(&config.postgres)
         .await
         .map_err(|e| match e.is_configuration() {

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metric_names as m;
-use crate::ports::FeedSource;
+use crate::ports::{FeedSource, TenantStore};
 use crate::tenant::TenantId;
 use crate::tenant_actor::{Activity, PipelineSettings, TenantActor, TenantDeps, TenantMsg};
 use crate::upstream::LimiterBook;
@@ -135,8 +135,14 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Assign(tenants) => {
+                let lazily =
+                    self.settings.start_passivated && self.settings.passivate_after.is_some();
                 for tenant in tenants {
-                    if state.policy.admit(&tenant) {
+                    if lazily {
+                        if state.policy.admit_passivated(&tenant) {
+                            self.watch(&myself, state, tenant, true);
+                        }
+                    } else if state.policy.admit(&tenant) {
                         self.start(&myself, state, &tenant).await;
                     }
                 }
@@ -285,15 +291,31 @@ impl Supervisor {
         let tenants: Vec<TenantId> = stopping.iter().map(|(t, _)| t.clone()).collect();
         self.stop_drained(state, stopping).await;
         for tenant in tenants {
-            let feeds = self.deps.feeds.clone();
-            let supervisor = myself.clone();
-            let watched = tenant.clone();
-            let watch = tokio::spawn(async move {
-                watch_partition(feeds, supervisor, watched).await;
-            });
-            state.watches.insert(tenant.clone(), watch);
             tracing::debug!(tenant = %tenant, "tenant actor passivated");
+            self.watch(myself, state, tenant, false);
         }
+    }
+
+    /// Watches a passivated tenant for work: `pending` first looks for work left by an
+    /// earlier owner (queued jobs, unrelayed outbox rows), then waits for a record.
+    fn watch(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        tenant: TenantId,
+        pending: bool,
+    ) {
+        let (feeds, store) = (self.deps.feeds.clone(), self.deps.store.clone());
+        let supervisor = myself.clone();
+        let watched = tenant.clone();
+        let watch = tokio::spawn(async move {
+            if pending && has_pending_work(store.as_ref(), &watched).await {
+                let _ = supervisor.cast(SupervisorMsg::Wake(watched, WakeReason::Job));
+                return;
+            }
+            watch_partition(feeds, supervisor, watched).await;
+        });
+        state.watches.insert(tenant, watch);
     }
 
     /// Starts a passivated tenant's actor; false when the tenant is not passivated here.
@@ -346,6 +368,19 @@ fn schedule_restart(myself: &ActorRef<SupervisorMsg>, tenant: TenantId, next: Re
     myself.send_after(next.delay, move || {
         SupervisorMsg::Restart(tenant, generation)
     });
+}
+
+/// Queued jobs or outbox rows not yet relayed (work a previous owner left). A store error
+/// counts as work: the actor starts and deals with it.
+async fn has_pending_work(store: &dyn TenantStore, tenant: &TenantId) -> bool {
+    let jobs = match store.queue_depth(tenant).await {
+        Ok(depths) => depths.iter().any(|(_, n)| *n > 0),
+        Err(_) => return true,
+    };
+    jobs || store
+        .pending_outbox(tenant, 0, 1)
+        .await
+        .map_or(true, |rows| !rows.is_empty())
 }
 
 /// Waits for a record on a passivated tenant's partition, then wakes the tenant. A feed

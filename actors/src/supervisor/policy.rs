@@ -36,6 +36,10 @@ pub struct SupervisorSettings {
     /// A running actor idle (no record, job or request) this long is passivated: stopped,
     /// its partition kept, woken by the next record, job or request. `None`: never.
     pub passivate_after: Option<Duration>,
+    /// With passivation on: a newly assigned tenant starts passivated (its actor starts on
+    /// its first record, a pending job or outbox row, or a request), so an instance
+    /// assigned thousands of tenants is serving at once instead of spawning every actor.
+    pub start_passivated: bool,
 }
 
 impl Default for SupervisorSettings {
@@ -48,6 +52,7 @@ impl Default for SupervisorSettings {
             healthy_after: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(20),
             passivate_after: Some(Duration::from_secs(600)),
+            start_passivated: false,
         }
     }
 }
@@ -120,6 +125,17 @@ impl<R> RestartPolicy<R> {
                 generation: 0,
             },
         );
+        true
+    }
+
+    /// Takes the tenant on, passivated (started on demand); true when it is new here.
+    pub fn admit_passivated(&mut self, tenant: &TenantId) -> bool {
+        if !self.admit(tenant) {
+            return false;
+        }
+        if let Some(slot) = self.slots.get_mut(tenant) {
+            slot.phase = Phase::Passivated;
+        }
         true
     }
 
@@ -286,6 +302,7 @@ mod tests {
             healthy_after: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(1),
             passivate_after: Some(Duration::from_secs(30)),
+            start_passivated: false,
         })
     }
 

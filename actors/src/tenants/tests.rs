@@ -837,3 +837,44 @@ async fn passivating_and_waking_keeps_the_tenants_rate_budget() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn tenants_assigned_passivated_start_on_records_or_pending_work_only() {
+    let h = harness(
+        PipelineSettings::default(),
+        SupervisorSettings {
+            passivate_after: Some(Duration::from_secs(60)),
+            start_passivated: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (idle, backlog, queued) = (t("idle"), t("backlog"), t("queued"));
+    let log = h.feeds.log(&backlog);
+    for n in 0..5 {
+        log.append(event("backlog", n, &format!("u{n}"), "b"));
+    }
+    // Work an earlier owner left: a queued job.
+    crate::ports::TenantStore::enqueue_job(
+        h.store.as_ref(),
+        &queued,
+        &crate::ports::NewJob {
+            priority: crate::ports::JobPriority::Background,
+            kind: crate::ports::JobKind::SyncProgress,
+            subject: "u1".into(),
+            payload: serde_json::Value::Null,
+        },
+    )
+    .await
+    .unwrap();
+    h.tenants
+        .assign(vec![idle.clone(), backlog.clone(), queued.clone()]);
+    wait_for("backlog applied", || log.stored() == 5).await;
+    wait_status(&h.tenants, &queued, ActorStatus::Running).await;
+    assert_eq!(
+        status(&h.tenants, &idle).await,
+        Some(ActorStatus::Passivated),
+        "a tenant without work never starts"
+    );
+    assert_eq!(h.store.users(&backlog).len(), 5);
+}

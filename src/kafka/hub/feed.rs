@@ -101,10 +101,17 @@ impl FeedSource for KafkaHub {
         if q.fetched_until.load(Ordering::SeqCst) > q.next_offset.load(Ordering::SeqCst) {
             return Ok(());
         }
-        tokio::select! {
-            m = q.queue.recv() => m.map(|_| ()).map_err(|e| FeedError::Broker(e.to_string())),
-            Some(_) = async { q.strays_rx.lock().await.recv().await } => Ok(()),
-        }
+        let offset = tokio::select! {
+            m = q.queue.recv() => m.map(|m| m.offset()).map_err(|e| FeedError::Broker(e.to_string()))?,
+            Some(r) = async { q.strays_rx.lock().await.recv().await } => r.offset,
+        };
+        // The record taken here is read again: the next `open` rewinds to it (a tenant
+        // that never ran here has no position yet; this record is its first).
+        let _ = q
+            .next_offset
+            .compare_exchange(-1, offset, Ordering::SeqCst, Ordering::SeqCst);
+        q.opened.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 

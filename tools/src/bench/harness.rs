@@ -114,6 +114,15 @@ impl BenchWorld {
         Ok(())
     }
 
+    /// Registers many tenants at once (topics in batches through one admin client).
+    pub async fn register_many(&self, tenants: &[TenantId]) -> Result<(), BenchError> {
+        let registry = Registry::new(self.app_pool().await?);
+        enablement::tenants::register_many(&registry, &self.config.kafka, tenants, "Bench Org")
+            .await
+            .map_err(fail)?;
+        Ok(())
+    }
+
     pub async fn scalar(&self, sql: &str) -> Result<i64, BenchError> {
         self.owner
             .query_one(sql, &[])
@@ -244,8 +253,31 @@ impl ServiceProcess {
         role: &str,
         extra: &[(&str, String)],
     ) -> Result<Self, BenchError> {
+        Self::start_instance(world, role, extra, None)
+    }
+
+    /// One of several instances of a world: its own HTTP port and static member id
+    /// (`instance`), else the world's.
+    pub fn start_instance(
+        world: &BenchWorld,
+        role: &str,
+        extra: &[(&str, String)],
+        instance: Option<&str>,
+    ) -> Result<Self, BenchError> {
         let exe = service_binary()?;
-        let log_path = std::env::temp_dir().join(format!("{}-{role}.log", world.db_name));
+        let mut env = world.service_env(extra);
+        let mut listen = world.config.http.listen;
+        let mut name = role.to_owned();
+        if let Some(id) = instance {
+            listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            name = format!("{role}-{id}");
+            env.push(("ENABLEMENT__HTTP__LISTEN".into(), listen.to_string()));
+            env.push((
+                "ENABLEMENT__KAFKA__GROUP_INSTANCE_ID".into(),
+                format!("{}-{id}", world.config.kafka.group_instance_id),
+            ));
+        }
+        let log_path = std::env::temp_dir().join(format!("{}-{name}.log", world.db_name));
         let log = std::fs::File::create(&log_path).map_err(fail)?;
         let child = Command::new(exe)
             .arg("--config")
@@ -253,7 +285,7 @@ impl ServiceProcess {
             .arg("serve")
             .arg("--role")
             .arg(role)
-            .envs(world.service_env(extra))
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -261,10 +293,16 @@ impl ServiceProcess {
             .map_err(fail)?;
         Ok(Self {
             child,
-            base_url: format!("http://{}", world.config.http.listen),
+            base_url: format!("http://{listen}"),
             log_path,
             operator_token: world.config.http.operator_token.expose().to_owned(),
         })
+    }
+
+    /// SIGKILL, no drain.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {

@@ -11,13 +11,17 @@
 //! - [`isolation`]: a quiet tenant's produce-to-commit latency while another floods.
 //! - [`ratelimit`]: achieved upstream calls per minute against each tenant's quota.
 //! - [`aggregate`]: a readiness aggregation through the service against the bare SQL.
-//! - [`tenants`]: memory per idle tenant actor and the time to spawn them all.
+//! - [`tenants`]: memory per idle tenant actor and the time to spawn them all; memory per
+//!   passivated tenant and the time until 10,000 are assigned.
+//! - [`scaleout`]: three instances against one on the same ingest; latency of the tenants
+//!   that do not move while an instance joins or dies.
 
 mod aggregate;
 mod harness;
 mod ingest;
 mod isolation;
 mod ratelimit;
+mod scaleout;
 mod tenants;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +44,7 @@ pub enum Scenario {
     Ratelimit,
     Aggregate,
     Tenants,
+    Scaleout,
 }
 
 impl Scenario {
@@ -51,6 +56,7 @@ impl Scenario {
                 Scenario::Ratelimit,
                 Scenario::Aggregate,
                 Scenario::Tenants,
+                Scenario::Scaleout,
             ],
             one => vec![one],
         }
@@ -63,6 +69,7 @@ impl Scenario {
             Scenario::Ratelimit => "ratelimit",
             Scenario::Aggregate => "aggregate",
             Scenario::Tenants => "tenants",
+            Scenario::Scaleout => "scaleout",
         }
     }
 }
@@ -175,6 +182,7 @@ pub async fn run(
             Scenario::Ratelimit => ratelimit::run(&ctx).await?,
             Scenario::Aggregate => aggregate::run(&ctx).await?,
             Scenario::Tenants => tenants::run(&ctx).await?,
+            Scenario::Scaleout => scaleout::run(&ctx).await?,
             Scenario::All => unreachable_all(),
         };
         report.seconds = started.elapsed().as_secs_f64();

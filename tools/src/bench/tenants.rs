@@ -1,14 +1,14 @@
 //! tenants: 1,000 registered, idle tenants. Reports the resident memory each idle tenant
 //! actor adds (RSS with all of them minus RSS of the same service with none, in the same
 //! run), the time from the process start until every actor runs, and the CPU the idle
-//! service burns.
+//! service burns. Then 10,000 tenants with `supervisor.start_passivated`: the time until
+//! every partition is assigned and every tenant passivated, and the memory each adds.
 
 use std::time::{Duration, Instant};
 
-use super::harness::{fail, BenchWorld, ServiceProcess};
+use super::harness::{BenchWorld, ServiceProcess};
 use super::{check, BenchError, Ctx, Figure, ScenarioReport};
 use enablement::actors::TenantId;
-use enablement::db::Registry;
 
 /// CPU seconds (user + system) the process used so far, from `/proc/<pid>/stat`.
 fn cpu_secs(pid: u32) -> f64 {
@@ -31,24 +31,64 @@ async fn measure(
     let started = Instant::now();
     let mut svc = ServiceProcess::start(world, "consumer", &[])?;
     svc.wait_ready(actors, Duration::from_secs(300)).await?;
-    let ready_secs = started.elapsed().as_secs_f64();
-    let running = svc
-        .readyz()
-        .await
-        .and_then(|v| v["tenants"]["running"].as_u64())
-        .unwrap_or(0) as usize;
-    // A measurement window, not a synchronisation: the service is idle by construction.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu_before = cpu_secs(svc.pid());
-    tokio::time::sleep(idle).await;
-    let cpu = (cpu_secs(svc.pid()) - cpu_before) / idle.as_secs_f64();
-    let (rss, _) = svc.rss_kib();
-    svc.stop(Duration::from_secs(60));
-    Ok((ready_secs, rss, cpu, running))
+    measure_idle(svc, started, idle).await
+}
+
+/// Starts the service with every tenant passivated, waits until `tenants` are assigned
+/// and passivated; returns (seconds to that, RSS KiB after idling, idle CPU, passivated).
+async fn measure_passivated(
+    world: &BenchWorld,
+    tenants: usize,
+    idle: Duration,
+) -> Result<(f64, u64, f64, usize), BenchError> {
+    let started = Instant::now();
+    let svc = ServiceProcess::start(
+        world,
+        "consumer",
+        &[("ENABLEMENT__SUPERVISOR__START_PASSIVATED", "true".into())],
+    )?;
+    super::harness::wait_for(
+        "every tenant assigned and passivated",
+        Duration::from_secs(600),
+        || async {
+            let v = svc.readyz().await?;
+            let assigned = v["consumer_group"]["assigned_tenants"].as_u64()? as usize;
+            let passivated = v["tenants"]["passivated"].as_u64()? as usize;
+            (assigned == tenants && passivated == tenants).then_some(())
+        },
+    )
+    .await?;
+    let (secs, rss, cpu, _) = measure_idle(svc, started, idle).await?;
+    Ok((secs, rss, cpu, tenants))
+}
+
+/// Reads the start time, idles, reads RSS and CPU, stops the service.
+async fn measure_idle(
+    svc: ServiceProcess,
+    started: Instant,
+    idle: Duration,
+) -> Result<(f64, u64, f64, usize), BenchError> {
+    {
+        let ready_secs = started.elapsed().as_secs_f64();
+        let running = svc
+            .readyz()
+            .await
+            .and_then(|v| v["tenants"]["running"].as_u64())
+            .unwrap_or(0) as usize;
+        // A measurement window, not a synchronisation: the service is idle by construction.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu_before = cpu_secs(svc.pid());
+        tokio::time::sleep(idle).await;
+        let cpu = (cpu_secs(svc.pid()) - cpu_before) / idle.as_secs_f64();
+        let (rss, _) = svc.rss_kib();
+        svc.stop(Duration::from_secs(60));
+        Ok((ready_secs, rss, cpu, running))
+    }
 }
 
 pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
     let n: usize = if ctx.smoke() { 20 } else { 1_000 };
+    let n_lazy: usize = if ctx.smoke() { 100 } else { 10_000 };
     let idle = Duration::from_secs(if ctx.smoke() { 2 } else { 10 });
     let world = BenchWorld::new(ctx.config, ctx.config_path, "tenants", ctx.keep).await?;
     let (_, rss_empty, cpu_empty, _) = measure(&world, 0, idle).await?;
@@ -57,23 +97,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         .map(|i| world.tenant(&format!("t{i}")))
         .collect::<Result<_, _>>()?;
     let registering = Instant::now();
-    let registry = Registry::new(world.app_pool().await?);
-    let mut tasks = tokio::task::JoinSet::new();
-    for chunk in tenants.chunks(n.div_ceil(4)) {
-        let (registry, kafka, chunk) =
-            (registry.clone(), world.config.kafka.clone(), chunk.to_vec());
-        tasks.spawn(async move {
-            for t in &chunk {
-                enablement::tenants::register(&registry, &kafka, t, "Idle Org")
-                    .await
-                    .map_err(fail)?;
-            }
-            Ok::<(), BenchError>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(fail)??;
-    }
+    world.register_many(&tenants).await?;
     let register_secs = registering.elapsed().as_secs_f64();
     let registered = world.scalar("select count(*) from tenants").await?;
     let mut checks = vec![check(
@@ -86,6 +110,20 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         running == n,
         format!("{running} of {n} tenant actors running"),
     )?);
+
+    // The same service owning 10,000 tenants, every one passivated from its assignment.
+    let more: Vec<TenantId> = (n..n_lazy)
+        .map(|i| world.tenant(&format!("t{i}")))
+        .collect::<Result<_, _>>()?;
+    let registering_more = Instant::now();
+    world.register_many(&more).await?;
+    let register_more_secs = registering_more.elapsed().as_secs_f64();
+    let (lazy_secs, rss_lazy, cpu_lazy, _) = measure_passivated(&world, n_lazy, idle).await?;
+    checks.push(check(
+        true,
+        format!("{n_lazy} tenants assigned to one instance and passivated"),
+    )?);
+    let per_lazy_kib = rss_lazy.saturating_sub(rss_empty) as f64 / n_lazy as f64;
     let per_tenant_kib = rss_full.saturating_sub(rss_empty) as f64 / n as f64;
     let figures = vec![
         Figure::plain("idle tenants", n as f64, "tenants"),
@@ -104,15 +142,34 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<ScenarioReport, BenchError> {
         Figure::plain("idle CPU with no tenant", cpu_empty, "cores"),
         Figure::plain("idle CPU with all tenants", cpu_full, "cores"),
         Figure::plain(
-            "registering them (topics + rows, 4 at a time)",
+            "registering them (topics in batches of 200 through one client, then rows)",
             register_secs,
             "s",
         ),
+        Figure::plain(
+            "passivated tenants (supervisor.start_passivated)",
+            n_lazy as f64,
+            "tenants",
+        ),
+        Figure::plain(
+            "service RSS with all of them passivated",
+            rss_lazy as f64 / 1024.0,
+            "MiB",
+        ),
+        Figure::at_most("RSS per passivated tenant", per_lazy_kib, "KiB", 10.0),
+        Figure::at_most(
+            "start until every partition is assigned (passivated)",
+            lazy_secs,
+            "s",
+            30.0,
+        ),
+        Figure::plain("idle CPU with the passivated tenants", cpu_lazy, "cores"),
+        Figure::plain("registering the other tenants", register_more_secs, "s"),
     ];
     world.cleanup().await;
     Ok(ScenarioReport {
         scenario: "tenants".into(),
-        size: format!("{n} idle tenants"),
+        size: format!("{n} idle tenants, then {n_lazy} passivated"),
         seconds: 0.0,
         checks,
         figures,
