@@ -27,7 +27,14 @@ fn every_scenario_runs_at_smoke_size_and_checks_itself() {
         .collect();
     assert_eq!(
         names,
-        ["ingest", "isolation", "ratelimit", "aggregate", "tenants"]
+        [
+            "ingest",
+            "isolation",
+            "ratelimit",
+            "aggregate",
+            "tenants",
+            "scaleout"
+        ]
     );
     for s in scenarios {
         let checks = s["checks"].as_array().map(Vec::len).unwrap_or(0);
