@@ -39,23 +39,11 @@ pub async fn create_tenant_topics(
     cfg: &KafkaConfig,
     tenant: &TenantId,
 ) -> Result<Vec<String>, AdminError> {
-    let (admin, names) = admin_for(cfg, tenant)?;
-    let topics: Vec<NewTopic<'_>> = names
+    create_topics_for(cfg, std::slice::from_ref(tenant)).await?;
+    Ok(TopicKind::ALL
         .iter()
-        .map(|n| {
-            NewTopic::new(
-                n,
-                cfg.topic_partitions,
-                TopicReplication::Fixed(cfg.replication_factor),
-            )
-        })
-        .collect();
-    let results = admin
-        .create_topics(&topics, &options())
-        .await
-        .map_err(|e| AdminError::Client(e.to_string()))?;
-    check(results, RDKafkaErrorCode::TopicAlreadyExists)?;
-    Ok(names)
+        .map(|k| tenant.topic(&cfg.topic_prefix, *k))
+        .collect())
 }
 
 /// Creates the four topics of each of `tenants` through one admin client, in requests of

@@ -54,16 +54,22 @@ pub(super) fn to_record(m: &BorrowedMessage<'_>) -> InboundRecord {
     }
 }
 
-#[async_trait]
-impl FeedSource for KafkaHub {
-    async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError> {
-        let q = self
-            .queues
+impl KafkaHub {
+    /// The tenant's split queue, if its partition was ever assigned here.
+    fn tenant_queue(&self, tenant: &TenantId) -> Result<Arc<TenantQueue>, FeedError> {
+        self.queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(tenant)
             .cloned()
-            .ok_or(FeedError::NotAssigned)?;
+            .ok_or(FeedError::NotAssigned)
+    }
+}
+
+#[async_trait]
+impl FeedSource for KafkaHub {
+    async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError> {
+        let q = self.tenant_queue(tenant)?;
         if q.opened.swap(true, Ordering::SeqCst) {
             // A restart: rewind to the first record not known committed. What the previous
             // actor fetched beyond that is discarded by the seek and read again.
@@ -89,13 +95,7 @@ impl FeedSource for KafkaHub {
     }
 
     async fn until_record(&self, tenant: &TenantId) -> Result<(), FeedError> {
-        let q = self
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .cloned()
-            .ok_or(FeedError::NotAssigned)?;
+        let q = self.tenant_queue(tenant)?;
         // Records the last actor fetched but did not commit (a drain abandons its buffer):
         // they are in no queue any more, so wake now and let `open` rewind to them.
         if q.fetched_until.load(Ordering::SeqCst) > q.next_offset.load(Ordering::SeqCst) {
