@@ -11,7 +11,7 @@ use crate::actors::TenantId;
 use crate::cache::RedisCache;
 use crate::config::{KafkaConfig, RedisConfig};
 use crate::db::{Registry, RegistryError, TenantRecord, TenantScopedStore};
-use crate::kafka::{create_tenant_topics, create_topics_for, AdminError};
+use crate::kafka::{create_shared_topics, create_tenant_topics, create_topics_for, AdminError};
 use crate::tokens;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,25 +37,51 @@ pub struct Registered {
     pub api_token: String,
 }
 
-/// Registers a tenant: topics, then the registry row and its hashed API token.
+/// Where a registered tenant's records live (see [`crate::kafka::TopicLayout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topics {
+    /// Its own four topics (the default).
+    #[default]
+    Dedicated,
+    /// The shared topics, keyed by its id (many small tenants).
+    Shared,
+}
+
+impl Topics {
+    fn shared(self) -> bool {
+        self == Topics::Shared
+    }
+}
+
+/// Registers a tenant: topics (its own, or the shared ones), then the registry row and
+/// its hashed API token.
 pub async fn register(
     registry: &Registry,
     kafka: &KafkaConfig,
     tenant: &TenantId,
     display_name: &str,
+    topics: Topics,
 ) -> Result<Registered, TenantAdminError> {
     if registry.exists(tenant).await? {
         return Err(RegistryError::Exists(tenant.clone()).into());
     }
-    let topics = create_tenant_topics(kafka, tenant).await?;
+    let topic_names = match topics {
+        Topics::Dedicated => create_tenant_topics(kafka, tenant).await?,
+        Topics::Shared => create_shared_topics(kafka).await?,
+    };
     let api_token = tokens::generate(tenant);
     let record = registry
-        .add(tenant, display_name, &tokens::hash(&api_token))
+        .add(
+            tenant,
+            display_name,
+            &tokens::hash(&api_token),
+            topics.shared(),
+        )
         .await?;
     tracing::info!(tenant = %tenant, "tenant registered");
     Ok(Registered {
         tenant: record,
-        topics,
+        topics: topic_names,
         api_token,
     })
 }
@@ -68,6 +94,7 @@ pub async fn register_many(
     kafka: &KafkaConfig,
     tenants: &[TenantId],
     display_name: &str,
+    topics: Topics,
 ) -> Result<Vec<(TenantId, String)>, TenantAdminError> {
     let known: std::collections::HashSet<TenantId> = registry
         .list()
@@ -78,12 +105,19 @@ pub async fn register_many(
     if let Some(t) = tenants.iter().find(|t| known.contains(*t)) {
         return Err(RegistryError::Exists(t.clone()).into());
     }
-    create_topics_for(kafka, tenants).await?;
+    match topics {
+        Topics::Dedicated => {
+            create_topics_for(kafka, tenants).await?;
+        }
+        Topics::Shared => {
+            create_shared_topics(kafka).await?;
+        }
+    }
     let mut out = Vec::with_capacity(tenants.len());
     for t in tenants {
         let api_token = tokens::generate(t);
         registry
-            .add(t, display_name, &tokens::hash(&api_token))
+            .add(t, display_name, &tokens::hash(&api_token), topics.shared())
             .await?;
         out.push((t.clone(), api_token));
     }

@@ -33,6 +33,34 @@ fn cli(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("cli output")
 }
 
+/// `events tail --topic scim --from-beginning --exit` of a tenant, parsed.
+fn tail_inbound(env: &TestEnv, t: &enablement::actors::TenantId) -> Vec<Value> {
+    let out = cli(
+        env,
+        &[
+            "events",
+            "tail",
+            "--tenant",
+            t.as_str(),
+            "--topic",
+            "scim",
+            "--from-beginning",
+            "--exit",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_add_creates_topics_prints_the_token_once_and_refuses_duplicates() {
     let env = TestEnv::new().await;
@@ -111,30 +139,7 @@ async fn events_push_and_tail_round_trip_through_the_broker() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cli(
-        &env,
-        &[
-            "events",
-            "tail",
-            "--tenant",
-            t.as_str(),
-            "--topic",
-            "scim",
-            "--from-beginning",
-            "--exit",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recs: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs = tail_inbound(&env, &t);
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[0]["key"], "u1");
     assert_eq!(recs[0]["payload"]["eventId"], "e1");
@@ -153,4 +158,67 @@ async fn events_push_and_tail_round_trip_through_the_broker() {
         None,
     );
     assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_added_with_shared_topics_is_pushed_and_tailed_on_its_shared_partition() {
+    let mut env = TestEnv::new().await;
+    // Shared topics of its own: no other test's records on them.
+    env.config.kafka.topic_prefix = format!("{}.", common::unique("cli"));
+    env.config.kafka.shared_topic_partitions = 4;
+    let (t, other) = (common::tenant("shcli"), common::tenant("shother"));
+    for id in [&t, &other] {
+        let out = cli(
+            &env,
+            &[
+                "tenant",
+                "add",
+                id.as_str(),
+                "--name",
+                "Small",
+                "--shared-topics",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(said.contains("shared.scim"), "{said}");
+    }
+    for (id, n) in [(&t, 2), (&other, 1)] {
+        let lines: Vec<String> = (0..n)
+            .map(|i| scim_event(id.as_str(), &format!("e{i}"), "CREATE", "u1", 1, "a@x.test"))
+            .collect();
+        let out = cli(
+            &env,
+            &["events", "push", "--tenant", id.as_str()],
+            Some(&lines.join("\n")),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        let partition = id.shared_partition(4);
+        assert!(
+            said.contains(&format!("shared.scim partition {partition}")),
+            "{said}"
+        );
+    }
+    let recs = tail_inbound(&env, &t);
+    // Keyed by the tenant id; the other shared tenant's record is not shown.
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert!(recs.iter().all(|r| r["key"] == t.as_str()));
+    let listed = cli(&env, &["tenant", "list"], None);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let row: Value = listed
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["tenant_id"] == t.as_str())
+        .expect("listed");
+    assert_eq!(row["shared_topics"], true);
 }

@@ -532,6 +532,14 @@ async fn tenant_registration_over_http_needs_the_operator_token() {
     let r = client
         .post(&url)
         .bearer_auth(&op)
+        .json(&serde_json::json!({"tenantId": common::tenant("shx").as_str(), "displayName": "x", "sharedTopics": "yes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "sharedTopics must be a boolean");
+    let r = client
+        .post(&url)
+        .bearer_auth(&op)
         .body("{")
         .send()
         .await

@@ -168,6 +168,10 @@ pub struct FakeStore {
     pub cursor_failures: AtomicUsize,
     /// (tenant, id, job, done)
     pub jobs: Mutex<Vec<(TenantId, i64, NewJob, bool)>>,
+    /// The next this many queue-depth reads fail (a pool exhausted by a mass assignment).
+    pub queue_depth_failures: AtomicUsize,
+    /// Queue-depth reads answered, failed or not.
+    pub queue_depth_reads: AtomicUsize,
 }
 
 impl FakeStore {
@@ -364,6 +368,13 @@ impl TenantStore for FakeStore {
     }
 
     async fn queue_depth(&self, tenant: &TenantId) -> Result<Vec<(JobPriority, u64)>, StoreError> {
+        self.queue_depth_reads.fetch_add(1, Ordering::SeqCst);
+        let failing =
+            self.queue_depth_failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StoreError::Unavailable("injected: pool timed out".into()));
+        }
         let jobs = self.jobs.lock().unwrap();
         Ok(JobPriority::ALL
             .into_iter()

@@ -77,6 +77,11 @@ pub const SCIM_BATCH_RETRIES_TOTAL: &str = "enablement_scim_batch_retries_total"
 /// Counter {reason}: consumer-group watchdog findings (`no_assignment`, `foreign_assignment`, `silent_feed`) and
 /// the consumer re-creations they caused.
 pub const KAFKA_GROUP_WEDGED_TOTAL: &str = "enablement_kafka_group_wedged_total";
+/// Counter {reason}: records on a shared inbound partition that name none of its tenants
+/// (no or invalid key, unknown tenant, a tenant with its own topics, a suspended tenant,
+/// wrong partition), published on the shared DLQ topic.
+pub const SHARED_RECORDS_DEAD_LETTERED_TOTAL: &str =
+    "enablement_shared_records_dead_lettered_total";
 /// Counter {tenant}: records pausing a tenant's feed because its byte budget was full.
 pub const TENANT_BYTE_BUDGET_PAUSES_TOTAL: &str = "enablement_tenant_byte_budget_pauses_total";
 /// Counter {table}: rows deleted by the retention job.

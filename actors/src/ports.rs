@@ -41,6 +41,11 @@ pub trait PartitionFeed: Send + Sync + 'static {
     async fn recv(&self) -> Result<InboundRecord, FeedError>;
     /// Records that every record before `next_offset` has its effects committed.
     fn store_offset(&self, next_offset: i64) -> Result<(), FeedError>;
+    /// Whether the tenant's offsets follow one another (its own partition). A tenant on a
+    /// shared partition sees gaps where other tenants' records are: not a broker defect.
+    fn contiguous(&self) -> bool {
+        true
+    }
 }
 
 /// Opens tenant feeds. Opening again (after an actor restart) rewinds to the first record

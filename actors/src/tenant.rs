@@ -78,6 +78,16 @@ impl TenantId {
         format!("{prefix}tenant.{}.", self.0)
     }
 
+    /// The partition of a shared topic holding this tenant's records: Kafka's default
+    /// partitioner for a record keyed by the tenant id (murmur2 of the key, sign bit
+    /// cleared, modulo the partition count), so any producer keying by tenant id with the
+    /// Java client's default (or librdkafka's `murmur2_random`) writes where the consumer
+    /// expects it.
+    pub fn shared_partition(&self, partitions: i32) -> i32 {
+        let n = partitions.max(1) as u32;
+        ((murmur2(self.0.as_bytes()) & 0x7fff_ffff) as u32 % n) as i32
+    }
+
     /// Recovers the tenant id from an inbound topic name `<prefix>tenant.<id>.scim`.
     pub fn from_scim_topic(prefix: &str, topic: &str) -> Option<Self> {
         let rest = topic.strip_prefix(prefix)?.strip_prefix("tenant.")?;
@@ -110,6 +120,40 @@ impl std::str::FromStr for TenantId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), as its default
+/// partitioner hashes record keys.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = SEED ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
 }
 
 /// The per-tenant topics. Inbound SCIM events arrive on `Scim`; the others are outputs.
@@ -223,6 +267,28 @@ mod tests {
         );
         assert_eq!(TenantId::from_scim_topic("", "tenant.acme.events"), None);
         assert_eq!(TenantId::from_scim_topic("", "tenant.a*.scim"), None);
+    }
+
+    #[test]
+    fn murmur2_matches_kafkas_own_test_vectors() {
+        // From Kafka's UtilsTest.testMurmur2.
+        for (key, hash) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()), hash, "{key}");
+        }
+        let t = TenantId::parse("acme").unwrap();
+        assert!((0..16).contains(&t.shared_partition(16)));
+        assert_eq!(t.shared_partition(1), 0);
+        assert_eq!(t.shared_partition(0), 0);
     }
 
     #[test]

@@ -266,6 +266,12 @@ pub struct KafkaConfig {
     /// group; the consumer is then re-created as a fresh (dynamic) member. 0 disables.
     pub group_wedged_after_sessions: u32,
     pub topic_partitions: i32,
+    /// Partitions of each shared topic (`<prefix>shared.scim`, ...), where tenants
+    /// registered with shared topics live, keyed by tenant id. Fixed once the topics exist:
+    /// a tenant's partition is its id's hash modulo this count.
+    pub shared_topic_partitions: i32,
+    /// Records buffered per shared tenant before its shared partition waits for it.
+    pub shared_buffer_records: usize,
     pub replication_factor: i32,
     pub session_timeout_ms: u64,
     /// Largest fetch per partition (librdkafka `fetch.message.max.bytes`).
@@ -316,6 +322,8 @@ impl Default for KafkaConfig {
             assignment_strategy: "cooperative-sticky".into(),
             group_wedged_after_sessions: 3,
             topic_partitions: 1,
+            shared_topic_partitions: 16,
+            shared_buffer_records: 1000,
             replication_factor: 1,
             session_timeout_ms: 45_000,
             max_record_bytes: 1_000_000,
@@ -638,6 +646,15 @@ impl Config {
                 "must be 1: a tenant's events are totally ordered on one partition",
             );
         }
+        if !(1..=1000).contains(&self.kafka.shared_topic_partitions) {
+            return bad(
+                "kafka.shared_topic_partitions",
+                "must be between 1 and 1000",
+            );
+        }
+        if self.kafka.shared_buffer_records == 0 {
+            return bad("kafka.shared_buffer_records", "must be positive");
+        }
         if let Some(name) =
             self.metrics.untenanted.iter().find(|n| {
                 !n.starts_with("enablement_") || OWNED_TENANT_GAUGES.contains(&n.as_str())
@@ -762,6 +779,14 @@ impl Config {
             (
                 "ENABLEMENT__KAFKA__TENANT_REFRESH_MS".into(),
                 self.kafka.tenant_refresh_ms.to_string(),
+            ),
+            (
+                "ENABLEMENT__KAFKA__TOPIC_PREFIX".into(),
+                self.kafka.topic_prefix.clone(),
+            ),
+            (
+                "ENABLEMENT__KAFKA__SHARED_TOPIC_PARTITIONS".into(),
+                self.kafka.shared_topic_partitions.to_string(),
             ),
             (
                 "ENABLEMENT__KAFKA__SESSION_TIMEOUT_MS".into(),

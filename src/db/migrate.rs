@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0012_refresh_catalog_jobs.sql",
         include_str!("../../migrations/0012_refresh_catalog_jobs.sql"),
     ),
+    (
+        13,
+        "0013_shared_topics.sql",
+        include_str!("../../migrations/0013_shared_topics.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

@@ -12,6 +12,17 @@ pub struct TenantRecord {
     pub display_name: String,
     pub status: String,
     pub rate_limit_per_min: Option<i32>,
+    /// Its records live on the shared topics, keyed by tenant id (`tenants.topics`).
+    pub shared_topics: bool,
+}
+
+/// The registry as the Kafka hub reads it ([`Registry::layout`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryLayout {
+    /// Active tenants with their own topics.
+    pub dedicated: std::collections::BTreeSet<TenantId>,
+    /// Tenants on the shared topics, with whether each is active.
+    pub shared: std::collections::BTreeMap<TenantId, bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +60,7 @@ impl Registry {
         tenant: &TenantId,
         display_name: &str,
         token_sha256: &[u8; 32],
+        shared_topics: bool,
     ) -> Result<TenantRecord, RegistryError> {
         let name = display_name.trim();
         if name.is_empty() || name.chars().count() > 200 {
@@ -58,8 +70,12 @@ impl Registry {
         let tx = conn.transaction().await.map_err(db)?;
         let inserted = tx
             .execute(
-                "insert into tenants (tenant_id, display_name) values ($1, $2)",
-                &[&tenant.as_str(), &name],
+                "insert into tenants (tenant_id, display_name, topics) values ($1, $2, $3)",
+                &[
+                    &tenant.as_str(),
+                    &name,
+                    &if shared_topics { "shared" } else { "dedicated" },
+                ],
             )
             .await;
         if let Err(e) = inserted {
@@ -94,6 +110,7 @@ impl Registry {
             display_name: name.to_owned(),
             status: "active".into(),
             rate_limit_per_min: None,
+            shared_topics,
         })
     }
 
@@ -123,6 +140,26 @@ impl Registry {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// One tenant's registry row.
+    pub async fn get(&self, tenant: &TenantId) -> Result<Option<TenantRecord>, RegistryError> {
+        let conn = self.pool.get().await.map_err(db)?;
+        let row = conn
+            .query_opt(
+                "select display_name, status, rate_limit_per_min, topics = 'shared'
+                   from tenants where tenant_id = $1",
+                &[&tenant.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| TenantRecord {
+            tenant_id: tenant.clone(),
+            display_name: r.get(0),
+            status: r.get(1),
+            rate_limit_per_min: r.get(2),
+            shared_topics: r.get(3),
+        }))
+    }
+
     pub async fn exists(&self, tenant: &TenantId) -> Result<bool, RegistryError> {
         let conn = self.pool.get().await.map_err(db)?;
         let row = conn
@@ -140,7 +177,7 @@ impl Registry {
         let conn = self.pool.get().await.map_err(db)?;
         let rows = conn
             .query(
-                "select tenant_id, display_name, status, rate_limit_per_min
+                "select tenant_id, display_name, status, rate_limit_per_min, topics = 'shared'
                    from tenants order by tenant_id",
                 &[],
             )
@@ -154,6 +191,7 @@ impl Registry {
                     display_name: r.get(1),
                     status: r.get(2),
                     rate_limit_per_min: r.get(3),
+                    shared_topics: r.get(4),
                 })
             })
             .collect())
@@ -167,6 +205,44 @@ impl Registry {
             .filter(|t| t.status == "active")
             .map(|t| t.tenant_id)
             .collect())
+    }
+
+    /// A cheap fingerprint of what the hub follows (each tenant's id, status and topics,
+    /// hashed and summed in the database): the hub reads the whole layout only when it
+    /// moved, so following thousands of tenants costs one small answer per refresh. A sum
+    /// rather than a timestamp: a change committed late with an early `now()` still moves it.
+    pub async fn fingerprint(&self) -> Result<(i64, i64), RegistryError> {
+        let conn = self.pool.get().await.map_err(db)?;
+        let row = conn
+            .query_one(
+                "select count(*),
+                        coalesce(sum(hashtext(tenant_id || ':' || status || ':' || topics)::bigint), 0)::bigint
+                   from tenants",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Where the tenants' records live: the active tenants on their own topics, and every
+    /// tenant on the shared topics with whether it is active (one query, for the hub's
+    /// refresh: thousands of tenants cost one round trip).
+    pub async fn layout(&self) -> Result<RegistryLayout, RegistryError> {
+        let mut out = RegistryLayout::default();
+        for t in self.list().await? {
+            let active = t.status == "active";
+            match (t.shared_topics, active) {
+                (true, _) => {
+                    out.shared.insert(t.tenant_id, active);
+                }
+                (false, true) => {
+                    out.dedicated.insert(t.tenant_id);
+                }
+                (false, false) => {}
+            }
+        }
+        Ok(out)
     }
 }
 

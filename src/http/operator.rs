@@ -13,9 +13,10 @@ use super::error::ApiError;
 use super::AppState;
 use crate::actors::TenantId;
 use crate::db::RegistryError;
-use crate::tenants::{register, TenantAdminError};
+use crate::tenants::{register, TenantAdminError, Topics};
 
-/// `POST /api/tenants` `{"tenantId": "acme", "displayName": "Acme Corp"}` (operator token).
+/// `POST /api/tenants` `{"tenantId": "acme", "displayName": "Acme Corp"}` (operator token);
+/// `"sharedTopics": true` registers it on the shared topics.
 pub(super) async fn add_tenant(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -46,7 +47,18 @@ pub(super) async fn add_tenant(
         )
     })?;
     let name = field("displayName")?;
-    match register(&s.registry, &s.config.kafka, &tenant, name).await {
+    let topics = match v.get("sharedTopics") {
+        None | Some(Value::Bool(false)) => Topics::Dedicated,
+        Some(Value::Bool(true)) => Topics::Shared,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "sharedTopics must be a boolean",
+            ))
+        }
+    };
+    match register(&s.registry, &s.config.kafka, &tenant, name, topics).await {
         Ok(r) => Ok((
             StatusCode::CREATED,
             Json(json!({

@@ -1,4 +1,4 @@
-//! Creates a tenant's topics through the Kafka admin API.
+//! Creates a tenant's topics, and the shared topics, through the Kafka admin API.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::base_client_config;
+use super::layout::shared_topic;
 use crate::actors::{TenantId, TopicKind};
 use crate::config::KafkaConfig;
 
@@ -53,25 +54,47 @@ pub async fn create_topics_for(
     cfg: &KafkaConfig,
     tenants: &[TenantId],
 ) -> Result<usize, AdminError> {
-    const TOPICS_PER_REQUEST: usize = 200;
-    let admin: AdminClient<DefaultClientContext> = base_client_config(cfg)
-        .create()
-        .map_err(|e| AdminError::Client(e.to_string()))?;
-    let names: Vec<String> = tenants
+    let names: Vec<(String, i32)> = tenants
         .iter()
         .flat_map(|t| {
             TopicKind::ALL
                 .iter()
-                .map(|k| t.topic(&cfg.topic_prefix, *k))
+                .map(|k| (t.topic(&cfg.topic_prefix, *k), cfg.topic_partitions))
         })
         .collect();
+    create_named(cfg, &names).await?;
+    Ok(names.len())
+}
+
+/// Creates the four shared topics (`<prefix>shared.scim`, ...) with
+/// `kafka.shared_topic_partitions` partitions each. Idempotent; returns their names.
+pub async fn create_shared_topics(cfg: &KafkaConfig) -> Result<Vec<String>, AdminError> {
+    let names: Vec<(String, i32)> = TopicKind::ALL
+        .iter()
+        .map(|k| {
+            (
+                shared_topic(&cfg.topic_prefix, *k),
+                cfg.shared_topic_partitions,
+            )
+        })
+        .collect();
+    create_named(cfg, &names).await?;
+    Ok(names.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Creates `(name, partitions)` topics through one admin client, in batches.
+async fn create_named(cfg: &KafkaConfig, names: &[(String, i32)]) -> Result<(), AdminError> {
+    const TOPICS_PER_REQUEST: usize = 200;
+    let admin: AdminClient<DefaultClientContext> = base_client_config(cfg)
+        .create()
+        .map_err(|e| AdminError::Client(e.to_string()))?;
     for chunk in names.chunks(TOPICS_PER_REQUEST) {
         let topics: Vec<NewTopic<'_>> = chunk
             .iter()
-            .map(|n| {
+            .map(|(n, partitions)| {
                 NewTopic::new(
                     n,
-                    cfg.topic_partitions,
+                    *partitions,
                     TopicReplication::Fixed(cfg.replication_factor),
                 )
             })
@@ -82,7 +105,7 @@ pub async fn create_topics_for(
             .map_err(|e| AdminError::Client(e.to_string()))?;
         check(results, RDKafkaErrorCode::TopicAlreadyExists)?;
     }
-    Ok(names.len())
+    Ok(())
 }
 
 /// An admin client with the service's settings, and the tenant's four topic names.

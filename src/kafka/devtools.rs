@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
+use super::layout::{TopicLayout, TENANT_HEADER};
 use super::{base_client_config, KafkaPublisher};
 use crate::actors::ports::{EventPublisher, OutboundRecord};
 use crate::actors::{TenantId, TopicKind};
@@ -18,13 +19,18 @@ use crate::config::KafkaConfig;
 
 /// Produces every non-empty line of `input` to the tenant's inbound topic, unvalidated
 /// (the service validates; pushing malformed lines is how the DLQ is exercised). The key
-/// is `user.id` when the line parses. Returns the number of records acknowledged.
+/// is `user.id` when the line parses (on the shared topic: the tenant id, on the tenant's
+/// partition). Returns the number of records acknowledged.
 pub async fn push_events<R: AsyncBufRead + Unpin>(
     cfg: &KafkaConfig,
     tenant: &TenantId,
+    shared_topics: bool,
     input: R,
 ) -> Result<usize, String> {
     let publisher = KafkaPublisher::new(cfg).map_err(|e| e.to_string())?;
+    if shared_topics {
+        publisher.layout().add_shared(tenant.clone());
+    }
     let mut lines = input.lines();
     let mut batch = Vec::new();
     let mut total = 0;
@@ -60,6 +66,8 @@ pub async fn push_events<R: AsyncBufRead + Unpin>(
 #[derive(Debug, Clone)]
 pub struct TailOptions {
     pub from_beginning: bool,
+    /// The tenant lives on the shared topics: read its partition, only its records.
+    pub shared_topics: bool,
     /// Stop at the end of the partition instead of waiting for more.
     pub exit_at_end: bool,
     /// Stop after this many records.
@@ -75,7 +83,22 @@ pub fn tail_topic(
     opts: &TailOptions,
     mut emit: impl FnMut(Value),
 ) -> Result<usize, String> {
-    let topic = tenant.topic(&cfg.topic_prefix, kind);
+    let layout = TopicLayout::new(cfg);
+    if opts.shared_topics {
+        layout.add_shared(tenant.clone());
+    }
+    let place = layout.place(tenant, kind);
+    let topic = place.topic.clone();
+    // On a shared topic: inbound records are keyed by the tenant id, outputs name it in
+    // a header; the other tenants' records are skipped.
+    let mine = |m: &rdkafka::message::BorrowedMessage<'_>| {
+        !place.shared
+            || m.key() == Some(tenant.as_str().as_bytes())
+            || m.headers().is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| h.key == TENANT_HEADER && h.value == Some(tenant.as_str().as_bytes()))
+            })
+    };
     let consumer: BaseConsumer = base_client_config(cfg)
         .set("group.id", "enablement-tail")
         .set("enable.auto.commit", "false")
@@ -88,7 +111,7 @@ pub fn tail_topic(
     } else {
         Offset::End
     };
-    tpl.add_partition_offset(&topic, 0, start)
+    tpl.add_partition_offset(&topic, place.partition, start)
         .map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let mut seen = 0;
@@ -104,6 +127,7 @@ pub fn tail_topic(
                 }
             }
             Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(m)) if !mine(&m) => continue,
             Some(Ok(m)) => {
                 seen += 1;
                 let headers: serde_json::Map<String, Value> = m

@@ -6,12 +6,16 @@
 mod admin;
 mod devtools;
 mod hub;
+mod layout;
 mod preflight;
 mod producer;
 
-pub use admin::{create_tenant_topics, create_topics_for, delete_tenant_topics, AdminError};
+pub use admin::{
+    create_shared_topics, create_tenant_topics, create_topics_for, delete_tenant_topics, AdminError,
+};
 pub use devtools::{push_events, tail_topic, TailOptions};
 pub use hub::{GroupHealth, HubError, KafkaHub};
+pub use layout::{shared_topic, Placement, TopicLayout, TENANT_HEADER};
 pub use preflight::{preflight, KafkaStartError};
 pub use producer::KafkaPublisher;
 

@@ -1,4 +1,6 @@
-//! [`KafkaPublisher`]: the idempotent producer behind the `EventPublisher` port.
+//! [`KafkaPublisher`]: the idempotent producer behind the `EventPublisher` port. Records go
+//! where the [`TopicLayout`] places them: the tenant's own topic, or its partition of a
+//! shared topic with a `tenant` header.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::base_client_config;
+use super::layout::{TopicLayout, TENANT_HEADER};
 use crate::actors::ports::{EventPublisher, OutboundRecord, PublishError};
 use crate::actors::{TenantId, TopicKind};
 use crate::config::KafkaConfig;
@@ -19,7 +22,7 @@ use crate::config::KafkaConfig;
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
-    prefix: String,
+    layout: Arc<TopicLayout>,
     timeout: Duration,
     /// Reads the last record of a topic (relay recovery); created on first use.
     tail: Arc<TailReader>,
@@ -33,8 +36,17 @@ struct TailReader {
 }
 
 impl TailReader {
-    /// The `outbox.seq` of the last record of partition 0 of `topic`.
-    fn last_outbox_seq(&self, topic: &str, timeout: Duration) -> Result<Option<i64>, KafkaError> {
+    /// The `outbox.seq` of the last record of `partition` of `topic` (with `tenant`: of the
+    /// last record whose `tenant` header names it, on a shared topic: read backwards in
+    /// windows of `SHARED_SCAN_WINDOW` records until one is found or the partition starts).
+    fn last_outbox_seq(
+        &self,
+        topic: &str,
+        partition: i32,
+        tenant: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<i64>, KafkaError> {
+        const SHARED_SCAN_WINDOW: i64 = 1000;
         let mut guard = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(self.config.create()?);
@@ -42,36 +54,79 @@ impl TailReader {
         let Some(consumer) = guard.as_ref() else {
             return Ok(None);
         };
-        let (low, high) = consumer.fetch_watermarks(topic, 0, timeout)?;
-        if high <= low {
-            return Ok(None);
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Offset(high - 1))?;
-        consumer.assign(&tpl)?;
-        let deadline = std::time::Instant::now() + timeout;
-        let found = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break Err(KafkaError::MessageConsumption(
-                    RDKafkaErrorCode::RequestTimedOut,
-                ));
-            }
-            match consumer.poll(left) {
-                Some(Ok(m)) if m.offset() >= high - 1 => {
-                    break Ok(m.headers().and_then(|hs| {
-                        hs.iter()
-                            .find(|h| h.key == "outbox.seq")
-                            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                    }))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => break Err(e),
-                None => continue,
-            }
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let window = if tenant.is_some() {
+            SHARED_SCAN_WINDOW
+        } else {
+            1
         };
-        let _ = consumer.unassign();
-        found
+        let mut end = high;
+        while end > low {
+            let start = (end - window).max(low);
+            let found = read_range(consumer, topic, partition, start, end, tenant, timeout);
+            let _ = consumer.unassign();
+            if let Some(seq) = found? {
+                return Ok(Some(seq));
+            }
+            end = start;
+        }
+        Ok(None)
+    }
+}
+
+/// The `outbox.seq` header of a record, when `tenant` is `None` or its `tenant` header
+/// names `tenant`.
+fn outbox_seq_of(m: &rdkafka::message::BorrowedMessage<'_>, tenant: Option<&str>) -> Option<i64> {
+    let hs = m.headers()?;
+    let header = |key: &str| hs.iter().find(|h| h.key == key).and_then(|h| h.value);
+    if let Some(t) = tenant {
+        if header(TENANT_HEADER) != Some(t.as_bytes()) {
+            return None;
+        }
+    }
+    std::str::from_utf8(header("outbox.seq")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The last `outbox.seq` (of `tenant`'s records, if given) in offsets `start..end`.
+fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    end: i64,
+    tenant: Option<&str>,
+    timeout: Duration,
+) -> Result<Option<i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::RequestTimedOut,
+            ));
+        }
+        match consumer.poll(left) {
+            Some(Ok(m)) => {
+                if m.offset() >= end {
+                    return Ok(last);
+                }
+                if let Some(seq) = outbox_seq_of(&m, tenant) {
+                    last = Some(seq);
+                }
+                if m.offset() >= end - 1 {
+                    return Ok(last);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => continue,
+        }
     }
 }
 
@@ -91,7 +146,7 @@ impl KafkaPublisher {
             .set("enable.partition.eof", "false");
         Ok(Self {
             producer,
-            prefix: cfg.topic_prefix.clone(),
+            layout: Arc::new(TopicLayout::new(cfg)),
             timeout: Duration::from_millis(cfg.produce_timeout_ms),
             tail: Arc::new(TailReader {
                 config: tail,
@@ -102,6 +157,11 @@ impl KafkaPublisher {
 
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
+    }
+
+    /// Where each tenant's records go (the hub keeps its shared set current).
+    pub fn layout(&self) -> Arc<TopicLayout> {
+        self.layout.clone()
     }
 
     /// Probes the broker with a metadata request on the producer's connection (`/readyz`).
@@ -142,19 +202,29 @@ impl EventPublisher for KafkaPublisher {
     ) -> Result<(), PublishError> {
         let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
         for r in &records {
-            let topic = tenant.topic(&self.prefix, r.topic);
+            let place = self.layout.place(tenant, r.topic);
             loop {
-                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
                 for (k, v) in &r.headers {
                     headers = headers.insert(Header {
                         key: k,
                         value: Some(v.as_slice()),
                     });
                 }
-                let mut rec = FutureRecord::to(&topic)
+                if place.shared {
+                    headers = headers.insert(Header {
+                        key: TENANT_HEADER,
+                        value: Some(tenant.as_str().as_bytes()),
+                    });
+                }
+                let mut rec = FutureRecord::to(&place.topic)
+                    .partition(place.partition)
                     .payload(&r.payload)
                     .headers(headers);
-                if let Some(k) = &r.key {
+                if place.shared && r.topic == TopicKind::Scim {
+                    // The shared inbound topic is keyed by tenant id: the consumer routes by it.
+                    rec = rec.key(tenant.as_str().as_bytes());
+                } else if let Some(k) = &r.key {
                     rec = rec.key(k.as_slice());
                 }
                 match self.producer.send_result(rec) {
@@ -184,11 +254,14 @@ impl EventPublisher for KafkaPublisher {
         topic: TopicKind,
     ) -> Result<Option<i64>, PublishError> {
         let tail = self.tail.clone();
-        let topic = tenant.topic(&self.prefix, topic);
+        let place = self.layout.place(tenant, topic);
+        let filter = place.shared.then(|| tenant.as_str().to_owned());
         let timeout = self.timeout.min(Duration::from_secs(10));
-        tokio::task::spawn_blocking(move || tail.last_outbox_seq(&topic, timeout))
-            .await
-            .map_err(|e| PublishError::Broker(e.to_string()))?
-            .map_err(|e| PublishError::Broker(e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            tail.last_outbox_seq(&place.topic, place.partition, filter.as_deref(), timeout)
+        })
+        .await
+        .map_err(|e| PublishError::Broker(e.to_string()))?
+        .map_err(|e| PublishError::Broker(e.to_string()))
     }
 }

@@ -177,6 +177,7 @@ async fn start_consumer(
         &config.group_instance_id(),
         supervisor_settings.drain_timeout,
         Arc::new(tenants.clone()),
+        publisher,
     )
     .map_err(startup)?;
     let upstream =

@@ -117,8 +117,23 @@ impl TestEnv {
 
     /// Registers a tenant through the same code as `enablement tenant add`.
     pub async fn add_tenant(&self, tenant: &TenantId) -> String {
+        self.add_tenant_on(tenant, enablement::tenants::Topics::Dedicated)
+            .await
+    }
+
+    /// Registers a tenant on the shared topics (`enablement tenant add --shared-topics`).
+    pub async fn add_shared_tenant(&self, tenant: &TenantId) -> String {
+        self.add_tenant_on(tenant, enablement::tenants::Topics::Shared)
+            .await
+    }
+
+    async fn add_tenant_on(
+        &self,
+        tenant: &TenantId,
+        topics: enablement::tenants::Topics,
+    ) -> String {
         let registry = Registry::new(self.app_pool().await);
-        enablement::tenants::register(&registry, &self.config.kafka, tenant, "Test Org")
+        enablement::tenants::register(&registry, &self.config.kafka, tenant, "Test Org", topics)
             .await
             .expect("register tenant")
             .api_token
@@ -167,7 +182,16 @@ pub use enablement::testing::scim_event;
 
 pub async fn push(config: &Config, tenant: &TenantId, lines: &[String]) {
     let text = lines.join("\n");
-    let n = enablement::kafka::push_events(&config.kafka, tenant, text.as_bytes())
+    let n = enablement::kafka::push_events(&config.kafka, tenant, false, text.as_bytes())
+        .await
+        .expect("push events");
+    assert_eq!(n, lines.len());
+}
+
+/// Pushes lines for a tenant on the shared topics (keyed by its id, on its partition).
+pub async fn push_shared(config: &Config, tenant: &TenantId, lines: &[String]) {
+    let text = lines.join("\n");
+    let n = enablement::kafka::push_events(&config.kafka, tenant, true, text.as_bytes())
         .await
         .expect("push events");
     assert_eq!(n, lines.len());
@@ -175,12 +199,23 @@ pub async fn push(config: &Config, tenant: &TenantId, lines: &[String]) {
 
 /// Every record of a tenant topic, from the beginning to the current end.
 pub async fn read_topic(config: &Config, tenant: &TenantId, kind: TopicKind) -> Vec<Value> {
+    read_tenant_records(config, tenant, kind, false).await
+}
+
+/// Every record of a tenant's `kind` (on the shared topics: only its own records).
+pub async fn read_tenant_records(
+    config: &Config,
+    tenant: &TenantId,
+    kind: TopicKind,
+    shared_topics: bool,
+) -> Vec<Value> {
     let cfg = config.kafka.clone();
     let tenant = tenant.clone();
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         let opts = enablement::kafka::TailOptions {
             from_beginning: true,
+            shared_topics,
             exit_at_end: true,
             limit: None,
         };
@@ -466,6 +501,17 @@ impl Drop for Broker {
 /// Counts of a tenant's exactly-once ledger: applied event ids, dead letters, outbox rows
 /// per topic, and the records actually on the tenant's topics.
 pub async fn assert_effects_once(env: &TestEnv, t: &TenantId, expected_records: i64) {
+    assert_effects_once_on(env, t, expected_records, false).await;
+}
+
+/// [`assert_effects_once`] for a tenant on its own topics or (`shared_topics`) on the
+/// shared ones (its records only).
+pub async fn assert_effects_once_on(
+    env: &TestEnv,
+    t: &TenantId,
+    expected_records: i64,
+    shared_topics: bool,
+) {
     let processed = env.processed(t).await;
     let dead = env
         .count("select count(*) from dead_letters where tenant_id = $1", t)
@@ -492,7 +538,7 @@ pub async fn assert_effects_once(env: &TestEnv, t: &TenantId, expected_records: 
             &format!("{t}: every {topic} outbox row on its topic"),
             Duration::from_secs(120),
             || async {
-                let recs = read_topic(&env.config, t, kind).await;
+                let recs = read_tenant_records(&env.config, t, kind, shared_topics).await;
                 (recs.len() as i64 >= rows).then_some(recs)
             },
         )

@@ -99,6 +99,9 @@ pub struct SupervisorState {
     limiters: Arc<LimiterBook>,
     /// The record watch of each passivated tenant.
     watches: HashMap<TenantId, tokio::task::JoinHandle<()>>,
+    /// Checks for work an earlier owner left, run at once (thousands of tenants assigned
+    /// together must not exhaust the database pool).
+    pending_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Actor for Supervisor {
@@ -124,6 +127,7 @@ impl Actor for Supervisor {
             process_bytes: Default::default(),
             limiters: Default::default(),
             watches: HashMap::new(),
+            pending_checks: Arc::new(tokio::sync::Semaphore::new(PENDING_CHECKS_AT_ONCE)),
         })
     }
 
@@ -308,10 +312,17 @@ impl Supervisor {
         let (feeds, store) = (self.deps.feeds.clone(), self.deps.store.clone());
         let supervisor = myself.clone();
         let watched = tenant.clone();
+        let checks = state.pending_checks.clone();
         let watch = tokio::spawn(async move {
-            if pending && has_pending_work(store.as_ref(), &watched).await {
-                let _ = supervisor.cast(SupervisorMsg::Wake(watched, WakeReason::Job));
-                return;
+            if pending {
+                let found = match checks.acquire().await {
+                    Ok(_permit) => has_pending_work(store.as_ref(), &watched).await,
+                    Err(_) => true,
+                };
+                if found {
+                    let _ = supervisor.cast(SupervisorMsg::Wake(watched, WakeReason::Job));
+                    return;
+                }
             }
             watch_partition(feeds, supervisor, watched).await;
         });
@@ -370,17 +381,34 @@ fn schedule_restart(myself: &ActorRef<SupervisorMsg>, tenant: TenantId, next: Re
     });
 }
 
+/// How many passivated tenants' pending-work checks run at once.
+const PENDING_CHECKS_AT_ONCE: usize = 8;
+
 /// Queued jobs or outbox rows not yet relayed (work a previous owner left). A store error
-/// counts as work: the actor starts and deals with it.
+/// is asked again a few times (a busy pool at a mass assignment is no reason to start
+/// thousands of actors); one that persists counts as work: the actor starts and deals with
+/// it.
 async fn has_pending_work(store: &dyn TenantStore, tenant: &TenantId) -> bool {
-    let jobs = match store.queue_depth(tenant).await {
-        Ok(depths) => depths.iter().any(|(_, n)| *n > 0),
-        Err(_) => return true,
-    };
-    jobs || store
-        .pending_outbox(tenant, 0, 1)
-        .await
-        .map_or(true, |rows| !rows.is_empty())
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1..=ATTEMPTS {
+        let found = match store.queue_depth(tenant).await {
+            Ok(depths) if depths.iter().any(|(_, n)| *n > 0) => Ok(true),
+            Ok(_) => store
+                .pending_outbox(tenant, 0, 1)
+                .await
+                .map(|rows| !rows.is_empty()),
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(found) => return found,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::debug!(tenant = %tenant, error = %e, "checking for pending work; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(_) => {}
+        }
+    }
+    true
 }
 
 /// Waits for a record on a passivated tenant's partition, then wakes the tenant. A feed

@@ -167,7 +167,7 @@ impl Feeder {
                         tracing::trace!(tenant = %self.tenant, offset = rec.offset, "re-delivery dropped");
                     }
                     Ok(rec) => {
-                        if next_expected.is_some_and(|n| rec.offset > n) {
+                        if next_expected.is_some_and(|n| rec.offset > n) && self.feed.contiguous() {
                             FeedOffsetGap {
                                 tenant: &self.tenant,
                                 offset: rec.offset,

@@ -838,9 +838,9 @@ async fn passivating_and_waking_keeps_the_tenants_rate_budget() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn tenants_assigned_passivated_start_on_records_or_pending_work_only() {
-    let h = harness(
+/// A harness whose supervisor admits assigned tenants passivated.
+async fn starting_passivated() -> Harness {
+    harness(
         PipelineSettings::default(),
         SupervisorSettings {
             passivate_after: Some(Duration::from_secs(60)),
@@ -848,7 +848,12 @@ async fn tenants_assigned_passivated_start_on_records_or_pending_work_only() {
             ..Default::default()
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn tenants_assigned_passivated_start_on_records_or_pending_work_only() {
+    let h = starting_passivated().await;
     let (idle, backlog, queued) = (t("idle"), t("backlog"), t("queued"));
     let log = h.feeds.log(&backlog);
     for n in 0..5 {
@@ -877,4 +882,23 @@ async fn tenants_assigned_passivated_start_on_records_or_pending_work_only() {
         "a tenant without work never starts"
     );
     assert_eq!(h.store.users(&backlog).len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_pending_work_check_is_asked_again_rather_than_starting_the_tenant() {
+    let h = starting_passivated().await;
+    // Two failed reads (a pool exhausted by thousands of tenants assigned at once).
+    h.store.queue_depth_failures.store(2, Ordering::SeqCst);
+    let idle = t("idle");
+    h.tenants.assign(vec![idle.clone()]);
+    wait_for("asked a third time", || {
+        h.store.queue_depth_reads.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        status(&h.tenants, &idle).await,
+        Some(ActorStatus::Passivated),
+        "a transient store error is no work: the tenant stays passivated"
+    );
 }

@@ -14,6 +14,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::Offset;
 use tokio::sync::mpsc;
 
+use super::shared::SharedFeed;
 use super::{HubConsumer, HubContext, KafkaHub};
 use crate::actors::ports::{FeedError, FeedSource, InboundRecord, PartitionFeed};
 use crate::actors::TenantId;
@@ -69,6 +70,14 @@ impl KafkaHub {
 #[async_trait]
 impl FeedSource for KafkaHub {
     async fn open(&self, tenant: &TenantId) -> Result<Arc<dyn PartitionFeed>, FeedError> {
+        if let Some(q) = self.shared_queue(tenant) {
+            // A restart reads again what its predecessor did not store.
+            q.rewind();
+            return Ok(Arc::new(SharedFeed {
+                consumer: self.consumer(),
+                q,
+            }));
+        }
         let q = self.tenant_queue(tenant)?;
         if q.opened.swap(true, Ordering::SeqCst) {
             // A restart: rewind to the first record not known committed. What the previous
@@ -95,6 +104,10 @@ impl FeedSource for KafkaHub {
     }
 
     async fn until_record(&self, tenant: &TenantId) -> Result<(), FeedError> {
+        if let Some(q) = self.shared_queue(tenant) {
+            q.until_record().await;
+            return Ok(());
+        }
         let q = self.tenant_queue(tenant)?;
         // Records the last actor fetched but did not commit (a drain abandons its buffer):
         // they are in no queue any more, so wake now and let `open` rewind to them.

@@ -22,8 +22,11 @@
 //!   as leader and answer "rebalance in progress" forever): the hub drains its tenants and
 //!   re-creates the consumer as a fresh dynamic member. The old consumer's callbacks are
 //!   disarmed first, so its late revocations never touch the new consumer's actors.
+//! - Tenants registered with shared topics live on the partitions of `<prefix>shared.scim`,
+//!   keyed by tenant id: an assigned shared partition runs the tenants whose ids hash to
+//!   it, fed by a demultiplexer behind the same feed port (see [`shared`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -38,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 mod feed;
 mod health;
+mod shared;
 
 use super::base_client_config;
 use crate::actors::events::{ConsumerGroupWedged, FeedReceiveFailed, InternalEvent};
@@ -46,8 +50,11 @@ use crate::actors::ports::AssignmentSink;
 use crate::actors::{TenantId, TopicKind};
 use crate::config::KafkaConfig;
 use crate::db::Registry;
+use crate::kafka::layout::{shared_topic, TopicLayout};
+use crate::kafka::KafkaPublisher;
 use feed::{to_record, TenantQueue};
 pub use health::GroupHealth;
+use shared::{SharedPartition, SharedSplit, SharedTenantQueue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -56,8 +63,50 @@ pub enum HubError {
 }
 
 enum HubEvent {
-    /// Partitions assigned to the consumer of this generation.
-    Assigned(u64, Vec<TenantId>),
+    /// Partitions assigned to the consumer of this generation: tenants' own, and shared
+    /// partitions by number.
+    Assigned(u64, Vec<TenantId>, Vec<i32>),
+}
+
+/// The shared partitions of a consumer: split queues (kept across assignments), assigned
+/// partitions and the queues of their tenants. Held by the hub and its rebalance hooks.
+#[derive(Default)]
+pub(super) struct SharedBook {
+    splits: Mutex<HashMap<i32, Arc<SharedSplit>>>,
+    parts: Mutex<HashMap<i32, Arc<SharedPartition>>>,
+    queues: Mutex<HashMap<TenantId, Arc<SharedTenantQueue>>>,
+}
+
+impl SharedBook {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tenants of these shared partitions.
+    fn tenants_on(&self, partitions: &BTreeSet<i32>) -> Vec<TenantId> {
+        Self::lock(&self.queues)
+            .iter()
+            .filter(|(_, q)| partitions.contains(&q.partition.partition))
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// Stops these partitions' demultiplexers and forgets them and their tenants' queues.
+    fn release(&self, partitions: &BTreeSet<i32>) {
+        let mut parts = Self::lock(&self.parts);
+        for p in partitions {
+            if let Some(part) = parts.remove(p) {
+                part.stop.cancel();
+            }
+        }
+        Self::lock(&self.queues).retain(|_, q| !partitions.contains(&q.partition.partition));
+    }
+
+    fn release_all(&self) {
+        let all: BTreeSet<i32> = Self::lock(&self.parts).keys().copied().collect();
+        self.release(&all);
+        Self::lock(&self.queues).clear();
+    }
 }
 
 /// Rebalance hooks. They run on the thread polling the main queue.
@@ -73,9 +122,20 @@ pub struct HubContext {
     /// Cleared when the hub replaces this consumer: its callbacks then do nothing.
     armed: AtomicBool,
     health: Arc<GroupHealth>,
+    shared: Arc<SharedBook>,
+    shared_inbound: String,
 }
 
 impl HubContext {
+    /// The shared inbound partitions in `tpl`.
+    fn shared_of(&self, tpl: &TopicPartitionList) -> BTreeSet<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.shared_inbound)
+            .map(|e| e.partition())
+            .collect()
+    }
+
     fn tenants_of(&self, tpl: &TopicPartitionList) -> Vec<TenantId> {
         let set: BTreeSet<TenantId> = tpl
             .elements()
@@ -116,7 +176,9 @@ impl ConsumerContext for HubContext {
             return; // a replaced consumer closing: its tenants were drained already
         }
         if let Rebalance::Revoke(tpl) = rebalance {
-            let tenants = self.tenants_of(tpl);
+            let shared = self.shared_of(tpl);
+            let mut tenants = self.tenants_of(tpl);
+            tenants.extend(self.shared.tenants_on(&shared));
             let revoked = tenants.clone();
             tracing::info!(
                 count = tenants.len(),
@@ -133,6 +195,8 @@ impl ConsumerContext for HubContext {
             if !drained {
                 tracing::warn!("draining revoked tenants did not complete");
             }
+            // Their actors stored what they committed; the rest is read by the next owner.
+            self.shared.release(&shared);
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "commit on revoke");
             }
@@ -152,6 +216,7 @@ impl ConsumerContext for HubContext {
             return;
         }
         if let Rebalance::Assign(tpl) = rebalance {
+            let shared: Vec<i32> = self.shared_of(tpl).into_iter().collect();
             let mut tenants = self.tenants_of(tpl);
             // Never run a tenant this consumer did not subscribe to: a broker can hand a
             // static member an assignment of another group or an earlier subscription.
@@ -173,10 +238,14 @@ impl ConsumerContext for HubContext {
                     "the group assigned topics outside this consumer's subscription; ignoring them"
                 );
             }
-            tracing::info!(count = tenants.len(), "partitions assigned");
+            tracing::info!(
+                count = tenants.len(),
+                shared = shared.len(),
+                "partitions assigned"
+            );
             let _ = self
                 .events
-                .send(HubEvent::Assigned(self.generation, tenants));
+                .send(HubEvent::Assigned(self.generation, tenants, shared));
         }
     }
 }
@@ -203,6 +272,16 @@ pub struct KafkaHub {
     /// An assignment outside the subscription for this long (one session timeout: any
     /// rebalance for a subscription change has settled by then) is a broker defect.
     foreign_after: Option<Duration>,
+    /// Where tenants' records live (shared with the publisher; kept current here).
+    layout: Arc<TopicLayout>,
+    shared: Arc<SharedBook>,
+    /// Shared tenants by id, with whether each is active (the last registry refresh).
+    shared_registry: Mutex<BTreeMap<TenantId, bool>>,
+    /// Records buffered per shared tenant (`kafka.shared_buffer_records`).
+    shared_capacity: usize,
+    /// Dead letters of shared partitions go straight to the shared DLQ topic.
+    producer: rdkafka::producer::FutureProducer,
+    max_record_bytes: usize,
 }
 
 impl KafkaHub {
@@ -211,6 +290,7 @@ impl KafkaHub {
         group_instance_id: &str,
         drain_timeout: Duration,
         sink: Arc<dyn AssignmentSink>,
+        publisher: &KafkaPublisher,
     ) -> Result<Arc<Self>, HubError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let revoke_timeout = drain_timeout + Duration::from_secs(5);
@@ -247,6 +327,7 @@ impl KafkaHub {
             first.set("group.instance.id", group_instance_id);
         }
         health.with(|s| s.static_membership = cfg.static_membership);
+        let shared = Arc::new(SharedBook::default());
         let consumer = Self::create(
             &first,
             &cfg.topic_prefix,
@@ -255,6 +336,7 @@ impl KafkaHub {
             revoke_timeout,
             0,
             &health,
+            &shared,
         )?;
         let wedged_after = (cfg.group_wedged_after_sessions > 0).then(|| {
             Duration::from_millis(cfg.session_timeout_ms)
@@ -275,9 +357,16 @@ impl KafkaHub {
             wedged_after,
             foreign_after: (cfg.group_wedged_after_sessions > 0)
                 .then(|| Duration::from_millis(cfg.session_timeout_ms)),
+            layout: publisher.layout(),
+            shared,
+            shared_registry: Mutex::new(BTreeMap::new()),
+            shared_capacity: cfg.shared_buffer_records,
+            producer: publisher.producer().clone(),
+            max_record_bytes: cfg.max_record_bytes,
         }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create(
         client: &rdkafka::ClientConfig,
         prefix: &str,
@@ -286,8 +375,11 @@ impl KafkaHub {
         revoke_timeout: Duration,
         generation: u64,
         health: &Arc<GroupHealth>,
+        shared: &Arc<SharedBook>,
     ) -> Result<HubConsumer, HubError> {
         let context = HubContext {
+            shared: shared.clone(),
+            shared_inbound: shared_topic(prefix, TopicKind::Scim),
             prefix: prefix.to_owned(),
             events: events.clone(),
             sink: sink.clone(),
@@ -339,22 +431,53 @@ impl KafkaHub {
         true
     }
 
-    fn subscribe(&self, tenants: &BTreeSet<TenantId>) -> Result<(), HubError> {
+    /// Splits every partition of the shared inbound topic off the main queue (before
+    /// subscribing, like a tenant's own partition).
+    fn ensure_shared_splits(&self) {
+        let topic = shared_topic(&self.prefix, TopicKind::Scim);
+        let mut splits = SharedBook::lock(&self.shared.splits);
+        for p in 0..self.layout.shared_partitions() {
+            if splits.contains_key(&p) {
+                continue;
+            }
+            let Some(queue) = self.consumer().split_partition_queue(&topic, p) else {
+                tracing::warn!(partition = p, "cannot split shared partition queue");
+                continue;
+            };
+            let (strays_tx, strays_rx) = mpsc::unbounded_channel();
+            splits.insert(
+                p,
+                Arc::new(SharedSplit {
+                    queue,
+                    strays_tx,
+                    strays_rx: tokio::sync::Mutex::new(strays_rx),
+                }),
+            );
+        }
+    }
+
+    fn subscribe(&self, tenants: &BTreeSet<TenantId>, shared: bool) -> Result<(), HubError> {
         for t in tenants {
             self.ensure_split(t);
         }
+        if shared {
+            self.ensure_shared_splits();
+        }
         self.health.with(|s| {
-            s.subscribed = tenants.len();
+            s.subscribed = tenants.len() + usize::from(shared);
             s.subscription = tenants.clone();
         });
-        if tenants.is_empty() {
+        if tenants.is_empty() && !shared {
             self.consumer().unsubscribe();
             return Ok(());
         }
-        let topics: Vec<String> = tenants
+        let mut topics: Vec<String> = tenants
             .iter()
             .map(|t| t.topic(&self.prefix, TopicKind::Scim))
             .collect();
+        if shared {
+            topics.push(shared_topic(&self.prefix, TopicKind::Scim));
+        }
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.consumer().subscribe(&refs)?;
         Ok(())
@@ -363,7 +486,8 @@ impl KafkaHub {
     /// Serves the group (rebalances, stray records) and follows the registry until
     /// `shutdown` is cancelled; re-creates the consumer when the watchdog finds it wedged.
     pub async fn run(self: Arc<Self>, registry: Registry, shutdown: CancellationToken) {
-        let mut subscribed: Option<BTreeSet<TenantId>> = None;
+        let mut subscribed: Option<(BTreeSet<TenantId>, bool)> = None;
+        let mut seen: Option<(i64, i64)> = None;
         let mut tick = tokio::time::interval(self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = self.events.lock().await;
@@ -377,14 +501,22 @@ impl KafkaHub {
                         subscribed = None;
                         continue;
                     }
-                    match registry.active().await {
-                        Ok(active) => {
-                            let active: BTreeSet<TenantId> = active.into_iter().collect();
-                            if subscribed.as_ref() != Some(&active) {
-                                match self.subscribe(&active) {
+                    // The whole registry is read only when it changed (or after a re-created
+                    // consumer, which subscribes anew).
+                    let fingerprint = registry.fingerprint().await.ok();
+                    if subscribed.is_some() && fingerprint.is_some() && fingerprint == seen {
+                        continue;
+                    }
+                    match registry.layout().await {
+                        Ok(layout) => {
+                            seen = fingerprint;
+                            let want = (layout.dedicated.clone(), !layout.shared.is_empty());
+                            self.follow_shared(&layout).await;
+                            if subscribed.as_ref() != Some(&want) {
+                                match self.subscribe(&want.0, want.1) {
                                     Ok(()) => {
-                                        tracing::info!(tenants = active.len(), "subscription updated");
-                                        subscribed = Some(active);
+                                        tracing::info!(tenants = want.0.len(), shared = want.1, "subscription updated");
+                                        subscribed = Some(want);
                                     }
                                     Err(e) => tracing::warn!(error = %e, "subscribe failed"),
                                 }
@@ -394,7 +526,7 @@ impl KafkaHub {
                     }
                 },
                 Some(ev) = events.recv() => match ev {
-                    HubEvent::Assigned(generation, tenants) => {
+                    HubEvent::Assigned(generation, tenants, shared) => {
                         if generation != self.generation.load(Ordering::SeqCst) {
                             continue; // from a consumer replaced since
                         }
@@ -402,6 +534,9 @@ impl KafkaHub {
                             tenants.into_iter().filter(|t| self.ensure_split(t)).collect();
                         self.forget_positions(&ready);
                         self.sink.assign(ready);
+                        for p in shared {
+                            self.start_shared(p, &registry);
+                        }
                     }
                 },
                 msg = consumer.recv() => match msg {
@@ -464,13 +599,14 @@ impl KafkaHub {
     /// no-ops there (idempotency records, dead letters keyed by offset).
     async fn recreate(&self, reason: &'static str) {
         ConsumerGroupWedged { reason }.emit();
-        let tenants: Vec<TenantId> = self
+        let mut tenants: Vec<TenantId> = self
             .queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
             .cloned()
             .collect();
+        tenants.extend(SharedBook::lock(&self.shared.queues).keys().cloned());
         let old = self.consumer();
         old.context().armed.store(false, Ordering::SeqCst);
         let timeout = self.revoke_timeout;
@@ -487,6 +623,7 @@ impl KafkaHub {
             self.revoke_timeout,
             generation,
             &self.health,
+            &self.shared,
         ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -499,6 +636,8 @@ impl KafkaHub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.shared.release_all();
+        SharedBook::lock(&self.shared.splits).clear();
         *self.consumer.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         self.health.with(|s| {
             s.recreations += 1;
@@ -527,6 +666,12 @@ impl KafkaHub {
 
     /// A record delivered on the main queue (fetched before its queue was split).
     fn route_stray(&self, msg: &BorrowedMessage<'_>) {
+        if self.layout.is_shared_inbound(msg.topic()) {
+            if let Some(split) = SharedBook::lock(&self.shared.splits).get(&msg.partition()) {
+                let _ = split.strays_tx.send(to_record(msg));
+            }
+            return;
+        }
         let tenant = TenantId::from_scim_topic(&self.prefix, msg.topic());
         let queue = tenant.and_then(|t| {
             self.queues

@@ -58,6 +58,9 @@ impl BenchWorld {
             .await
             .map_err(fail)?;
         config.kafka.group_id = format!("bench-{run_id}-{}", now_ms());
+        // Topics of its own too: the shared topics of earlier runs are never read.
+        config.kafka.topic_prefix =
+            format!("{}{}.", base.kafka.topic_prefix, config.kafka.group_id);
         // A local benchmark: the development operator token is fine here, and a fixed key
         // seals the tenants' upstream secrets.
         config.http.allow_dev_token = true;
@@ -107,19 +110,41 @@ impl BenchWorld {
     pub async fn register(&self, tenants: &[TenantId]) -> Result<(), BenchError> {
         let registry = Registry::new(self.app_pool().await?);
         for t in tenants {
-            enablement::tenants::register(&registry, &self.config.kafka, t, "Bench Org")
-                .await
-                .map_err(fail)?;
+            enablement::tenants::register(
+                &registry,
+                &self.config.kafka,
+                t,
+                "Bench Org",
+                enablement::tenants::Topics::Dedicated,
+            )
+            .await
+            .map_err(fail)?;
         }
         Ok(())
     }
 
     /// Registers many tenants at once (topics in batches through one admin client).
     pub async fn register_many(&self, tenants: &[TenantId]) -> Result<(), BenchError> {
-        let registry = Registry::new(self.app_pool().await?);
-        enablement::tenants::register_many(&registry, &self.config.kafka, tenants, "Bench Org")
+        self.register_many_on(tenants, enablement::tenants::Topics::Dedicated)
             .await
-            .map_err(fail)?;
+    }
+
+    /// Registers many tenants at once on their own or on the shared topics.
+    pub async fn register_many_on(
+        &self,
+        tenants: &[TenantId],
+        topics: enablement::tenants::Topics,
+    ) -> Result<(), BenchError> {
+        let registry = Registry::new(self.app_pool().await?);
+        enablement::tenants::register_many(
+            &registry,
+            &self.config.kafka,
+            tenants,
+            "Bench Org",
+            topics,
+        )
+        .await
+        .map_err(fail)?;
         Ok(())
     }
 
