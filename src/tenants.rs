@@ -28,6 +28,8 @@ pub enum TenantAdminError {
     Invalid(&'static str),
     #[error("erasure failed, nothing was deleted: {0}")]
     Erase(String),
+    #[error("nothing registered: {0}")]
+    Csv(String),
 }
 
 pub struct Registered {
@@ -92,8 +94,7 @@ pub async fn register(
 pub async fn register_many(
     registry: &Registry,
     kafka: &KafkaConfig,
-    tenants: &[TenantId],
-    display_name: &str,
+    tenants: &[(TenantId, String)],
     topics: Topics,
 ) -> Result<Vec<(TenantId, String)>, TenantAdminError> {
     let known: std::collections::HashSet<TenantId> = registry
@@ -102,27 +103,66 @@ pub async fn register_many(
         .into_iter()
         .map(|t| t.tenant_id)
         .collect();
-    if let Some(t) = tenants.iter().find(|t| known.contains(*t)) {
+    if let Some((t, _)) = tenants.iter().find(|(t, _)| known.contains(t)) {
         return Err(RegistryError::Exists(t.clone()).into());
     }
     match topics {
         Topics::Dedicated => {
-            create_topics_for(kafka, tenants).await?;
+            let ids: Vec<TenantId> = tenants.iter().map(|(t, _)| t.clone()).collect();
+            create_topics_for(kafka, &ids).await?;
         }
         Topics::Shared => {
             create_shared_topics(kafka).await?;
         }
     }
     let mut out = Vec::with_capacity(tenants.len());
-    for t in tenants {
+    for (t, name) in tenants {
         let api_token = tokens::generate(t);
         registry
-            .add(t, display_name, &tokens::hash(&api_token), topics.shared())
+            .add(t, name, &tokens::hash(&api_token), topics.shared())
             .await?;
         out.push((t.clone(), api_token));
     }
     tracing::info!(tenants = tenants.len(), "tenants registered");
     Ok(out)
+}
+
+/// Reads `tenant_id,display_name` lines (`tenant add --from-csv`; a first line
+/// `tenant_id,...` is a header; blank lines are skipped; the display name is the rest of
+/// the line, commas included). Every line is checked before anything is registered: the
+/// error names each bad line (at most 20) and never echoes an invalid id.
+pub fn parse_tenant_csv(text: &str) -> Result<Vec<(TenantId, String)>, TenantAdminError> {
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || (i == 0 && line.starts_with("tenant_id")) {
+            continue;
+        }
+        let (id, name) = line.split_once(',').unwrap_or((line, ""));
+        let name = name.trim().trim_matches('"').trim();
+        match TenantId::parse(id.trim()) {
+            Err(e) => bad.push(format!("line {}: {e}", i + 1)),
+            Ok(_) if name.is_empty() || name.chars().count() > 200 => bad.push(format!(
+                "line {}: display name must be 1 to 200 characters",
+                i + 1
+            )),
+            Ok(t) if !seen.insert(t.clone()) => {
+                bad.push(format!("line {}: tenant {t} appears twice", i + 1))
+            }
+            Ok(t) => rows.push((t, name.to_owned())),
+        }
+    }
+    if !bad.is_empty() {
+        let more = bad.len().saturating_sub(20);
+        bad.truncate(20);
+        if more > 0 {
+            bad.push(format!("and {more} more"));
+        }
+        return Err(TenantAdminError::Csv(bad.join("; ")));
+    }
+    Ok(rows)
 }
 
 /// Re-seals every tenant's MindTickle secret with the active key (`secrets rotate-key`),
@@ -250,4 +290,30 @@ pub async fn rotate_token(
         return Err(TenantAdminError::NotFound(tenant.clone()));
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_csv_is_checked_whole_before_anything_is_registered() {
+        let rows =
+            parse_tenant_csv("tenant_id,display_name\nacme,Acme, Inc.\n\nglobex,\"Globex\"\n")
+                .expect("valid");
+        assert_eq!(
+            rows,
+            vec![
+                (TenantId::parse("acme").unwrap(), "Acme, Inc.".to_owned()),
+                (TenantId::parse("globex").unwrap(), "Globex".to_owned()),
+            ]
+        );
+        let err = parse_tenant_csv("acme,A\nBad*Id,B\nacme,C\ninitech\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2: tenant id must start"), "{err}");
+        assert!(err.contains("line 3: tenant acme appears twice"), "{err}");
+        assert!(err.contains("line 4: display name"), "{err}");
+        assert!(!err.contains("Bad*Id"), "never echoes an invalid id: {err}");
+    }
 }

@@ -222,3 +222,49 @@ async fn a_tenant_added_with_shared_topics_is_pushed_and_tailed_on_its_shared_pa
         .expect("listed");
     assert_eq!(row["shared_topics"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_added_from_a_csv_file_are_checked_whole_then_registered() {
+    let env = TestEnv::new().await;
+    let ids: Vec<String> = (0..3).map(|i| common::unique(&format!("csv{i}"))).collect();
+    // A bad line anywhere: nothing is registered, the line is named, exit code 2.
+    let bad = format!("tenant_id,display_name\n{},One\nNot*Valid,Two\n", ids[0]);
+    let out = cli(&env, &["tenant", "add", "--from-csv", "-"], Some(&bad));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("line 3"), "{said}");
+    assert!(!said.contains("Not*Valid"), "{said}");
+    let listed = cli(&env, &["tenant", "list"], None);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&ids[0]));
+
+    let good: String = ids.iter().map(|id| format!("{id},Org {id}\n")).collect();
+    let out = cli(&env, &["tenant", "add", "--from-csv", "-"], Some(&good));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tokens: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(',').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect();
+    assert_eq!(
+        tokens.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+        ids,
+        "one token per tenant, in file order"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("registered 3/3 tenants"));
+    let listed = String::from_utf8_lossy(&cli(&env, &["tenant", "list"], None).stdout).into_owned();
+    for id in &ids {
+        assert!(listed.contains(&format!("Org {id}")), "{listed}");
+    }
+    // Registering the same file again changes nothing and says which tenant exists.
+    let out = cli(&env, &["tenant", "add", "--from-csv", "-"], Some(&good));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}

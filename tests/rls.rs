@@ -343,6 +343,7 @@ async fn secrets_are_readable_only_in_their_tenants_scope_and_the_registry_holds
             "rate_limit_per_min",
             "status",
             "tenant_id",
+            "topics",
             "updated_at"
         ]
     );

@@ -40,7 +40,7 @@ impl AppError {
             AppError::Serve(ServeError::Refused(_))
             | AppError::Migrate(MigrateError::Refused(_)) => 2,
             AppError::Database(e) if e.is_configuration() => 2,
-            AppError::Tenant(TenantAdminError::Invalid(_)) => 2,
+            AppError::Tenant(TenantAdminError::Invalid(_) | TenantAdminError::Csv(_)) => 2,
             _ => 1,
         }
     }

@@ -72,13 +72,19 @@ pub enum SecretsCommand {
 
 #[derive(Subcommand)]
 pub enum TenantCommand {
-    /// Register a tenant, create its topics and print its API token once.
+    /// Register a tenant, create its topics and print its API token once; or many, from a
+    /// CSV file of `tenant_id,display_name` lines (tokens printed as `tenant_id,token`).
     Add {
         /// Tenant id: ^[a-z0-9][a-z0-9-]{0,62}$
-        id: String,
+        #[arg(required_unless_present = "from_csv")]
+        id: Option<String>,
         /// Display name.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "from_csv")]
+        name: Option<String>,
+        /// Register every tenant of this CSV file (checked whole first; topics in batches,
+        /// progress on stderr). `-` reads stdin.
+        #[arg(long, conflicts_with_all = ["id", "name"])]
+        from_csv: Option<PathBuf>,
         /// Keep the tenant's records on the shared topics (shared.scim, ...), keyed by its
         /// id, instead of four topics of its own: for many small tenants. Fixed at
         /// registration.
@@ -189,13 +195,20 @@ async fn tenant(command: TenantCommand, config: &Config) -> Result<(), AppError>
         TenantCommand::Add {
             id,
             name,
+            from_csv,
             shared_topics,
         } => {
-            let tenant = tenant_arg(&id)?;
             let topics = match shared_topics {
                 true => tenants::Topics::Shared,
                 false => tenants::Topics::Dedicated,
             };
+            if let Some(path) = from_csv {
+                return add_from_csv(&registry, config, &path, topics).await;
+            }
+            let (Some(id), Some(name)) = (id, name) else {
+                return Err(AppError::Usage("tenant id and --name are required".into()));
+            };
+            let tenant = tenant_arg(&id)?;
             let r = tenants::register(&registry, &config.kafka, &tenant, &name, topics).await?;
             eprintln!(
                 "tenant {tenant} registered; topics: {}",
@@ -264,6 +277,39 @@ async fn tenant(command: TenantCommand, config: &Config) -> Result<(), AppError>
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `tenant add --from-csv`: checks the whole file, then registers in chunks of
+/// `CSV_CHUNK` (topics in batches through one admin client, then rows), reporting progress
+/// on stderr and printing `tenant_id,token` lines on stdout. A chunk that fails stops the
+/// run; the chunks before it stay registered (rerun with the rest of the file).
+async fn add_from_csv(
+    registry: &Registry,
+    config: &Config,
+    path: &std::path::Path,
+    topics: tenants::Topics,
+) -> Result<(), AppError> {
+    const CSV_CHUNK: usize = 500;
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(path)?
+    };
+    let rows = tenants::parse_tenant_csv(&text)?;
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    for chunk in rows.chunks(CSV_CHUNK) {
+        for (t, token) in tenants::register_many(registry, &config.kafka, chunk, topics).await? {
+            println!("{t},{token}");
+        }
+        done += chunk.len();
+        eprintln!(
+            "registered {done}/{} tenants ({:.1} s)",
+            rows.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

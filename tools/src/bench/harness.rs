@@ -136,15 +136,13 @@ impl BenchWorld {
         topics: enablement::tenants::Topics,
     ) -> Result<(), BenchError> {
         let registry = Registry::new(self.app_pool().await?);
-        enablement::tenants::register_many(
-            &registry,
-            &self.config.kafka,
-            tenants,
-            "Bench Org",
-            topics,
-        )
-        .await
-        .map_err(fail)?;
+        let named: Vec<(TenantId, String)> = tenants
+            .iter()
+            .map(|t| (t.clone(), "Bench Org".to_owned()))
+            .collect();
+        enablement::tenants::register_many(&registry, &self.config.kafka, &named, topics)
+            .await
+            .map_err(fail)?;
         Ok(())
     }
 
