@@ -287,13 +287,37 @@ async fn shared_tenants_flow_and_records_naming_no_tenant_of_the_partition_are_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_shared_partitions_and_a_sigkill_loses_nothing() {
     let env = shared_env().await;
-    let tenants: Vec<TenantId> = (0..8).map(|i| tenant(&format!("sh{i}"))).collect();
+    // Two tenants on each shared partition, so each instance's half of the partitions
+    // holds tenants whichever half it gets.
+    let mut tenants: Vec<TenantId> = Vec::new();
+    let mut per_partition = [0; PARTITIONS as usize];
+    let mut i = 0;
+    while tenants.len() < 2 * PARTITIONS as usize {
+        let t = tenant(&format!("sh{i}"));
+        let p = t.shared_partition(PARTITIONS) as usize;
+        if per_partition[p] < 2 {
+            per_partition[p] += 1;
+            tenants.push(t);
+        }
+        i += 1;
+    }
     for t in &tenants {
         env.add_shared_tenant(t).await;
     }
     let ids: BTreeSet<String> = tenants.iter().map(|t| t.to_string()).collect();
-    let mut one = Service::start_role(&env, "consumer", &[]);
-    let two = Service::start_role(&env, "consumer", &[]);
+    // Two members of one group: each its own static id.
+    let id_one = unique("one");
+    let id_two = unique("two");
+    let mut one = Service::start_role(
+        &env,
+        "consumer",
+        &[("ENABLEMENT__KAFKA__GROUP_INSTANCE_ID", id_one.as_str())],
+    );
+    let two = Service::start_role(
+        &env,
+        "consumer",
+        &[("ENABLEMENT__KAFKA__GROUP_INSTANCE_ID", id_two.as_str())],
+    );
     // Every shared tenant runs on exactly one of the two.
     eventually(
         "the shared tenants split over both instances",
