@@ -4,7 +4,8 @@
 # sample SCIM events (good ones, a replay, a stale update and malformed ones) and prints
 # what happened per tenant: users in PostgreSQL, user_changed records, DLQ records with
 # their reasons, security events and the service's own metrics, then each tenant's team
-# readiness report (provisional while syncs are queued, then final). Stops the service cleanly.
+# readiness report (provisional while syncs are queued, then final), and `enablement status`
+# (saved with a /metrics scrape in $ENABLEMENT_DEV_DIR). Stops the service cleanly.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -26,7 +27,15 @@ if [ -z "${ENABLEMENT__SECRETS__KEYS:-}" ]; then
   export ENABLEMENT__SECRETS__KEYS_FILE="$root/.dev/secrets.key"
 fi
 base="http://$ENABLEMENT__HTTP__LISTEN"
-psql_() { psql -h 127.0.0.1 -U postgres -X -q enablement "$@"; }
+# ENABLEMENT_QUICKSTART_DB runs it on a database of its own (the operations checks of
+# scripts/test.sh do, on the tests' broker): created here, the service pointed at it.
+db="${ENABLEMENT_QUICKSTART_DB:-enablement}"
+if [ "$db" != enablement ]; then
+  psql -h 127.0.0.1 -U postgres -X -qc "create database \"$db\"" postgres 2>/dev/null || true
+  export ENABLEMENT__POSTGRES__URL="postgres://enablement_app@127.0.0.1:5432/$db"
+  export ENABLEMENT__POSTGRES__MIGRATE_URL="postgres://postgres@127.0.0.1:5432/$db"
+fi
+psql_() { psql -h 127.0.0.1 -U postgres -X -q "$db" "$@"; }
 
 echo "== migrating"
 "$bin" migrate 2>/dev/null
@@ -162,6 +171,12 @@ curl -s "${op[@]}" "$base/metrics" | grep -E "^enablement_readiness_(reports|rea
 curl -s "$sim_base/admin/stats" | python3 -c 'import json,sys
 for org, s in json.load(sys.stdin)["organisations"].items():
     print("simulator: %-8s served=%s limit_violations=%s" % (org, s["served"], s["limit_violations"]))'
+
+echo
+echo "== enablement status (one row per tenant; --json for scripts, --watch to follow)"
+"$bin" status 2>/dev/null | tee "$dev/status.txt"
+# The metrics as Prometheus would scrape them now (deploy/grafana's check reads this file).
+curl -s "${op[@]}" "$base/metrics" >"$dev/metrics.txt"
 
 echo
 echo "== stopping the service (SIGTERM: drain, flush, commit)"

@@ -34,4 +34,9 @@ done
 python3 scripts/module-graph.py --self-test
 python3 scripts/module-graph.py --check
 
-cargo test --workspace --all-targets "$@"
+# The cargo tests, then the operations checks (rules, dashboard, logs, API fuzzing against
+# the running binary: scripts/check-operations.sh); both run, either failing fails.
+status=0
+cargo test --workspace --all-targets "$@" || status=$?
+./scripts/check-operations.sh || status=$?
+exit $status

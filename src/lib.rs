@@ -8,7 +8,8 @@
 //! - [`kafka`]: topic administration, the shared group consumer with one partition queue per
 //!   tenant, the producer and the developer tools (`events push|tail`).
 //! - [`cache`]: the per-tenant Redis namespace.
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics` and tenant registration.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, the operator and tenant API.
+//! - [`operations`]: the owners report, `enablement status`, dead-letter redrive.
 //! - [`readiness`]: the analytics aggregator (team readiness reports, computed in SQL).
 //! - [`retention`]: the background deletion of rows that have outlived their use.
 //! - [`service`]: wiring for `serve`, its start-up preflight, and graceful shutdown.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod kafka;
+pub mod operations;
 pub mod quiz;
 pub mod readiness;
 pub mod retention;

@@ -20,7 +20,14 @@ pub fn init_logging(cfg: &LogConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if cfg.format == "json" {
-        builder.json().try_init()
+        // One object per line, the event's fields at the top level beside `timestamp`,
+        // `level`, `target` and `message` (README, "Logs").
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.try_init()
     };
@@ -44,6 +51,14 @@ pub fn init_metrics(untenanted: &[String]) -> Result<PrometheusHandle, String> {
         })
         .and_then(|b| {
             b.set_buckets_for_metric(
+                Matcher::Full(m::HTTP_REQUEST_DURATION_SECONDS.into()),
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
                 Matcher::Full(m::UPSTREAM_PERMIT_WAIT_SECONDS.into()),
                 &[0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0],
             )
@@ -56,7 +71,19 @@ pub fn init_metrics(untenanted: &[String]) -> Result<PrometheusHandle, String> {
         names: untenanted.iter().cloned().collect(),
     };
     metrics::set_global_recorder(filtered).map_err(|e| e.to_string())?;
+    describe_all();
     Ok(handle)
+}
+
+/// Gives every metric of the catalog its `# HELP` line.
+fn describe_all() {
+    for metric in m::CATALOG {
+        match metric.kind {
+            m::Kind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            m::Kind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            m::Kind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
 }
 
 /// A recorder that drops the `tenant` label of the metrics in `names` before the inner

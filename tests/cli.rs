@@ -258,7 +258,16 @@ async fn tenants_added_from_a_csv_file_are_checked_whole_then_registered() {
         ids,
         "one token per tenant, in file order"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("registered 3/3 tenants"));
+    // The progress bar, one line per chunk when stderr is not a terminal: empty, then full.
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        said.contains(&format!("[{}] 0/3 tenants registered", "-".repeat(30))),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("[{}] 3/3 tenants registered", "#".repeat(30))),
+        "{said}"
+    );
     let listed = String::from_utf8_lossy(&cli(&env, &["tenant", "list"], None).stdout).into_owned();
     for id in &ids {
         assert!(listed.contains(&format!("Org {id}")), "{listed}");

@@ -34,19 +34,21 @@ impl InternalEvent for SecurityEventObserved<'_> {
     }
 }
 
-/// A SCIM micro-batch committed: events by outcome, dead letters by reason, and the batch's
-/// duration and size.
+/// A SCIM micro-batch's transaction committed: events by outcome, and each dead letter,
+/// logged with its source offset and reason (never its payload).
 pub struct BatchCommitted<'a> {
     pub tenant: &'a TenantId,
     /// Events by outcome: `applied`, `unchanged`, `stale`, `duplicate`.
     pub outcomes: [(&'static str, u64); 4],
-    pub dead_reasons: &'a [&'static str],
+    /// Source offset and reason of each record dead-lettered.
+    pub dead_reasons: &'a [(i64, &'static str)],
 }
 
 impl InternalEvent for BatchCommitted<'_> {
     fn emit(self) {
         let label = self.tenant.as_str().to_owned();
-        for reason in self.dead_reasons {
+        for (offset, reason) in self.dead_reasons {
+            tracing::warn!(tenant = %self.tenant, offset, reason, "record dead-lettered");
             metrics::counter!(m::SCIM_DLQ_TOTAL, "tenant" => label.clone(), "reason" => *reason)
                 .increment(1);
         }
@@ -60,14 +62,23 @@ impl InternalEvent for BatchCommitted<'_> {
     }
 }
 
-/// A whole micro-batch handled (all its commits, retries and splits).
-pub struct BatchHandled {
+/// A whole micro-batch handled (all its commits, retries and splits): one log line with
+/// the stable fields `tenant`, `batch` (its first offset), `offset` (its last), `records`,
+/// `events` and `duration_ms`, and the batch histograms.
+pub struct BatchHandled<'a> {
+    pub tenant: &'a TenantId,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub records: usize,
     pub events: usize,
     pub took: Duration,
 }
 
-impl InternalEvent for BatchHandled {
+impl InternalEvent for BatchHandled<'_> {
     fn emit(self) {
+        tracing::info!(tenant = %self.tenant, batch = self.first_offset, offset = self.last_offset,
+            records = self.records, events = self.events,
+            duration_ms = self.took.as_millis() as u64, "batch committed");
         metrics::histogram!(m::SCIM_BATCH_DURATION_SECONDS).record(self.took.as_secs_f64());
         metrics::histogram!(m::SCIM_BATCH_SIZE_EVENTS).record(self.events as f64);
     }

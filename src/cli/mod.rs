@@ -1,4 +1,4 @@
-//! The `enablement` command line: `migrate`, `tenant`, `serve` and `events`.
+//! The `enablement` command line: `migrate`, `tenant`, `serve`, `events` and `status`.
 //!
 //! This module only parses and prints: each command calls one application function
 //! (`db::migrate`, `tenants::*`, `service::serve`, `kafka::push_events|tail_topic`) and every
@@ -6,6 +6,8 @@
 //! usage, 1: anything else).
 
 mod error;
+mod progress;
+mod status;
 
 use std::path::PathBuf;
 
@@ -54,6 +56,16 @@ pub enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Every tenant in one table: state, owning instance, lag, events and dead letters of
+    /// the last hour, upstream queue by priority, outbox backlog, last readiness report.
+    Status {
+        /// One JSON array instead of the table (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every N seconds (default 2) until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
     },
     /// Tenant secrets at rest (sealed with `secrets.keys`).
     Secrets {
@@ -145,6 +157,22 @@ pub enum EventsCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Republish a tenant's dead letters to its inbound topic (original key, bytes and
+    /// headers; `dlq.*` removed, `redrive.source.offset` added) once their cause is fixed.
+    /// Each dead letter is redriven once: running it again republishes nothing.
+    Redrive {
+        #[arg(long)]
+        tenant: String,
+        /// Only dead letters of this reason (the `dlq.reason` header, e.g. oversized).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Start at this offset of the DLQ topic (default: its oldest record).
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Show what would be redriven; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn tenant_arg(raw: &str) -> Result<TenantId, AppError> {
@@ -168,6 +196,10 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
         Command::Tenant { command } => tenant(command, &config).await,
         Command::Serve { role } => Ok(crate::service::serve(config, role).await?),
         Command::Events { command } => events(command, &config).await,
+        Command::Status { json, watch } => {
+            let registry = Registry::new(connect_pool(&config.postgres).await?);
+            status::run(&registry, json, watch).await
+        }
         Command::Secrets {
             command: SecretsCommand::RotateKey,
         } => {
@@ -298,18 +330,15 @@ async fn add_from_csv(
         std::fs::read_to_string(path)?
     };
     let rows = tenants::parse_tenant_csv(&text)?;
-    let started = std::time::Instant::now();
+    let progress = progress::Progress::new(rows.len(), "tenants registered");
     let mut done = 0;
+    progress.set(done);
     for chunk in rows.chunks(CSV_CHUNK) {
         for (t, token) in tenants::register_many(registry, &config.kafka, chunk, topics).await? {
             println!("{t},{token}");
         }
         done += chunk.len();
-        eprintln!(
-            "registered {done}/{} tenants ({:.1} s)",
-            rows.len(),
-            started.elapsed().as_secs_f64()
-        );
+        progress.set(done);
     }
     Ok(())
 }
@@ -368,6 +397,44 @@ async fn events(command: EventsCommand, config: &Config) -> Result<(), AppError>
             .await
             .map_err(|e| AppError::Events(e.to_string()))?
             .map_err(AppError::Events)?;
+        }
+        EventsCommand::Redrive {
+            tenant,
+            reason,
+            from_offset,
+            dry_run,
+        } => {
+            let tenant = tenant_arg(&tenant)?;
+            if from_offset.is_some_and(|o| o < 0) {
+                return Err(AppError::Usage("--from-offset must be 0 or more".into()));
+            }
+            let shared = on_shared_topics(config, &tenant).await?;
+            let pool = connect_pool(&config.postgres).await?;
+            let sealer = crate::sealing::SecretSealer::shared(config.secrets.keys.expose())
+                .map_err(|e| AppError::Usage(e.to_string()))?;
+            let store = TenantScopedStore::new(pool, sealer);
+            let filter = crate::operations::RedriveFilter {
+                reason,
+                from_offset,
+                dry_run,
+            };
+            let items = crate::operations::redrive(&config.kafka, &store, &tenant, shared, &filter)
+                .await
+                .map_err(|e| AppError::Events(e.to_string()))?;
+            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+            for item in &items {
+                println!("{}", serde_json::to_string(item).unwrap_or_default());
+                *counts.entry(item.outcome).or_default() += 1;
+            }
+            eprintln!(
+                "{} dead letters read: {}",
+                items.len(),
+                counts
+                    .iter()
+                    .map(|(k, v)| format!("{v} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     Ok(())

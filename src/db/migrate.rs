@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0013_shared_topics.sql",
         include_str!("../../migrations/0013_shared_topics.sql"),
     ),
+    (
+        14,
+        "0014_operations.sql",
+        include_str!("../../migrations/0014_operations.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

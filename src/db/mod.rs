@@ -13,7 +13,8 @@
 //! - [`schedule`]: readiness re-aggregation marks; `security`: security events;
 //! - `registry`: the tenant registry (global, nothing secret); `migrate`; `signals`
 //!   (cross-process wake-ups); `erase` (a tenant's erasure, as the owner); `connect`
-//!   (URLs, TLS, the start-up privilege check).
+//!   (URLs, TLS, the start-up privilege check); [`ops`] (owners, per-tenant operational
+//!   figures, dead letters redriven).
 //!
 //! `store` implements the actors crate's ports by composing those functions, one scoped
 //! transaction per call.
@@ -22,6 +23,7 @@ mod connect;
 mod erase;
 pub mod jobs;
 mod migrate;
+pub mod ops;
 pub mod outbox;
 pub mod progress;
 mod registry;

@@ -29,7 +29,7 @@ pub struct RegistryLayout {
 pub enum RegistryError {
     #[error("tenant {0} already exists")]
     Exists(TenantId),
-    #[error("display name must be 1 to 200 characters")]
+    #[error("display name must be 1 to 200 characters, not only spaces, no control characters")]
     DisplayName,
     #[error("database error: {0}")]
     Db(String),
@@ -63,7 +63,10 @@ impl Registry {
         shared_topics: bool,
     ) -> Result<TenantRecord, RegistryError> {
         let name = display_name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
+        if name.is_empty()
+            || display_name.chars().count() > 200
+            || display_name.chars().any(char::is_control)
+        {
             return Err(RegistryError::DisplayName);
         }
         let mut conn = self.pool.get().await.map_err(db)?;

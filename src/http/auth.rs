@@ -115,17 +115,25 @@ pub async fn authorize_tenant(
     };
     let token = bearer(headers).ok_or_else(unauthorized)?;
     if require_operator(s, headers).is_ok() {
+        // The operator may name any tenant: one that does not exist is not found here,
+        // before a handler writes work for it.
+        let exists = s
+            .known
+            .contains(&s.registry, &tenant)
+            .await
+            .map_err(|_| retry_later())?;
+        if !exists {
+            return Err(not_found());
+        }
         refuse_suspended(s, &tenant).await?;
         return Ok(tenant);
     }
     let claimed = tokens::claimed_tenant(token).ok_or_else(unauthorized)?;
-    let exists = s.known.contains(&s.registry, &claimed).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "retry later",
-        )
-    })?;
+    let exists = s
+        .known
+        .contains(&s.registry, &claimed)
+        .await
+        .map_err(|_| retry_later())?;
     if !exists {
         return Err(unauthorized());
     }
@@ -133,13 +141,7 @@ pub async fn authorize_tenant(
         .store
         .token_matches(&claimed, tokens::hash(token))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "retry later",
-            )
-        })?;
+        .map_err(|_| retry_later())?;
     if !valid {
         return Err(unauthorized());
     }
@@ -159,13 +161,7 @@ pub async fn authorize_tenant(
 /// A suspended tenant is cut off: its data is neither served nor cached again until
 /// `tenant resume`.
 pub(super) async fn refuse_suspended(s: &AppState, tenant: &TenantId) -> Result<(), ApiError> {
-    let status = s.registry.status(tenant).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "retry later",
-        )
-    })?;
+    let status = s.registry.status(tenant).await.map_err(|_| retry_later())?;
     if status.as_deref() == Some("suspended") {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -177,7 +173,7 @@ pub(super) async fn refuse_suspended(s: &AppState, tenant: &TenantId) -> Result<
 }
 
 pub(super) fn valid_user_id(raw: &str) -> Result<&str, ApiError> {
-    if raw.is_empty() || raw.len() > 256 || raw.chars().any(char::is_control) {
+    if raw.is_empty() || raw.chars().count() > 256 || raw.chars().any(char::is_control) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_user_id",
@@ -185,4 +181,13 @@ pub(super) fn valid_user_id(raw: &str) -> Result<&str, ApiError> {
         ));
     }
     Ok(raw)
+}
+
+/// 503: a lookup the answer depends on failed (the registry or the store); no detail.
+fn retry_later() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "retry later",
+    )
 }

@@ -18,10 +18,12 @@ use serde_json::{json, Value};
 use super::auth::may_see_operations;
 use super::error::ApiError;
 use super::AppState;
-use crate::actors::metric_names::OWNED_TENANT_GAUGES;
+use crate::actors::metric_names::{INSTANCE_READY, OWNED_TENANT_GAUGES};
 use crate::actors::{ActorStatus, TenantId};
 use crate::config::Role;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", body = super::openapi::Health), super::openapi::EdgeErrors))]
 pub(super) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -46,7 +48,25 @@ where
 /// the broker except for the aggregator). Tenant actors and the consumer group are reported
 /// in the body: a parked or restarting tenant is that tenant's problem, and taking the
 /// instance out of service would stop every other tenant too.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security((), ("operator_token" = [])),
+    responses((status = 200, description = "Ready", body = super::openapi::Readiness),
+              (status = 503, description = "Not ready", body = super::openapi::Readiness),
+              super::openapi::EdgeErrors))]
 pub(super) async fn readyz(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let (ready, body) = evaluate(&s).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !may_see_operations(&s, &headers) {
+        return (status, Json(json!({"ready": ready}))).into_response();
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Whether the instance is ready, and the detailed body of `/readyz`.
+async fn evaluate(s: &AppState) -> (bool, Value) {
     let pg = check(async {
         let conn = tokio::time::timeout(READY_CHECK_TIMEOUT, s.pool.get())
             .await
@@ -117,17 +137,13 @@ pub(super) async fn readyz(State(s): State<AppState>, headers: HeaderMap) -> Res
         body["consumer_group"] = group.snapshot();
     }
     body["ready"] = Value::Bool(ready);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    if !may_see_operations(&s, &headers) {
-        return (status, Json(json!({"ready": ready}))).into_response();
-    }
-    (status, Json(body)).into_response()
+    (ready, body)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("operator_token" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+              (status = 401, description = "The operator token is required (or the internal listener)", body = super::openapi::ErrorBody),
+              super::openapi::EdgeErrors))]
 pub(super) async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if !may_see_operations(&s, &headers) {
         return ApiError::new(
@@ -139,6 +155,9 @@ pub(super) async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) 
     }
     match &s.metrics {
         Some(h) => {
+            // Readiness as of this scrape: an alert on it needs no other probe.
+            let (ready, _) = evaluate(&s).await;
+            metrics::gauge!(INSTANCE_READY).set(if ready { 1.0 } else { 0.0 });
             let mut text = h.render();
             if let Some(group) = &s.group {
                 text = without_moved_tenants(&text, |t| {

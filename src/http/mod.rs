@@ -11,7 +11,9 @@
 //! - [`error`]: JSON errors with a stable code. They never echo a token, a connection
 //!   string or another tenant's data;
 //! - [`server`]: the accept loop (slow-header bound, peer address, graceful drain);
-//! - [`guard`]: per-client limits (requests in progress, failed authentications).
+//! - [`guard`]: per-client limits (requests in progress, failed authentications);
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers' annotations;
+//! - [`observe`]: request metrics by route template, JSON bodies for framework errors.
 //!
 //! Hardening, outermost first: the global concurrency limit and the request timeout
 //! (tower), the per-client guard, the body limit (tower-http, on `Content-Length` before a
@@ -22,6 +24,8 @@ mod auth;
 mod error;
 mod guard;
 mod health;
+mod observe;
+mod openapi;
 mod operator;
 mod server;
 mod tenant_api;
@@ -33,10 +37,13 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{authorize_tenant, KnownTenants};
 pub use error::ApiError;
@@ -49,11 +56,6 @@ use crate::db::{PgPool, Registry, TenantScopedStore};
 use crate::kafka::KafkaPublisher;
 use crate::readiness::Aggregator;
 use health::{healthz, metrics_text, readyz};
-use operator::add_tenant;
-use tenant_api::{
-    aggregate_readiness, course_catalog, last_progress, latest_readiness, list_users, quiz_results,
-    sync_all_progress, sync_progress,
-};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -83,7 +85,39 @@ pub fn internal_router(mut state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn(observe::json_errors))
+        .layer(axum::middleware::from_fn(observe::record))
         .with_state(state)
+}
+
+/// Every public route with its OpenAPI description: the operations routes always, the
+/// operator and tenant routes when the role serves the API.
+pub fn api_routes(role: Role) -> OpenApiRouter<AppState> {
+    let ops = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics_text))
+        .routes(routes!(openapi::openapi_json));
+    if !role.serves_api() {
+        return ops;
+    }
+    ops.routes(routes!(operator::add_tenant))
+        .routes(routes!(tenant_api::list_users))
+        .routes(routes!(tenant_api::quiz_results))
+        .routes(routes!(tenant_api::course_catalog))
+        .routes(routes!(tenant_api::sync_all_progress))
+        .routes(routes!(
+            tenant_api::sync_progress,
+            tenant_api::last_progress
+        ))
+        .routes(routes!(tenant_api::aggregate_readiness))
+        .routes(routes!(tenant_api::latest_readiness))
+}
+
+/// The OpenAPI document of the public router of `role`, as served at `/openapi.json`.
+pub fn openapi_document(role: Role) -> String {
+    let (_, doc) = api_routes(role).split_for_parts();
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The public router, with the hardening layers.
@@ -109,31 +143,9 @@ pub fn router(state: AppState) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             http.max_concurrent_requests,
         ));
-    let ops = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text));
-    let app = if state.role.serves_api() {
-        ops.route("/api/tenants", post(add_tenant))
-            .route("/api/tenants/{tenant}/users", get(list_users))
-            .route("/api/tenants/{tenant}/quiz-results", post(quiz_results))
-            .route("/api/tenants/{tenant}/courses", get(course_catalog))
-            .route(
-                "/api/tenants/{tenant}/sync-progress",
-                post(sync_all_progress),
-            )
-            .route(
-                "/api/tenants/{tenant}/users/{user}/sync-progress",
-                post(sync_progress).get(last_progress),
-            )
-            .route(
-                "/api/tenants/{tenant}/readiness/aggregate",
-                post(aggregate_readiness),
-            )
-            .route("/api/tenants/{tenant}/readiness", get(latest_readiness))
-    } else {
-        ops
-    };
+    let (app, doc) = api_routes(state.role).split_for_parts();
+    let doc = openapi::OpenApiText(doc.to_json().unwrap_or_else(|_| "{}".to_owned()));
+    let app = app.layer(axum::Extension(Arc::new(doc)));
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
@@ -142,5 +154,7 @@ pub fn router(state: AppState) -> Router {
             guard::per_client,
         ))
         .layer(global)
+        .layer(axum::middleware::from_fn(observe::json_errors))
+        .layer(axum::middleware::from_fn(observe::record))
         .with_state(state)
 }

@@ -17,6 +17,11 @@ use crate::tenants::{register, TenantAdminError, Topics};
 
 /// `POST /api/tenants` `{"tenantId": "acme", "displayName": "Acme Corp"}` (operator token);
 /// `"sharedTopics": true` registers it on the shared topics.
+#[utoipa::path(post, path = "/api/tenants", tag = "operator", security(("operator_token" = [])),
+    request_body(content = super::openapi::NewTenant, content_type = "application/json"),
+    responses((status = 201, description = "Registered; the token is shown once", body = super::openapi::TenantCreated),
+              (status = 409, description = "The tenant exists", body = super::openapi::ErrorBody),
+              super::openapi::CommonErrors))]
 pub(super) async fn add_tenant(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -48,7 +53,7 @@ pub(super) async fn add_tenant(
     })?;
     let name = field("displayName")?;
     let topics = match v.get("sharedTopics") {
-        None | Some(Value::Bool(false)) => Topics::Dedicated,
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Topics::Dedicated,
         Some(Value::Bool(true)) => Topics::Shared,
         Some(_) => {
             return Err(ApiError::new(
@@ -76,7 +81,7 @@ pub(super) async fn add_tenant(
         Err(TenantAdminError::Registry(RegistryError::DisplayName)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_field",
-            "displayName must be 1 to 200 characters",
+            "displayName must be 1 to 200 characters, not only spaces, no control characters",
         )),
         Err(e) => {
             tracing::error!(error = %e, "tenant registration failed");

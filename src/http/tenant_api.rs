@@ -15,13 +15,16 @@ use super::auth::{authorize_tenant, valid_user_id};
 use super::error::{accepted, json_answer, not_found, unavailable, ApiError};
 use super::AppState;
 use crate::actors::events::{CacheFailed, CacheLookup, InternalEvent};
-use crate::actors::{TenantId, Tenants, TenantsError};
+use crate::actors::upstream::UpstreamError;
+use crate::actors::{SyncError, TenantId, Tenants, TenantsError};
 use crate::cache::Resource;
 use crate::readiness::Aggregation;
 
 /// `GET /api/tenants/{t}/users`: the SCIM-provisioned roster, cached in Redis
 /// (`tenant:{<id>}:roster`, `redis.roster_ttl_s`), answered from PostgreSQL when Redis is
 /// down or the entry is missing.
+#[utoipa::path(get, path = "/api/tenants/{tenant}/users", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")), security(("tenant_token" = []), ("operator_token" = [])),
+    responses((status = 200, description = "The roster", body = super::openapi::Roster), super::openapi::CommonErrors))]
 pub(super) async fn list_users(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -92,6 +95,12 @@ pub(super) async fn cache_fill(
 /// `POST /api/tenants/{t}/users/{u}/sync-progress`: syncs through the tenant's actor (and
 /// its rate budget). Answers the progress, or 202 with `Location` when the budget cannot
 /// serve it within `http.request_deadline_ms` (the sync completes in the background).
+#[utoipa::path(post, path = "/api/tenants/{tenant}/users/{user}/sync-progress", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"), ("user" = String, Path, description = "User id (1 to 256 characters, no control characters)", min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")), security(("tenant_token" = []), ("operator_token" = [])),
+    responses((status = 200, description = "Synced now", body = super::openapi::Progress),
+              (status = 202, description = "Queued under the tenant's budget", body = super::openapi::Accepted),
+              (status = 409, description = "The tenant has no MindTickle credentials yet", body = super::openapi::ErrorBody),
+              (status = 502, description = "The platform did not answer", body = super::openapi::ErrorBody),
+              super::openapi::CommonErrors))]
 pub(super) async fn sync_progress(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -136,6 +145,8 @@ pub(super) async fn sync_progress(
 /// `POST /api/tenants/{t}/sync-progress`: queues a background sync of every active user
 /// without one queued (a full refresh, drained under the tenant's budget). 202 with the
 /// number queued.
+#[utoipa::path(post, path = "/api/tenants/{tenant}/sync-progress", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")), security(("tenant_token" = []), ("operator_token" = [])),
+    responses((status = 202, description = "Syncs of every active user queued", body = super::openapi::Accepted), super::openapi::CommonErrors))]
 pub(super) async fn sync_all_progress(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -157,6 +168,10 @@ pub(super) async fn sync_all_progress(
 /// `POST /api/tenants/{t}/readiness/aggregate`: computes the tenant's readiness report now
 /// and answers it; 202 (with `Location`) when an aggregation of the tenant is already
 /// running anywhere: the request is coalesced into it.
+#[utoipa::path(post, path = "/api/tenants/{tenant}/readiness/aggregate", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")), security(("tenant_token" = []), ("operator_token" = [])),
+    responses((status = 200, description = "Computed now", body = super::openapi::Report),
+              (status = 202, description = "An aggregation is running; the report will be at Location", body = super::openapi::Accepted),
+              super::openapi::CommonErrors))]
 pub(super) async fn aggregate_readiness(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -178,6 +193,8 @@ pub(super) async fn aggregate_readiness(
 }
 
 /// `GET /api/tenants/{t}/readiness`: the latest report (provisional or final).
+#[utoipa::path(get, path = "/api/tenants/{tenant}/readiness", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")), security(("tenant_token" = []), ("operator_token" = [])),
+    responses((status = 200, description = "The latest report", body = super::openapi::Report), super::openapi::CommonErrors))]
 pub(super) async fn latest_readiness(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -195,6 +212,8 @@ pub(super) async fn latest_readiness(
 }
 
 /// `GET /api/tenants/{t}/users/{u}/sync-progress`: the last synced progress.
+#[utoipa::path(get, path = "/api/tenants/{tenant}/users/{user}/sync-progress", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"), ("user" = String, Path, description = "User id (1 to 256 characters, no control characters)", min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")), security(("tenant_token" = []), ("operator_token" = [])),
+    responses((status = 200, description = "The last synced progress", body = super::openapi::Progress), super::openapi::CommonErrors))]
 pub(super) async fn last_progress(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -214,6 +233,12 @@ pub(super) async fn last_progress(
 
 /// `POST /api/tenants/{t}/quiz-results`: records a QuizSubmission (idempotent by
 /// `submissionId`), updates the course score, announces `quiz.completed`. Never cached.
+#[utoipa::path(post, path = "/api/tenants/{tenant}/quiz-results", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")), security(("tenant_token" = []), ("operator_token" = [])),
+    request_body(content = super::openapi::QuizSubmission, content_type = "application/json"),
+    responses((status = 201, description = "Recorded", body = super::openapi::QuizRecorded),
+              (status = 200, description = "Recorded before (same content)", body = super::openapi::QuizRecorded),
+              (status = 409, description = "submissionId used before for other content", body = super::openapi::ErrorBody),
+              super::openapi::CommonErrors))]
 pub(super) async fn quiz_results(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -280,6 +305,20 @@ pub(super) fn answer<T>(
     match result {
         Ok(v) => Ok(Some(v)),
         Err(TenantsError::Timeout) => Ok(None),
+        Err(TenantsError::Failed(SyncError::Upstream(UpstreamError::NoCredentials))) => {
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "upstream_not_configured",
+                "the tenant has no MindTickle credentials; an operator sets them with `enablement tenant set-upstream`",
+            ))
+        }
+        Err(TenantsError::Failed(SyncError::Upstream(UpstreamError::NotFound))) => {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found_upstream",
+                "the platform does not know this user or organisation",
+            ))
+        }
         Err(TenantsError::Failed(e)) => {
             tracing::warn!(tenant = %tenant, error = %e, "upstream work failed");
             Err(ApiError::new(
@@ -295,6 +334,12 @@ pub(super) fn answer<T>(
 /// `GET /api/tenants/{t}/courses`: the MindTickle course catalog, cached in Redis
 /// (`tenant:{<id>}:catalog`, `redis.catalog_ttl_s`), fetched through the tenant's budget on
 /// a miss.
+#[utoipa::path(get, path = "/api/tenants/{tenant}/courses", tag = "tenant", params(("tenant" = String, Path, description = "Tenant id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")), security(("tenant_token" = []), ("operator_token" = [])),
+    responses((status = 200, description = "The catalog", body = super::openapi::Catalog),
+              (status = 202, description = "Queued for the tenant's owner; come back", body = super::openapi::Accepted),
+              (status = 409, description = "The tenant has no MindTickle credentials yet", body = super::openapi::ErrorBody),
+              (status = 502, description = "The platform did not answer", body = super::openapi::ErrorBody),
+              super::openapi::CommonErrors))]
 pub(super) async fn course_catalog(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::layout::{TopicLayout, TENANT_HEADER};
 use super::{base_client_config, KafkaPublisher};
-use crate::actors::ports::{EventPublisher, OutboundRecord};
+use crate::actors::ports::{EventPublisher, InboundRecord, OutboundRecord};
 use crate::actors::{TenantId, TopicKind};
 use crate::config::KafkaConfig;
 
@@ -83,6 +83,59 @@ pub fn tail_topic(
     opts: &TailOptions,
     mut emit: impl FnMut(Value),
 ) -> Result<usize, String> {
+    let start = if opts.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
+    let read = ReadOptions {
+        shared_topics: opts.shared_topics,
+        start,
+        exit_at_end: opts.exit_at_end,
+        limit: opts.limit,
+    };
+    each_record(cfg, tenant, kind, &read, |topic, m| {
+        let headers: serde_json::Map<String, Value> = m
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::String(String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect();
+        let payload = serde_json::from_slice(&m.payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&m.payload).into_owned()));
+        emit(json!({
+            "topic": topic,
+            "offset": m.offset,
+            "key": m.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "headers": headers,
+            "payload": payload,
+        }));
+    })
+}
+
+/// Where and how far [`each_record`] reads.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    pub shared_topics: bool,
+    pub start: Offset,
+    pub exit_at_end: bool,
+    pub limit: Option<usize>,
+}
+
+/// Calls `f` with the topic name and each record of one tenant's topic, bytes as they are
+/// (on a shared topic, only the tenant's records). Reads without a consumer group, so it
+/// never moves the service's offsets. Returns the number of records read.
+pub fn each_record(
+    cfg: &KafkaConfig,
+    tenant: &TenantId,
+    kind: TopicKind,
+    opts: &ReadOptions,
+    mut f: impl FnMut(&str, InboundRecord),
+) -> Result<usize, String> {
     let layout = TopicLayout::new(cfg);
     if opts.shared_topics {
         layout.add_shared(tenant.clone());
@@ -106,12 +159,7 @@ pub fn tail_topic(
         .create()
         .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
-    let start = if opts.from_beginning {
-        Offset::Beginning
-    } else {
-        Offset::End
-    };
-    tpl.add_partition_offset(&topic, place.partition, start)
+    tpl.add_partition_offset(&topic, place.partition, opts.start)
         .map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let mut seen = 0;
@@ -130,31 +178,23 @@ pub fn tail_topic(
             Some(Ok(m)) if !mine(&m) => continue,
             Some(Ok(m)) => {
                 seen += 1;
-                let headers: serde_json::Map<String, Value> = m
+                let headers = m
                     .headers()
                     .map(|hs| {
                         hs.iter()
-                            .map(|h| {
-                                let v = h
-                                    .value
-                                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                                    .map_or(Value::Null, Value::String);
-                                (h.key.to_owned(), v)
-                            })
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
                             .collect()
                     })
                     .unwrap_or_default();
-                let payload = m.payload().map_or(Value::Null, |p| {
-                    serde_json::from_slice(p)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(p).into_owned()))
-                });
-                emit(json!({
-                    "topic": topic,
-                    "offset": m.offset(),
-                    "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    "headers": headers,
-                    "payload": payload,
-                }));
+                f(
+                    &topic,
+                    InboundRecord {
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    },
+                );
             }
         }
     }

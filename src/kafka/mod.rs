@@ -13,11 +13,12 @@ mod producer;
 pub use admin::{
     create_shared_topics, create_tenant_topics, create_topics_for, delete_tenant_topics, AdminError,
 };
-pub use devtools::{push_events, tail_topic, TailOptions};
+pub use devtools::{each_record, push_events, tail_topic, ReadOptions, TailOptions};
 pub use hub::{GroupHealth, HubError, KafkaHub};
 pub use layout::{shared_topic, Placement, TopicLayout, TENANT_HEADER};
 pub use preflight::{preflight, KafkaStartError};
 pub use producer::KafkaPublisher;
+pub use rdkafka::Offset;
 
 use rdkafka::ClientConfig;
 

@@ -201,6 +201,14 @@ async fn start_consumer(
         .await
         .map_err(startup)?;
     let hub_task = tokio::spawn(hub.clone().run(registry.clone(), shutdown.child_token()));
+    // Who runs which tenant, and the outbox and queue gauges of the tenants owned here.
+    tokio::spawn(crate::operations::run_reporter(
+        registry.pool().clone(),
+        config.group_instance_id(),
+        tenants.clone(),
+        hub.health(),
+        shutdown.child_token(),
+    ));
     // Work written for a tenant by another process (aggregator, API) wakes its actor.
     let wake = tenants.clone();
     tokio::spawn(listen_tenant_work(

@@ -95,6 +95,10 @@ impl BatchPipeline {
             .commit_isolating(&records, None, limits, relay, &mut handled)
             .await?;
         BatchHandled {
+            tenant: &self.tenant,
+            first_offset: records.first().map_or(next_offset - 1, |r| r.offset),
+            last_offset: next_offset - 1,
+            records: records.len(),
             events,
             took: started.elapsed(),
         }
@@ -255,8 +259,8 @@ impl BatchPipeline {
 #[derive(Default)]
 struct BatchNotes {
     security_events: Vec<SecurityEvent>,
-    /// Reason of every dead letter in the batch.
-    dead_reasons: Vec<&'static str>,
+    /// Source offset and reason of every dead letter in the batch.
+    dead_reasons: Vec<(i64, &'static str)>,
 }
 
 struct Prepared {
@@ -276,7 +280,11 @@ fn prepare(
     let mut batch = ScimBatch::default();
     for rec in records {
         match scim::parse_event(tenant, &rec.payload, limits) {
-            Ok(ev) => batch.events.push(ev),
+            Ok(ev) => {
+                tracing::debug!(tenant = %tenant, event_id = %ev.event_id, offset = rec.offset,
+                    "event validated");
+                batch.events.push(ev)
+            }
             Err(rejection) => {
                 if rejection.code == RejectCode::TenantMismatch {
                     batch.security_events.push(SecurityEvent {
@@ -297,7 +305,11 @@ fn prepare(
     batch.dead_letters.extend(refused);
     let notes = BatchNotes {
         security_events: batch.security_events.clone(),
-        dead_reasons: batch.dead_letters.iter().map(|d| d.reason).collect(),
+        dead_reasons: batch
+            .dead_letters
+            .iter()
+            .map(|d| (d.source_offset, d.reason))
+            .collect(),
     };
     Prepared { batch, notes }
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
+use crate::actors::metric_names as m;
 use crate::actors::TenantId;
 
 /// What the hub knows about its consumer group: for `/readyz`, metrics and the watchdog.
@@ -65,7 +66,21 @@ impl GroupHealth {
         self.with(|s| s.owned.contains(tenant))
     }
 
+    /// The tenants this consumer owns, with their broker lag when the last statistics had it.
+    pub fn owned_with_lag(&self) -> Vec<(TenantId, Option<i64>)> {
+        self.with(|s| {
+            s.owned
+                .iter()
+                .map(|t| (t.clone(), s.lag.get(t).copied()))
+                .collect()
+        })
+    }
+
     pub(super) fn observe_stats(&self, cgrp: Option<&rdkafka::statistics::ConsumerGroup>) {
+        self.with(|s| {
+            metrics::gauge!(m::KAFKA_SUBSCRIBED_TENANTS).set(s.subscribed as f64);
+            metrics::gauge!(m::KAFKA_ASSIGNED_TENANTS).set(s.owned.len() as f64);
+        });
         let Some(cgrp) = cgrp else { return };
         self.with(|s| {
             s.group_state = cgrp.state.clone();
