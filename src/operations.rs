@@ -25,9 +25,12 @@ use crate::db::ops::{self, OwnerReport, TenantFigures};
 use crate::db::{PgPool, Registry, TenantScopedStore};
 use crate::kafka::{each_record, GroupHealth, KafkaPublisher, Offset, ReadOptions};
 
-/// How often an instance reports its tenants; a report older than three intervals is
-/// shown as stale.
+/// How often an instance reports its tenants (a changed state or lag is written at once).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// An unchanged row is rewritten this often, so a row older than [`STALE_AFTER`] means its
+/// instance stopped reporting (killed without the goodbye of a clean shutdown).
+pub const REFRESH_AFTER: Duration = Duration::from_secs(30);
+pub const STALE_AFTER: Duration = Duration::from_secs(90);
 
 /// Reports this instance's tenants until `shutdown`, then removes its report.
 pub async fn run_reporter(
@@ -82,10 +85,16 @@ async fn report_once(
             }
         })
         .collect();
-    ops::report_owners(pool, instance, &owned)
+    ops::report_owners(pool, instance, &owned, REFRESH_AFTER)
         .await
         .map_err(|e| e.to_string())?;
-    let ids: Vec<TenantId> = owned.into_iter().map(|o| o.tenant).collect();
+    // Figures of the tenants with an actor: a passivated tenant is idle (its outbox was
+    // flushed and its queue drained before it stopped; new work wakes it first).
+    let ids: Vec<TenantId> = owned
+        .into_iter()
+        .filter(|o| o.actor_state != "passivated")
+        .map(|o| o.tenant)
+        .collect();
     let figures = ops::tenant_figures(pool, &ids, false)
         .await
         .map_err(|e| e.to_string())?;
@@ -133,7 +142,7 @@ pub struct TenantStatus {
     /// `dedicated` or `shared` topics.
     pub topics: &'static str,
     /// The actor's state as its owner last reported it; `unowned` when no instance
-    /// reported the tenant, `stale` when the last report is older than three intervals.
+    /// reported the tenant, `stale` when the last report is older than [`STALE_AFTER`].
     pub state: String,
     pub instance: Option<String>,
     pub restarts: Option<u64>,
@@ -165,7 +174,7 @@ pub async fn status(registry: &Registry) -> Result<Vec<TenantStatus>, Operations
         .collect();
     let ids: Vec<TenantId> = tenants.iter().map(|t| t.tenant_id.clone()).collect();
     let mut figures = ops::tenant_figures(pool, &ids, true).await?;
-    let stale_after = 3.0 * REPORT_INTERVAL.as_secs_f64();
+    let stale_after = STALE_AFTER.as_secs_f64();
     Ok(tenants
         .into_iter()
         .map(|t| {

@@ -354,11 +354,52 @@ async fn status_shows_every_tenant_with_its_owner_and_last_hour() {
         .then_some(())
     })
     .await;
-    // A stopped instance takes its report with it: its tenants show as unowned.
+    // SIGKILL: no goodbye, the rows stay; once older than 90 s (aged here instead of
+    // waited for) the tenants show as stale, still naming the instance.
     let mut svc = svc;
+    svc.kill();
+    let state_of = |rows: &[Value], t: &enablement::actors::TenantId| {
+        rows.iter().find(|r| r["tenant"] == t.as_str()).map(|r| {
+            (
+                r["state"].as_str().unwrap_or_default().to_owned(),
+                r["instance"].clone(),
+            )
+        })
+    };
+    let rows: Vec<Value> =
+        serde_json::from_str(&cli_ok(&env, &["status", "--json"])).expect("json");
+    assert_eq!(state_of(&rows, &a).expect("a").0, "running");
+    env.owner
+        .execute(
+            "update tenant_owners set reported_at = now() - interval '91 seconds'",
+            &[],
+        )
+        .await
+        .expect("age the report");
+    let rows: Vec<Value> =
+        serde_json::from_str(&cli_ok(&env, &["status", "--json"])).expect("json");
+    assert_eq!(
+        state_of(&rows, &a).expect("a"),
+        ("stale".to_owned(), Value::String(instance.clone()))
+    );
+
+    // A new owner takes the rows over; stopped cleanly, it takes its report with it.
+    let mut svc = Service::start(&env, &[("ENABLEMENT__KAFKA__GROUP_INSTANCE_ID", "second")]);
+    svc.wait_ready(&[&a, &b]).await;
+    eventually(
+        "the new owner reported",
+        Duration::from_secs(30),
+        || async {
+            let rows: Vec<Value> =
+                serde_json::from_str(&cli_ok(&env, &["status", "--json"])).ok()?;
+            (state_of(&rows, &a)? == ("running".to_owned(), Value::String("second".into())))
+                .then_some(())
+        },
+    )
+    .await;
     assert!(svc.terminate(Duration::from_secs(30)).success());
-    let out = cli_ok(&env, &["status", "--json"]);
-    let rows: Vec<Value> = serde_json::from_str(&out).expect("json");
+    let rows: Vec<Value> =
+        serde_json::from_str(&cli_ok(&env, &["status", "--json"])).expect("json");
     assert!(rows.iter().all(|r| r["state"] == "unowned"), "{rows:?}");
 }
 

@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0014_operations.sql",
         include_str!("../../migrations/0014_operations.sql"),
     ),
+    (
+        15,
+        "0015_scim_lookups.sql",
+        include_str!("../../migrations/0015_scim_lookups.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

@@ -6,7 +6,8 @@
 //! ([`crate::tenant_tx!`]).
 //!
 //! One module per concern holds all of that concern's SQL, as functions over a transaction:
-//! - `scim`: the SCIM unit of work of a micro-batch and the `users` table;
+//! - `scim`: the SCIM unit of work of a micro-batch and the `users` table; [`scim_filter`]:
+//!   SCIM filters compiled into SQL over stored users;
 //! - [`outbox`]: the transactional outbox and its relay cursor;
 //! - [`jobs`]: the durable upstream queue (every job enters through `jobs::enqueue`);
 //! - `progress`: synced course progress; `secrets`: credentials and token hashes;
@@ -29,6 +30,7 @@ pub mod progress;
 mod registry;
 pub mod schedule;
 pub mod scim;
+pub mod scim_filter;
 mod scoped;
 mod secrets;
 mod security;

@@ -58,11 +58,14 @@ pub struct TenantFigures {
 }
 
 /// Replaces what this instance reported: `owned` upserted (taking over rows of tenants
-/// that moved here), its rows of tenants it no longer owns deleted.
+/// that moved here), its rows of tenants it no longer owns deleted. A row whose report did
+/// not change is rewritten only once it is older than `refresh_after`: thousands of idle
+/// tenants cost no write per report.
 pub async fn report_owners(
     pool: &PgPool,
     instance: &str,
     owned: &[OwnerReport],
+    refresh_after: std::time::Duration,
 ) -> Result<(), OpsError> {
     let mut conn = pool.get().await.map_err(db)?;
     let tx = conn.transaction().await.map_err(db)?;
@@ -78,8 +81,13 @@ pub async fn report_owners(
          on conflict (tenant_id) do update
             set instance_id = excluded.instance_id, actor_state = excluded.actor_state,
                 restarts = excluded.restarts, lag_messages = excluded.lag_messages,
-                reported_at = excluded.reported_at",
-        &[&instance, &ids, &states, &restarts, &lags],
+                reported_at = excluded.reported_at
+          where (tenant_owners.instance_id, tenant_owners.actor_state, tenant_owners.restarts,
+                 tenant_owners.lag_messages)
+                is distinct from (excluded.instance_id, excluded.actor_state, excluded.restarts,
+                                  excluded.lag_messages)
+             or tenant_owners.reported_at < now() - make_interval(secs => $6)",
+        &[&instance, &ids, &states, &restarts, &lags, &refresh_after.as_secs_f64()],
     )
     .await
     .map_err(db)?;

@@ -1,11 +1,12 @@
-//! SCIM 2.0 user events: the wire envelope and its validation (here), and the [`rules`] that
-//! fold events into state and decide what follows.
+//! SCIM 2.0 user events: the wire envelope and its validation (here), the [`rules`] that
+//! fold events into state and decide what follows, and the [`filter`] grammar (RFC 7644).
 //!
 //! The envelope on `tenant.<id>.scim` is documented in the README and in
 //! `schemas/scim-event.schema.json`. [`parse_event`] turns raw bytes into a [`ScimEvent`] or a
 //! [`Rejection`] with a stable reason code (the DLQ header). [`plan_batch`] is the pure rule
 //! set the store runs inside its transaction: ordered, idempotent, stale events are no-ops.
 
+pub mod filter;
 pub mod rules;
 
 pub use rules::{
