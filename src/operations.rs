@@ -31,6 +31,9 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// instance stopped reporting (killed without the goodbye of a clean shutdown).
 pub const REFRESH_AFTER: Duration = Duration::from_secs(30);
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
+/// The outbox, queue and report gauges are sampled every this many reports (15 s): the
+/// alerts on them look at minutes.
+const FIGURES_EVERY: u64 = 3;
 
 /// Reports this instance's tenants until `shutdown`, then removes its report.
 pub async fn run_reporter(
@@ -42,12 +45,15 @@ pub async fn run_reporter(
 ) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = report_once(&pool, &instance, &tenants, &group).await {
+        let figures = round.is_multiple_of(FIGURES_EVERY);
+        round += 1;
+        if let Err(e) = report_once(&pool, &instance, &tenants, &group, figures).await {
             tracing::warn!(error = %e, "reporting owned tenants failed");
         }
     }
@@ -61,6 +67,7 @@ async fn report_once(
     instance: &str,
     tenants: &Tenants,
     group: &GroupHealth,
+    figures: bool,
 ) -> Result<(), String> {
     let health: BTreeMap<TenantId, (ActorStatus, u64)> = tenants
         .health(Duration::from_secs(2))
@@ -88,6 +95,9 @@ async fn report_once(
     ops::report_owners(pool, instance, &owned, REFRESH_AFTER)
         .await
         .map_err(|e| e.to_string())?;
+    if !figures {
+        return Ok(());
+    }
     // Figures of the tenants with an actor: a passivated tenant is idle (its outbox was
     // flushed and its queue drained before it stopped; new work wakes it first).
     let ids: Vec<TenantId> = owned

@@ -344,7 +344,7 @@ async fn status_shows_every_tenant_with_its_owner_and_last_hour() {
     assert!(watch.wait().expect("wait").success());
 
     // The owner's gauges of outbox and queue ages come from the same report.
-    eventually("owner gauges", Duration::from_secs(20), || async {
+    eventually("owner gauges (sampled every 15 s)", Duration::from_secs(45), || async {
         let m = svc.metrics().await;
         (m.contains_key(&format!("enablement_outbox_unrelayed_rows{{tenant=\"{a}\"}}"))
             && m.contains_key(&format!(
