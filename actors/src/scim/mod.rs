@@ -1,5 +1,6 @@
 //! SCIM 2.0 user events: the wire envelope and its validation (here), the [`rules`] that
-//! fold events into state and decide what follows, and the [`filter`] grammar (RFC 7644).
+//! fold events into state and decide what follows, the [`filter`] grammar and [`patch`]
+//! (RFC 7644).
 //!
 //! The envelope on `tenant.<id>.scim` is documented in the README and in
 //! `schemas/scim-event.schema.json`. [`parse_event`] turns raw bytes into a [`ScimEvent`] or a
@@ -7,6 +8,7 @@
 //! set the store runs inside its transaction: ordered, idempotent, stale events are no-ops.
 
 pub mod filter;
+pub mod patch;
 pub mod rules;
 
 pub use rules::{
