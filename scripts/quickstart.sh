@@ -175,8 +175,13 @@ for org, s in json.load(sys.stdin)["organisations"].items():
 echo
 echo "== enablement status (one row per tenant; --json for scripts, --watch to follow)"
 "$bin" status 2>/dev/null | tee "$dev/status.txt"
-# The metrics as Prometheus would scrape them now (deploy/grafana's check reads this file).
-curl -s "${op[@]}" "$base/metrics" >"$dev/metrics.txt"
+# The metrics as Prometheus would scrape them now (deploy/grafana's check reads this file),
+# once the owner's sampled gauges (every 15 s) include the readiness reports just made.
+for _ in $(seq 1 40); do
+  curl -s "${op[@]}" "$base/metrics" >"$dev/metrics.txt"
+  [ "$(grep -c '^enablement_readiness_report_age_seconds{' "$dev/metrics.txt")" -ge ${#tenants[@]} ] && break
+  sleep 0.5
+done
 
 echo
 echo "== stopping the service (SIGTERM: drain, flush, commit)"

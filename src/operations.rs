@@ -46,12 +46,17 @@ pub async fn run_reporter(
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
+    let mut owned_before = 0u64;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let figures = round.is_multiple_of(FIGURES_EVERY);
+        // Every third report, and at once when the tenants owned here changed (after an
+        // assignment their gauges appear without waiting for the next sample).
+        let owned_now = group.owned_fingerprint();
+        let figures = round.is_multiple_of(FIGURES_EVERY) || owned_now != owned_before;
+        owned_before = owned_now;
         round += 1;
         if let Err(e) = report_once(&pool, &instance, &tenants, &group, figures).await {
             tracing::warn!(error = %e, "reporting owned tenants failed");

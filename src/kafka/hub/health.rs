@@ -76,6 +76,16 @@ impl GroupHealth {
         })
     }
 
+    /// A number that changes when the set of tenants owned here changes.
+    pub fn owned_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        self.with(|s| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            s.owned.hash(&mut h);
+            h.finish()
+        })
+    }
+
     pub(super) fn observe_stats(&self, cgrp: Option<&rdkafka::statistics::ConsumerGroup>) {
         self.with(|s| {
             metrics::gauge!(m::KAFKA_SUBSCRIBED_TENANTS).set(s.subscribed as f64);
