@@ -1,6 +1,6 @@
 //! SCIM 2.0 user events: the wire envelope and its validation (here), the [`rules`] that
-//! fold events into state and decide what follows, the [`filter`] grammar and [`patch`]
-//! (RFC 7644).
+//! fold events into state and decide what follows; for the SCIM provider (RFC 7644), the
+//! [`filter`] grammar, [`patch`] and the [`projection`] of answers.
 //!
 //! The envelope on `tenant.<id>.scim` is documented in the README and in
 //! `schemas/scim-event.schema.json`. [`parse_event`] turns raw bytes into a [`ScimEvent`] or a
@@ -9,6 +9,7 @@
 
 pub mod filter;
 pub mod patch;
+pub mod projection;
 pub mod rules;
 
 pub use rules::{
