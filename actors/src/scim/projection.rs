@@ -163,30 +163,17 @@ fn keep_subs(value: &Value, subs: &[&str], keep: bool) -> Value {
 }
 
 fn selector(raw: &str, core: &str) -> Result<Selector, ProjectionError> {
-    let lower = raw.to_ascii_lowercase();
-    let (schema, rest) = match lower.rfind(':') {
-        Some(i) => {
-            let urn = &lower[..i];
-            let urn = (!urn.eq_ignore_ascii_case(core)).then(|| urn.to_owned());
-            (urn, lower[i + 1..].to_owned())
-        }
-        None => (None, lower.clone()),
-    };
-    let (name, sub) = match rest.split_once('.') {
-        Some((n, s)) => (n.to_owned(), Some(s.to_owned())),
-        None => (rest, None),
-    };
-    let valid = |s: &str| {
-        s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '$')
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_$".contains(c))
-    };
-    if !valid(&name) || sub.as_deref().is_some_and(|s| !valid(s)) {
-        return Err(ProjectionError(raw.chars().take(100).collect()));
-    }
-    Ok(Selector { schema, name, sub })
+    // The same attribute-path syntax as filters.
+    let path = super::filter::AttrPath::parse(raw)
+        .ok_or_else(|| ProjectionError(raw.chars().take(100).collect()))?;
+    Ok(Selector {
+        schema: path
+            .schema
+            .filter(|urn| !urn.eq_ignore_ascii_case(core))
+            .map(|urn| urn.to_ascii_lowercase()),
+        name: path.name.to_ascii_lowercase(),
+        sub: path.sub.map(|s| s.to_ascii_lowercase()),
+    })
 }
 
 /// A list request's page: `startIndex` is 1-based (less than 1 means 1), `count` is at
