@@ -11,6 +11,7 @@
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, the operator and tenant API.
 //! - [`operations`]: the owners report, `enablement status`, dead-letter redrive.
 //! - [`readiness`]: the analytics aggregator (team readiness reports, computed in SQL).
+//! - [`scim`]: the SCIM 2.0 service provider per tenant (Users, Groups, discovery).
 //! - [`retention`]: the background deletion of rows that have outlived their use.
 //! - [`service`]: wiring for `serve`, its start-up preflight, and graceful shutdown.
 //! - [`tls`]: rustls client settings (CA files, libpq verification levels) for the backends.
@@ -25,6 +26,7 @@ pub mod operations;
 pub mod quiz;
 pub mod readiness;
 pub mod retention;
+pub mod scim;
 pub mod sealing;
 pub mod service;
 pub mod signal;

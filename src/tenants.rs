@@ -292,6 +292,20 @@ pub async fn rotate_token(
     Ok(token)
 }
 
+/// Enables the tenant's SCIM provider or replaces its SCIM token; returns the new token
+/// (shown once). The previous token stops working at once on this instance and within
+/// the SCIM token cache's lifetime (5 s) on every other one.
+pub async fn rotate_scim_token(
+    store: &TenantScopedStore,
+    tenant: &TenantId,
+) -> Result<String, TenantAdminError> {
+    let token = tokens::generate_scim(tenant);
+    if !store.set_scim_token(tenant, tokens::hash(&token)).await? {
+        return Err(TenantAdminError::NotFound(tenant.clone()));
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

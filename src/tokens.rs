@@ -16,9 +16,25 @@ pub fn generate(tenant: &TenantId) -> String {
     format!("ent_{tenant}.{}", hex::encode(bytes))
 }
 
+/// A new random SCIM bearer token for `tenant` (`scim_<tenant>.<64 hex>`): a credential
+/// of its own, held by the tenant's identity provider, never valid on the tenant API.
+pub fn generate_scim(tenant: &TenantId) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("scim_{tenant}.{}", hex::encode(bytes))
+}
+
+/// The tenant a SCIM token claims to belong to (unverified).
+pub fn claimed_scim_tenant(token: &str) -> Option<TenantId> {
+    claimed(token.strip_prefix("scim_")?)
+}
+
 /// The tenant a token claims to belong to (unverified).
 pub fn claimed_tenant(token: &str) -> Option<TenantId> {
-    let rest = token.strip_prefix("ent_")?;
+    claimed(token.strip_prefix("ent_")?)
+}
+
+fn claimed(rest: &str) -> Option<TenantId> {
     let (tenant, secret) = rest.rsplit_once('.')?;
     (secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| TenantId::parse(tenant).ok())
@@ -47,9 +63,13 @@ mod tests {
         let (a, b) = (generate(&t), generate(&t));
         assert_ne!(a, b);
         assert!(a.starts_with("ent_acme.") && a.len() == 4 + 5 + 64);
-        assert_eq!(claimed_tenant(&a), Some(t));
+        assert_eq!(claimed_tenant(&a), Some(t.clone()));
         assert_eq!(claimed_tenant("ent_a*.00"), None);
         assert_eq!(claimed_tenant("garbage"), None);
+        let scim = generate_scim(&t);
+        assert_eq!(claimed_scim_tenant(&scim), Some(t.clone()));
+        assert_eq!(claimed_tenant(&scim), None, "a SCIM token is no API token");
+        assert_eq!(claimed_scim_tenant(&a), None);
         assert_eq!(hash(&a), hash(&a));
         assert!(constant_time_eq(&hash(&a), &hash(&a)));
         assert!(!constant_time_eq(&hash(&a), &hash(&b)));

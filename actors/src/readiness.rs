@@ -106,6 +106,18 @@ pub struct TeamReadiness {
     pub figures: ReadinessFigures,
 }
 
+/// A SCIM group (a team as the identity provider defines it): its active members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupReadiness {
+    pub group_id: String,
+    pub display_name: String,
+    /// Active users among the group's members.
+    pub members: i64,
+    #[serde(flatten)]
+    pub figures: ReadinessFigures,
+}
+
 /// A tenant's team readiness report. Timestamps are RFC 3339 as PostgreSQL rendered them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,6 +149,9 @@ pub struct ReadinessReport {
     pub freshness_ms: i64,
     pub by_course: Vec<CourseReadiness>,
     pub by_team: Vec<TeamReadiness>,
+    /// Per SCIM group, beside the manager breakdown (every group, even empty).
+    #[serde(default)]
+    pub by_group: Vec<GroupReadiness>,
     #[serde(default = "default_trigger")]
     pub trigger: AggregationTrigger,
     /// The instance that computed it.

@@ -124,6 +124,10 @@ pub enum TenantCommand {
     /// Replace the tenant's API token and print the new one once; the old one stops
     /// working at once.
     RotateToken { id: String },
+    /// Enable the tenant's SCIM 2.0 provider (`/scim/v2/<id>/`) or replace its SCIM token;
+    /// prints the new token once (give it to the identity provider). The old one stops
+    /// working at once here and within 5 s on every other instance.
+    ScimToken { id: String },
     /// Store the tenant's MindTickle client credentials; the secret is read from stdin
     /// (never from the command line, where `ps` would show it).
     SetUpstream {
@@ -299,6 +303,15 @@ async fn tenant(command: TenantCommand, config: &Config) -> Result<(), AppError>
             let token = tenants::rotate_token(&store, &tenant).await?;
             eprintln!("API token of {tenant} replaced; the old one no longer works");
             eprintln!("new API token (shown once, store it now):");
+            println!("{token}");
+        }
+        TenantCommand::ScimToken { id } => {
+            let tenant = tenant_arg(&id)?;
+            let token = tenants::rotate_scim_token(&store, &tenant).await?;
+            eprintln!("SCIM token of {tenant} set; a previous one no longer works");
+            eprintln!(
+                "SCIM base URL: <service>/scim/v2/{tenant}/  (token shown once, store it now):"
+            );
             println!("{token}");
         }
         TenantCommand::List => {

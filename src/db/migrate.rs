@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0015_scim_lookups.sql",
         include_str!("../../migrations/0015_scim_lookups.sql"),
     ),
+    (
+        16,
+        "0016_scim_provider.sql",
+        include_str!("../../migrations/0016_scim_provider.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).

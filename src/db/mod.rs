@@ -7,7 +7,8 @@
 //!
 //! One module per concern holds all of that concern's SQL, as functions over a transaction:
 //! - `scim`: the SCIM unit of work of a micro-batch and the `users` table; [`scim_filter`]:
-//!   SCIM filters compiled into SQL over stored users;
+//!   SCIM filters compiled into SQL over stored users; [`scim_provider`]: the SCIM
+//!   provider's reads and its groups;
 //! - [`outbox`]: the transactional outbox and its relay cursor;
 //! - [`jobs`]: the durable upstream queue (every job enters through `jobs::enqueue`);
 //! - `progress`: synced course progress; `secrets`: credentials and token hashes;
@@ -31,6 +32,7 @@ mod registry;
 pub mod schedule;
 pub mod scim;
 pub mod scim_filter;
+pub mod scim_provider;
 mod scoped;
 mod secrets;
 mod security;

@@ -106,8 +106,8 @@ async fn lock_users(
     user_ids.dedup();
     Ok(tx
         .query(
-            "select user_id, user_name, email, role, external_id, manager_id, active, scim,
-                    version, source_occurred_at, source_event_id
+            "select user_id, user_name, email, role, external_id, manager_id, active, deleted,
+                    scim, version, source_occurred_at, source_event_id
                from users where tenant_id = $1 and user_id = any($2::text[])
               order by user_id for update",
             &[&tenant, &user_ids],
@@ -137,6 +137,7 @@ async fn upsert_users(
     let mut c_ext: Vec<Option<String>> = Vec::new();
     let mut c_mgr: Vec<Option<String>> = Vec::new();
     let mut c_active = Vec::new();
+    let mut c_deleted = Vec::new();
     let mut c_scim: Vec<Value> = Vec::new();
     let mut c_version = Vec::new();
     let mut c_at: Vec<OffsetDateTime> = Vec::new();
@@ -149,6 +150,7 @@ async fn upsert_users(
         c_ext.push(u.external_id);
         c_mgr.push(u.manager_id);
         c_active.push(u.active);
+        c_deleted.push(u.deleted);
         c_scim.push(u.resource);
         c_version.push(u.version);
         c_at.push(u.occurred_at);
@@ -157,20 +159,21 @@ async fn upsert_users(
     tx.execute(
         "insert into users (tenant_id, user_id, user_name, email, role, external_id,
                             manager_id, active, scim, version, source_occurred_at,
-                            source_event_id)
+                            source_event_id, deleted)
          select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $8::bool[], $9::jsonb[],
-                                  $10::int8[], $11::timestamptz[], $12::text[])
+                                  $10::int8[], $11::timestamptz[], $12::text[], $13::bool[])
          on conflict (tenant_id, user_id) do update set
              user_name = excluded.user_name, email = excluded.email,
              role = excluded.role, external_id = excluded.external_id,
              manager_id = excluded.manager_id, active = excluded.active,
              scim = excluded.scim, version = excluded.version,
              source_occurred_at = excluded.source_occurred_at,
-             source_event_id = excluded.source_event_id, updated_at = now()",
+             source_event_id = excluded.source_event_id, deleted = excluded.deleted,
+             updated_at = now()",
         &[
             &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active, &c_scim,
-            &c_version, &c_at, &c_event,
+            &c_version, &c_at, &c_event, &c_deleted,
         ],
     )
     .await?;
@@ -354,6 +357,7 @@ fn row_to_user(r: &tokio_postgres::Row) -> StoredUser {
         external_id: r.get("external_id"),
         manager_id: r.get("manager_id"),
         active: r.get("active"),
+        deleted: r.get("deleted"),
         resource: r.get("scim"),
         version: r.get("version"),
         occurred_at: r.get("source_occurred_at"),

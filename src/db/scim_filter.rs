@@ -375,7 +375,12 @@ const USER: &[Attribute] = &[
     multi("photos", "{r}.scim->'photos'"),
     multi("roles", "{r}.scim->'roles'"),
     multi("entitlements", "{r}.scim->'entitlements'"),
-    multi("groups", "{r}.scim->'groups'"),
+    multi(
+        "groups",
+        "(select coalesce(jsonb_agg(jsonb_build_object('value', gm.group_id)), '[]'::jsonb) \
+           from scim_group_members gm \
+          where gm.tenant_id = {r}.tenant_id and gm.user_id = {r}.user_id)",
+    ),
     typed("meta.created", "{r}.created_at", Kind::DateTime),
     typed("meta.lastmodified", "{r}.updated_at", Kind::DateTime),
     exact("meta.resourcetype", "'User'"),
@@ -396,6 +401,47 @@ pub static USER_SCHEMA: ResourceSchema = ResourceSchema {
     extensions: &[(ENTERPRISE_USER_SCHEMA, ENTERPRISE)],
     attributes: USER,
 };
+
+const GROUP: &[Attribute] = &[
+    exact("id", "{r}.group_id"),
+    exact("externalid", "{r}.external_id"),
+    text("displayname", "{r}.display_name"),
+    Attribute {
+        multi: Some(MEMBER),
+        ..text(
+            "members",
+            "(select coalesce(jsonb_agg(jsonb_build_object('value', gm.user_id)), '[]'::jsonb) \
+               from scim_group_members gm \
+              where gm.tenant_id = {r}.tenant_id and gm.group_id = {r}.group_id)",
+        )
+    },
+    typed("meta.created", "{r}.created_at", Kind::DateTime),
+    typed("meta.lastmodified", "{r}.updated_at", Kind::DateTime),
+    exact("meta.resourcetype", "'Group'"),
+];
+
+/// A member's sub-attributes: its user id is compared case-exactly.
+const MEMBER: &[Attribute] = &[
+    exact("value", "{e}->>'value'"),
+    text("display", "{e}->>'display'"),
+    text("type", "'User'"),
+];
+
+/// The SCIM Group resource as `scim_groups` and `scim_group_members` store it.
+pub static GROUP_SCHEMA: ResourceSchema = ResourceSchema {
+    core: crate::actors::scim::resource::GROUP_SCHEMA,
+    extensions: &[],
+    attributes: GROUP,
+};
+
+/// The SQL condition of `filter` over `scim_groups` aliased `row`.
+pub fn group_condition(
+    filter: &Filter,
+    row: &str,
+    first_param: usize,
+) -> Result<SqlCondition, FilterError> {
+    compile(filter, &GROUP_SCHEMA, row, first_param)
+}
 
 /// The SQL condition of `filter` over `users` aliased `row`, parameters from `first_param`.
 pub fn user_condition(

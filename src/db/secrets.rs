@@ -101,3 +101,34 @@ pub async fn api_token_hash(
         .await?
         .map(|r| r.get(0)))
 }
+
+/// Replaces the tenant's SCIM token hash (enables the SCIM provider for the tenant; the
+/// previous token stops working). False when the tenant has no secrets row.
+pub async fn set_scim_token_hash(
+    tx: &Transaction<'_>,
+    t: &str,
+    token_sha256: &[u8],
+) -> Result<bool, tokio_postgres::Error> {
+    let n = tx
+        .execute(
+            "update tenant_secrets set scim_token_sha256 = $2, scim_token_rotated_at = now()
+              where tenant_id = $1",
+            &[&t, &token_sha256],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The tenant's SCIM token hash; `None` when the tenant has no SCIM provider enabled.
+pub async fn scim_token_hash(
+    tx: &Transaction<'_>,
+    t: &str,
+) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
+    Ok(tx
+        .query_opt(
+            "select scim_token_sha256 from tenant_secrets where tenant_id = $1",
+            &[&t],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}

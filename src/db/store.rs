@@ -144,6 +144,32 @@ impl TenantScopedStore {
         Ok(stored.is_some_and(|s| crate::tokens::constant_time_eq(&s, &token_sha256)))
     }
 
+    /// True when `token_sha256` is the tenant's SCIM token hash (constant-time compare);
+    /// false when the tenant has none.
+    pub async fn scim_token_matches(
+        &self,
+        tenant: &TenantId,
+        token_sha256: [u8; 32],
+    ) -> Result<bool, StoreError> {
+        let stored = tenant_tx!(self, tenant, |tx, t| {
+            secrets::scim_token_hash(tx, t).await
+        })
+        .await?;
+        Ok(stored.is_some_and(|s| crate::tokens::constant_time_eq(&s, &token_sha256)))
+    }
+
+    /// Replaces the tenant's SCIM token hash; false when the tenant does not exist.
+    pub async fn set_scim_token(
+        &self,
+        tenant: &TenantId,
+        token_sha256: [u8; 32],
+    ) -> Result<bool, StoreError> {
+        tenant_tx!(self, tenant, |tx, t| {
+            secrets::set_scim_token_hash(tx, t, &token_sha256).await
+        })
+        .await
+    }
+
     /// Queues jobs for the tenant (benchmarks and tools; the service queues through its
     /// own paths). Returns their ids.
     pub async fn enqueue_jobs(

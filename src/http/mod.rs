@@ -13,7 +13,9 @@
 //! - [`server`]: the accept loop (slow-header bound, peer address, graceful drain);
 //! - [`guard`]: per-client limits (requests in progress, failed authentications);
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers' annotations;
-//! - [`observe`]: request metrics by route template, JSON bodies for framework errors.
+//! - [`observe`]: request metrics by route template, JSON bodies for framework errors;
+//! - [`scim`]: the SCIM 2.0 provider's edge, `/scim/v2/{t}/...` (its own token, content
+//!   type and error schema; its contract is its discovery documents, not `/openapi.json`).
 //!
 //! Hardening, outermost first: the global concurrency limit and the request timeout
 //! (tower), the per-client guard, the body limit (tower-http, on `Content-Length` before a
@@ -27,6 +29,7 @@ mod health;
 mod observe;
 mod openapi;
 mod operator;
+mod scim;
 mod server;
 mod tenant_api;
 
@@ -47,6 +50,7 @@ use utoipa_axum::routes;
 
 pub use auth::{authorize_tenant, KnownTenants};
 pub use error::ApiError;
+pub use scim::{token_cache as scim_token_cache, ScimTokens};
 pub use server::Listener;
 
 use crate::actors::Tenants;
@@ -75,6 +79,8 @@ pub struct AppState {
     pub known: Arc<KnownTenants>,
     /// True on the internal listener: `/metrics` and the detailed `/readyz` need no token.
     pub internal: bool,
+    /// SCIM tokens verified in the last few seconds.
+    pub scim_tokens: Arc<ScimTokens>,
 }
 
 /// The internal listener's router: health, readiness in detail, metrics; nothing else.
@@ -146,6 +152,11 @@ pub fn router(state: AppState) -> Router {
     let (app, doc) = api_routes(state.role).split_for_parts();
     let doc = openapi::OpenApiText(doc.to_json().unwrap_or_else(|_| "{}".to_owned()));
     let app = app.layer(axum::Extension(Arc::new(doc)));
+    let app = if state.role.serves_api() {
+        app.merge(scim::routes())
+    } else {
+        app
+    };
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))

@@ -62,7 +62,9 @@ fn status_class(status: StatusCode) -> &'static str {
 }
 
 /// Gives an error answer without a JSON body the service's JSON error body.
+/// On the SCIM routes, in the SCIM error schema.
 pub(super) async fn json_errors(req: Request, next: Next) -> Response {
+    let scim = req.uri().path().starts_with("/scim/");
     let response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
@@ -77,7 +79,11 @@ pub(super) async fn json_errors(req: Request, next: Next) -> Response {
         _ => ("internal", "the request failed"),
     };
     let (mut parts, _) = response.into_parts();
-    let fresh = ApiError::new(status, code, message).into_response();
+    let fresh = if scim {
+        super::scim::error_response(status, message)
+    } else {
+        ApiError::new(status, code, message).into_response()
+    };
     let (fresh_parts, body) = fresh.into_parts();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     if let Some(ct) = fresh_parts.headers.get(CONTENT_TYPE) {
@@ -91,7 +97,9 @@ fn is_json(response: &Response) -> bool {
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+        .is_some_and(|v| {
+            v.starts_with("application/json") || v.starts_with(super::scim::SCIM_CONTENT_TYPE)
+        })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 -- scoped transaction (RLS applies on top of the explicit tenant filters).
 --   $1: tenant id (text)   $2: freshness in milliseconds (float8)
 -- Definitions: README "Readiness reports". Deactivated users and their progress are
--- excluded; rates and means are null where there is nothing to divide.
+-- excluded; rates and means are null where there is nothing to divide. `byGroup`: per SCIM
+-- group (the provider's Groups), beside `byTeam` (per enterprise manager).
 with active as not materialized (
     select user_id, manager_id
       from users
@@ -63,6 +64,20 @@ with active as not materialized (
       left join team_sizes ts on ts.manager_id = m.manager_id
       left join slices s on s.per_team and s.manager_id = m.manager_id
       left join users u on u.tenant_id = $1 and u.user_id = m.manager_id
+), group_figures as (
+    -- Per SCIM group: its active members' progress rows (a user in two groups counts in
+    -- both; the tenant totals count each row once).
+    select gm.group_id,
+           count(distinct a.user_id) as members,
+           count(p.course_id) as assigned,
+           count(p.course_id) filter (where p.status = 'completed') as completed,
+           count(p.score) as scored,
+           avg(p.score) as avg_score
+      from scim_group_members gm
+      join active a on a.user_id = gm.user_id
+      left join course_progress p on p.tenant_id = $1 and p.user_id = gm.user_id
+     where gm.tenant_id = $1
+     group by gm.group_id
 )
 select jsonb_build_object(
     'tenantId', $1::text,
@@ -96,6 +111,19 @@ select jsonb_build_object(
                    'avgScore', tm.avg_score,
                    'completionRate', tm.completed::float8 / nullif(tm.assigned, 0))
                order by tm.manager_id)
-          from teams tm), '[]'::jsonb)
+          from teams tm), '[]'::jsonb),
+    'byGroup', coalesce((
+        select jsonb_agg(jsonb_build_object(
+                   'groupId', g.group_id, 'displayName', g.display_name,
+                   'members', coalesce(gf.members, 0),
+                   'assigned', coalesce(gf.assigned, 0),
+                   'completed', coalesce(gf.completed, 0),
+                   'scored', coalesce(gf.scored, 0),
+                   'avgScore', gf.avg_score,
+                   'completionRate', gf.completed::float8 / nullif(gf.assigned, 0))
+               order by g.group_id)
+          from scim_groups g
+          left join group_figures gf on gf.group_id = g.group_id
+         where g.tenant_id = $1), '[]'::jsonb)
 )
 from totals t

@@ -109,6 +109,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
         metrics: Some(metrics),
         known: Arc::new(KnownTenants::default()),
         internal: false,
+        scim_tokens: crate::http::scim_token_cache(),
     };
     let header_read_timeout = Duration::from_millis(config.http.header_read_timeout_ms);
     if let Some(listener) = internal_listener {

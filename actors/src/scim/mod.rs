@@ -10,6 +10,7 @@
 pub mod filter;
 pub mod patch;
 pub mod projection;
+pub mod resource;
 pub mod rules;
 
 pub use rules::{

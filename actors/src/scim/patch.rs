@@ -194,6 +194,15 @@ pub fn parse_path(raw: &str) -> Result<PatchPath, PatchError> {
     })
 }
 
+/// True when `target` names `item` of a multi-valued attribute: by their `value` when both
+/// are complex values carrying one, else by equality.
+fn same_value(item: &Value, target: &Value) -> bool {
+    match (item.get("value"), target.get("value")) {
+        (Some(a), Some(b)) => a == b,
+        _ => item == target,
+    }
+}
+
 /// Applies `ops` in order to `resource` (a JSON object). On error the resource is left as
 /// the operations before the failing one made it: apply to a copy, store only on success.
 pub fn apply(
@@ -292,6 +301,21 @@ fn apply_one(
         (None, None) => {
             let key = key_ci(container, &path.attr.name).unwrap_or_else(|| path.attr.name.clone());
             match op.kind {
+                // Entra removes members by listing them as the value of a `remove` of the
+                // attribute: only those go (matched by their `value`).
+                PatchKind::Remove if multi && value.as_ref().is_some_and(|v| !v.is_null()) => {
+                    let targets = match value {
+                        Some(Value::Array(items)) => items,
+                        Some(v) => vec![v],
+                        None => vec![],
+                    };
+                    if let Some(Value::Array(items)) = container.get_mut(&key) {
+                        items.retain(|item| !targets.iter().any(|t| same_value(item, t)));
+                        if items.is_empty() {
+                            container.remove(&key);
+                        }
+                    }
+                }
                 PatchKind::Remove => {
                     container.remove(&key);
                 }
@@ -580,6 +604,24 @@ mod tests {
         read_only: &["id", "meta", "groups"],
         case_exact: &["members.value"],
     };
+
+    #[test]
+    fn entra_removes_listed_members_only() {
+        let mut g = json!({"members": [{"value": "u1"}, {"value": "u2"}, {"value": "u3"}]});
+        patch(
+            &mut g,
+            json!({"schemas": [PATCH_OP_SCHEMA], "Operations": [
+                {"op": "Remove", "path": "members", "value": [{"value": "u1"}, {"value": "u3"}]}]}),
+        )
+        .unwrap();
+        assert_eq!(g["members"], json!([{"value": "u2"}]));
+        patch(
+            &mut g,
+            json!({"schemas": [PATCH_OP_SCHEMA], "Operations": [{"op": "remove", "path": "members"}]}),
+        )
+        .unwrap();
+        assert!(g.get("members").is_none(), "without a value, all go");
+    }
 
     fn patch(resource: &mut Value, body: Value) -> Result<(), PatchError> {
         let ops = parse_request(&body)?;

@@ -26,6 +26,9 @@ pub struct StoredUser {
     pub external_id: Option<String>,
     pub manager_id: Option<String>,
     pub active: bool,
+    /// Deleted by a SCIM DELETE (deactivated as well): the SCIM provider no longer serves
+    /// it; a later CREATE of the same id brings it back.
+    pub deleted: bool,
     pub resource: Value,
     /// Incremented on every effective change (`meta.version` of the SCIM provider).
     pub version: i64,
@@ -42,6 +45,7 @@ impl StoredUser {
             && self.external_id == other.external_id
             && self.manager_id == other.manager_id
             && self.active == other.active
+            && self.deleted == other.deleted
             && self.resource == other.resource
     }
 }
@@ -213,6 +217,7 @@ pub fn apply_event(
             external_id: None,
             manager_id: None,
             active: false,
+            deleted: true,
             resource: serde_json::json!({
                 "schemas": [crate::scim::CORE_USER_SCHEMA],
                 "id": p.user_id,
@@ -226,6 +231,7 @@ pub fn apply_event(
             // Deactivation keeps the stored attributes (history), only `active` flips.
             let mut n = p.clone();
             n.active = false;
+            n.deleted = true;
             if let Value::Object(obj) = &mut n.resource {
                 obj.insert("active".into(), Value::Bool(false));
             }
@@ -245,6 +251,8 @@ pub fn apply_event(
                 external_id: user.external_id,
                 manager_id: user.manager_id,
                 active: user.active,
+                // A DELETE of a user never seen is stored deleted as well.
+                deleted: ev.operation == Operation::Delete,
                 resource,
                 version: prev.map_or(0, |p| p.version),
                 occurred_at: ev.occurred_at,

@@ -1,0 +1,339 @@
+//! The SQL of the SCIM provider's reads and of its groups: users as the provider serves
+//! them (not deleted, with their groups), filtered lists with `totalResults`, uniqueness
+//! checks, and the `scim_groups` / `scim_group_members` tables.
+//!
+//! User *writes* are not here: they go through the SCIM unit of work in `scim`
+//! ([`super::scim::apply_batch`]), the same one Kafka events take. Filters arrive compiled
+//! ([`super::scim_filter`]); their values are parameters.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Transaction;
+
+use super::scim_filter::SqlCondition;
+
+/// A stored user as the provider serves it.
+#[derive(Debug, Clone)]
+pub struct ProviderUser {
+    pub user_id: String,
+    pub user_name: String,
+    pub resource: Value,
+    pub version: i64,
+    pub deleted: bool,
+    pub occurred_at: OffsetDateTime,
+    pub created: OffsetDateTime,
+    pub updated: OffsetDateTime,
+    /// `[{value, display, type}]` of the groups the user is a member of.
+    pub groups: Value,
+}
+
+const USER_COLUMNS: &str = "u.user_id, u.user_name, u.scim, u.version, u.deleted,
+    u.source_occurred_at, u.created_at, u.updated_at,
+    (select coalesce(jsonb_agg(jsonb_build_object('value', g.group_id, 'display',
+                     g.display_name, 'type', 'direct') order by g.group_id), '[]'::jsonb)
+       from scim_group_members m
+       join scim_groups g on g.tenant_id = m.tenant_id and g.group_id = m.group_id
+      where m.tenant_id = u.tenant_id and m.user_id = u.user_id) as groups";
+
+fn to_user(r: &tokio_postgres::Row) -> ProviderUser {
+    ProviderUser {
+        user_id: r.get("user_id"),
+        user_name: r.get("user_name"),
+        resource: r.get("scim"),
+        version: r.get("version"),
+        deleted: r.get("deleted"),
+        occurred_at: r.get("source_occurred_at"),
+        created: r.get("created_at"),
+        updated: r.get("updated_at"),
+        groups: r.get("groups"),
+    }
+}
+
+/// The user `id` (deleted or not); with `lock`, locked for this transaction.
+pub async fn user(
+    tx: &Transaction<'_>,
+    t: &str,
+    id: &str,
+    lock: bool,
+) -> Result<Option<ProviderUser>, tokio_postgres::Error> {
+    let sql = format!(
+        "select {USER_COLUMNS} from users u where u.tenant_id = $1 and u.user_id = $2{}",
+        if lock { " for update of u" } else { "" }
+    );
+    Ok(tx.query_opt(&sql, &[&t, &id]).await?.as_ref().map(to_user))
+}
+
+/// One page of the users a filter selects (deleted users never), in id order, and how
+/// many it selects in all.
+pub async fn list_users(
+    tx: &Transaction<'_>,
+    t: &str,
+    filter: Option<&SqlCondition>,
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<ProviderUser>), tokio_postgres::Error> {
+    list(tx, t, filter, offset, limit, ListOf::Users)
+        .await
+        .map(|(total, rows)| (total, rows.iter().map(to_user).collect()))
+}
+
+enum ListOf {
+    Users,
+    Groups,
+}
+
+/// `select ... where <tenant> and <filter> order by id offset limit`, plus the total: from
+/// the page's window count, or by a count of its own when the page is empty.
+async fn list(
+    tx: &Transaction<'_>,
+    t: &str,
+    filter: Option<&SqlCondition>,
+    offset: i64,
+    limit: i64,
+    of: ListOf,
+) -> Result<(i64, Vec<tokio_postgres::Row>), tokio_postgres::Error> {
+    // The compiled condition numbers its parameters from $4: $1 tenant, $2 offset, $3 limit.
+    let (from, columns, order) = match of {
+        ListOf::Users => (
+            "users u where u.tenant_id = $1 and not u.deleted",
+            USER_COLUMNS,
+            "u.user_id",
+        ),
+        ListOf::Groups => (
+            "scim_groups u where u.tenant_id = $1",
+            GROUP_COLUMNS,
+            "u.group_id",
+        ),
+    };
+    let cond = filter.map_or(String::new(), |c| format!(" and ({})", c.sql));
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t, &offset, &limit];
+    if let Some(c) = filter {
+        params.extend(c.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+    }
+    let rows = if limit > 0 {
+        let sql = format!(
+            "select {columns}, count(*) over () as total from {from}{cond}
+              order by {order} offset $2 limit $3"
+        );
+        tx.query(&sql, &params).await?
+    } else {
+        Vec::new()
+    };
+    let total = match rows.first() {
+        Some(r) => r.get::<_, i64>("total"),
+        None => {
+            let sql =
+                format!("select count(*) from {from}{cond} and $2::int8 >= 0 and $3::int8 >= 0");
+            tx.query_one(&sql, &params).await?.get(0)
+        }
+    };
+    Ok((total, rows))
+}
+
+/// Serialises writers of one user name in the tenant (a transaction-scoped advisory lock)
+/// and tells whether another, not deleted user holds it (case-insensitively, as
+/// `userName` is unique in SCIM).
+pub async fn user_name_taken(
+    tx: &Transaction<'_>,
+    t: &str,
+    user_name: &str,
+    except_id: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    tx.execute(
+        "select pg_advisory_xact_lock(hashtextextended('scim-user:' || $1 || ':' || lower($2), 0))",
+        &[&t, &user_name],
+    )
+    .await?;
+    Ok(tx
+        .query_opt(
+            "select 1 from users where tenant_id = $1 and lower(user_name) = lower($2)
+                and not deleted and user_id <> $3 limit 1",
+            &[&t, &user_name, &except_id],
+        )
+        .await?
+        .is_some())
+}
+
+/// The ids among `ids` of users that exist and are not deleted.
+pub async fn existing_users(
+    tx: &Transaction<'_>,
+    t: &str,
+    ids: &[String],
+) -> Result<HashSet<String>, tokio_postgres::Error> {
+    Ok(tx
+        .query(
+            "select user_id from users
+              where tenant_id = $1 and user_id = any($2::text[]) and not deleted",
+            &[&t, &ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// A stored group (members separately: [`members`]).
+#[derive(Debug, Clone)]
+pub struct ProviderGroup {
+    pub group_id: String,
+    pub display_name: String,
+    pub resource: Value,
+    pub version: i64,
+    pub created: OffsetDateTime,
+    pub updated: OffsetDateTime,
+}
+
+const GROUP_COLUMNS: &str =
+    "u.group_id, u.display_name, u.scim, u.version, u.created_at, u.updated_at";
+
+fn to_group(r: &tokio_postgres::Row) -> ProviderGroup {
+    ProviderGroup {
+        group_id: r.get("group_id"),
+        display_name: r.get("display_name"),
+        resource: r.get("scim"),
+        version: r.get("version"),
+        created: r.get("created_at"),
+        updated: r.get("updated_at"),
+    }
+}
+
+/// The group `id`; with `lock`, locked for this transaction.
+pub async fn group(
+    tx: &Transaction<'_>,
+    t: &str,
+    id: &str,
+    lock: bool,
+) -> Result<Option<ProviderGroup>, tokio_postgres::Error> {
+    let sql = format!(
+        "select {GROUP_COLUMNS} from scim_groups u where u.tenant_id = $1 and u.group_id = $2{}",
+        if lock { " for update" } else { "" }
+    );
+    Ok(tx.query_opt(&sql, &[&t, &id]).await?.as_ref().map(to_group))
+}
+
+/// One page of the groups a filter selects, in id order, and how many it selects in all.
+pub async fn list_groups(
+    tx: &Transaction<'_>,
+    t: &str,
+    filter: Option<&SqlCondition>,
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<ProviderGroup>), tokio_postgres::Error> {
+    list(tx, t, filter, offset, limit, ListOf::Groups)
+        .await
+        .map(|(total, rows)| (total, rows.iter().map(to_group).collect()))
+}
+
+/// The members of `groups` as `(user id, user name)`, in user id order, per group.
+pub async fn members(
+    tx: &Transaction<'_>,
+    t: &str,
+    groups: &[String],
+) -> Result<HashMap<String, Vec<(String, String)>>, tokio_postgres::Error> {
+    let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for r in tx
+        .query(
+            "select m.group_id, m.user_id, coalesce(u.user_name, m.user_id)
+               from scim_group_members m
+               left join users u on u.tenant_id = m.tenant_id and u.user_id = m.user_id
+              where m.tenant_id = $1 and m.group_id = any($2::text[])
+              order by m.group_id, m.user_id",
+            &[&t, &groups],
+        )
+        .await?
+    {
+        out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+    }
+    Ok(out)
+}
+
+/// Serialises writers of one group display name in the tenant and tells whether another
+/// group holds it (case-insensitively).
+pub async fn group_name_taken(
+    tx: &Transaction<'_>,
+    t: &str,
+    display_name: &str,
+    except_id: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    tx.execute(
+        "select pg_advisory_xact_lock(hashtextextended('scim-group:' || $1 || ':' || lower($2), 0))",
+        &[&t, &display_name],
+    )
+    .await?;
+    Ok(tx
+        .query_opt(
+            "select 1 from scim_groups where tenant_id = $1
+                and lower(display_name) = lower($2) and group_id <> $3 limit 1",
+            &[&t, &display_name, &except_id],
+        )
+        .await?
+        .is_some())
+}
+
+/// Inserts or updates a group's attributes (not its members); returns its new version.
+pub async fn upsert_group(
+    tx: &Transaction<'_>,
+    t: &str,
+    id: &str,
+    display_name: &str,
+    external_id: Option<&str>,
+    resource: &Value,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(tx
+        .query_one(
+            "insert into scim_groups (tenant_id, group_id, display_name, external_id, scim, version)
+             values ($1, $2, $3, $4, $5, 1)
+             on conflict (tenant_id, group_id) do update set
+                 display_name = excluded.display_name, external_id = excluded.external_id,
+                 scim = excluded.scim, version = scim_groups.version + 1, updated_at = now()
+             returning version",
+            &[&t, &id, &display_name, &external_id, &resource],
+        )
+        .await?
+        .get(0))
+}
+
+/// Adds and removes members of a group, one statement each whatever their number.
+pub async fn change_members(
+    tx: &Transaction<'_>,
+    t: &str,
+    id: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    if !remove.is_empty() {
+        tx.execute(
+            "delete from scim_group_members
+              where tenant_id = $1 and group_id = $2 and user_id = any($3::text[])",
+            &[&t, &id, &remove],
+        )
+        .await?;
+    }
+    if !add.is_empty() {
+        tx.execute(
+            "insert into scim_group_members (tenant_id, group_id, user_id)
+             select $1, $2, unnest($3::text[]) on conflict do nothing",
+            &[&t, &id, &add],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes a group and its member rows. False when it did not exist.
+pub async fn delete_group(
+    tx: &Transaction<'_>,
+    t: &str,
+    id: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(tx
+        .execute(
+            "delete from scim_groups where tenant_id = $1 and group_id = $2",
+            &[&t, &id],
+        )
+        .await?
+        == 1)
+}
