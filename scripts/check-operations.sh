@@ -8,7 +8,11 @@
 #      address (scripts/check-logs.py);
 #   5. schemathesis against the running binary from its /openapi.json, every check on:
 #      with the operator token, a tenant's token, and an invalid token.
-# Installs what is missing: promtool (Debian package `prometheus`) and schemathesis (PyPI).
+#   6. two independent SCIM conformance checkers against the provider of a demo tenant:
+#      scim2-tester (through scim2-cli; findings compared with the listed deliberate
+#      deviations, scripts/scim-conformance-deviations.txt) and scim-sanity's probe.
+# Installs what is missing: promtool (Debian package `prometheus`), schemathesis (PyPI) and
+# the SCIM checkers (PyPI, pinned, in a virtualenv under ~/.cache).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -103,6 +107,27 @@ st_run() {
 st_run operator -H "Authorization: Bearer $op"
 ENABLEMENT_ST_TENANT=acme st_run tenant -H "Authorization: Bearer $(cat "$dev/token-acme")"
 st_run invalid-token -H "Authorization: Bearer acme.not-a-valid-token"
+
+log "6. SCIM conformance: scim2-tester (through scim2-cli) and scim-sanity, against globex"
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/enablement-scim-checkers"
+scim_pins=(scim2-cli==0.6.0 scim2-tester==0.5.2 scim2-client==0.13.2 scim2-models==0.12.3 scim-sanity==0.7.4)
+if ! "$venv/bin/python" -m pip freeze 2>/dev/null | grep -qx "scim-sanity==0.7.4"; then
+  log "   installing ${scim_pins[*]} (PyPI) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet "${scim_pins[@]}"
+fi
+scim_token="$("$bin" tenant scim-token globex 2>/dev/null)"
+# The token travels in the environment (scim2-cli reads SCIM_CLI_HEADERS), not in argv.
+SCIM_CLI_HEADERS="Authorization: Bearer $scim_token" \
+  "$venv/bin/scim" --url "$base/scim/v2/globex" test >"$dev/scim2-tester.out" 2>&1 || true
+python3 "$root/scripts/check-scim-conformance.py" "$dev/scim2-tester.out" \
+  "$root/scripts/scim-conformance-deviations.txt" 120 >&2 \
+  || { grep -A2 '^ERROR' "$dev/scim2-tester.out" | head -40 >&2; exit 1; }
+"$venv/bin/scim-sanity" probe "$base/scim/v2/globex" --token "$scim_token" \
+  --i-accept-side-effects >"$dev/scim-sanity.out" 2>&1 \
+  || { tail -40 "$dev/scim-sanity.out" >&2; exit 1; }
+grep -E "passed, .* total" "$dev/scim-sanity.out" >&2
+grep -q "Result: All tests passed." "$dev/scim-sanity.out" || { tail -40 "$dev/scim-sanity.out" >&2; exit 1; }
 kill -TERM "$svc_pid"
 wait "$svc_pid" || { log "service exit status $?"; exit 1; }
 svc_pid=

@@ -679,7 +679,7 @@ async fn groups_members_and_the_readiness_breakdown() {
             Method::POST,
             "/Groups",
             Some(
-                json!({"schemas": [GROUP], "displayName": "G2", "members": [{"value": "nobody"}]}),
+                json!({"schemas": [GROUP], "displayName": "G2", "members": [{"value": "g1", "type": "Group"}]}),
             ),
             &[],
         )

@@ -6,7 +6,7 @@
 //! ([`super::scim::apply_batch`]), the same one Kafka events take. Filters arrive compiled
 //! ([`super::scim_filter`]); their values are parameters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -155,24 +155,6 @@ pub async fn user_name_taken(
         )
         .await?
         .is_some())
-}
-
-/// The ids among `ids` of users that exist and are not deleted.
-pub async fn existing_users(
-    tx: &Transaction<'_>,
-    t: &str,
-    ids: &[String],
-) -> Result<HashSet<String>, tokio_postgres::Error> {
-    Ok(tx
-        .query(
-            "select user_id from users
-              where tenant_id = $1 and user_id = any($2::text[]) and not deleted",
-            &[&t, &ids],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
 }
 
 /// A stored group (members separately: [`members`]).

@@ -157,15 +157,21 @@ pub fn router(state: AppState) -> Router {
     } else {
         app
     };
-    app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            guard,
-            guard::per_client,
-        ))
-        .layer(global)
-        .layer(axum::middleware::from_fn(observe::json_errors))
-        .layer(axum::middleware::from_fn(observe::record))
-        .with_state(state)
+    app.fallback(|uri: axum::http::Uri| async move {
+        if uri.path().starts_with("/scim/") {
+            scim::error_response(StatusCode::NOT_FOUND, "no such SCIM endpoint")
+        } else {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+        }
+    })
+    .layer(DefaultBodyLimit::max(limit))
+    .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+    .layer(axum::middleware::from_fn_with_state(
+        guard,
+        guard::per_client,
+    ))
+    .layer(global)
+    .layer(axum::middleware::from_fn(observe::json_errors))
+    .layer(axum::middleware::from_fn(observe::record))
+    .with_state(state)
 }

@@ -73,6 +73,7 @@ pub fn routes() -> Router<AppState> {
         .route("/scim/v2/{tenant}/ResourceTypes/{id}", get(resource_type))
         .route("/scim/v2/{tenant}/Schemas", get(schemas))
         .route("/scim/v2/{tenant}/Schemas/{id}", get(schema))
+        .route("/scim/v2/{tenant}/.search", post(search_all))
         .route("/scim/v2/{tenant}/Users", get(list_users).post(create_user))
         .route("/scim/v2/{tenant}/Users/.search", post(search_users))
         .route(
@@ -354,6 +355,8 @@ fn read_answer(headers: &HeaderMap, s: Served) -> Response {
 enum Kind {
     Users,
     Groups,
+    /// The root `.search`: Users, then Groups.
+    All,
 }
 
 async fn read_one(
@@ -372,7 +375,7 @@ async fn read_one(
     let q = list_query(&params)?;
     let p = provider(&s);
     let found = match kind {
-        Kind::Users => p.get_user(&scope, &id, &q).await?,
+        Kind::Users | Kind::All => p.get_user(&scope, &id, &q).await?,
         Kind::Groups => p.get_group(&scope, &id, &q).await?,
     };
     Ok(read_answer(&headers, found))
@@ -395,6 +398,7 @@ async fn read_list(
     let list = match kind {
         Kind::Users => p.list_users(&scope, &q).await?,
         Kind::Groups => p.list_groups(&scope, &q).await?,
+        Kind::All => p.search_all(&scope, &q).await?,
     };
     Ok(scim_json(StatusCode::OK, &list))
 }
@@ -418,7 +422,7 @@ async fn write(
     let deleting = matches!(change, Change::Delete);
     let id = id.as_deref();
     let out = match kind {
-        Kind::Users => p.write_user(&scope, id, change, if_match(&headers)).await?,
+        Kind::Users | Kind::All => p.write_user(&scope, id, change, if_match(&headers)).await?,
         Kind::Groups => {
             p.write_group(&scope, id, change, if_match(&headers))
                 .await?
@@ -460,6 +464,15 @@ async fn search_users(
 ) -> Result<Response, ScimError> {
     let q = search_query(&body)?;
     read_list(s, h, t, q, Kind::Users).await
+}
+async fn search_all(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(t): Path<String>,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    let q = search_query(&body)?;
+    read_list(s, h, t, q, Kind::All).await
 }
 async fn search_groups(
     State(s): State<AppState>,

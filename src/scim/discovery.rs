@@ -156,6 +156,13 @@ impl A {
         if !self.subs.is_empty() {
             v["subAttributes"] = Value::Array(self.subs);
         }
+        if self.kind == "reference" {
+            v["referenceTypes"] = if self.name == "$ref" {
+                json!(["User", "Group"])
+            } else {
+                json!(["external"])
+            };
+        }
         v
     }
 }
@@ -256,6 +263,7 @@ fn group_attributes() -> Vec<Value> {
             .multi()
             .subs(vec![
                 a("value", "string").exact(),
+                a("$ref", "reference").read_only(),
                 a("display", "string").read_only(),
                 a("type", "string"),
             ])

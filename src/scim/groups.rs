@@ -1,8 +1,8 @@
 //! SCIM Groups: the tenant's teams. Attributes in `scim_groups`, members as rows in
 //! `scim_group_members` (a PATCH of thousands of members is two statements). A write locks
 //! the group, checks `If-Match`, applies the PATCH to the group with its members, checks
-//! that `displayName` is unique and that every member is a user of the tenant, writes the
-//! difference, and announces it as `group_changed` on the tenant's `events` topic through
+//! that `displayName` is unique, writes the difference (a member id that is no user of the
+//! tenant yet is kept: it counts nowhere until the user exists), and announces it as `group_changed` on the tenant's `events` topic through
 //! the outbox, with a readiness mark (the report's breakdown per group changes).
 
 use std::collections::HashSet;
@@ -30,7 +30,8 @@ fn render(g: &ProviderGroup, members: Option<&[(String, String)]>, base: &str) -
     let mut r = g.resource.clone();
     if let Value::Object(obj) = &mut r {
         obj.insert("id".into(), Value::String(g.group_id.clone()));
-        if let Some(members) = members {
+        // An empty member list is left out, as every unassigned attribute is.
+        if let Some(members) = members.filter(|m| !m.is_empty()) {
             let list: Vec<Value> = members
                 .iter()
                 .map(|(id, name)| {
@@ -199,13 +200,6 @@ impl ScimProvider {
                 return Ok(Err(ProviderError::uniqueness(
                     "another group of this tenant has this displayName",
                 )));
-            }
-            let known = scim_provider::existing_users(tx, t, &input.members).await?;
-            if let Some(unknown) = input.members.iter().find(|m| !known.contains(*m)) {
-                return Ok(Err(ProviderError::invalid_value(format!(
-                    "member {} is not a user of this tenant",
-                    unknown.chars().take(64).collect::<String>()
-                ))));
             }
             let old: HashSet<&String> = before.iter().collect();
             let new: HashSet<&String> = input.members.iter().collect();

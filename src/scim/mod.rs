@@ -93,6 +93,53 @@ impl ScimProvider {
     }
 }
 
+impl ScimProvider {
+    /// The root `POST /.search` (RFC 7644 §3.4.3): Users, then Groups, as one list. A
+    /// filter naming an attribute only one type has selects nothing of the other type.
+    pub async fn search_all(
+        &self,
+        scope: &Scope<'_>,
+        q: &ListQuery,
+    ) -> Result<Value, ProviderError> {
+        let page = Page::from_params(q.start_index, q.count);
+        let counting = ListQuery {
+            start_index: None,
+            count: Some(0),
+            ..q.clone()
+        };
+        let total = |v: &Value| v["totalResults"].as_i64().unwrap_or(0);
+        let users = self.list_users(scope, &counting).await.map(|v| total(&v));
+        let groups = self.list_groups(scope, &counting).await.map(|v| total(&v));
+        let (users_total, groups_total) = match (users, groups) {
+            (Err(e), Err(_)) => return Err(e),
+            (u, g) => (u.ok(), g.ok()),
+        };
+        let offset = page.offset() as i64;
+        let mut resources: Vec<Value> = Vec::new();
+        let take = |v: Value| v["Resources"].as_array().cloned().unwrap_or_default();
+        if let Some(ut) = users_total.filter(|ut| offset < *ut && page.count > 0) {
+            let slice = ListQuery {
+                start_index: Some(offset + 1),
+                count: Some((page.count as i64).min(ut - offset)),
+                ..q.clone()
+            };
+            resources.extend(take(self.list_users(scope, &slice).await?));
+        }
+        let remaining = page.count.saturating_sub(resources.len()) as i64;
+        if groups_total.is_some() && remaining > 0 {
+            let skip = (offset - users_total.unwrap_or(0)).max(0);
+            let slice = ListQuery {
+                start_index: Some(skip + 1),
+                count: Some(remaining),
+                ..q.clone()
+            };
+            resources.extend(take(self.list_groups(scope, &slice).await?));
+        }
+        let all = users_total.unwrap_or(0) + groups_total.unwrap_or(0);
+        Ok(list_response(all, page, resources))
+    }
+}
+
 /// A list answer (RFC 7644 §3.4.2).
 pub(crate) fn list_response(total: i64, page: Page, resources: Vec<Value>) -> Value {
     json!({

@@ -232,6 +232,13 @@ fn apply_one(
             ));
         };
         for (key, v) in values {
+            // Okta renames a group with `{"op": "replace", "value": {"id": .., "displayName":
+            // ..}}`: read-only attributes inside a path-less value are ignored, as in a PUT.
+            if schema.read_only.iter().any(|r| key.eq_ignore_ascii_case(r))
+                || key.eq_ignore_ascii_case("schemas")
+            {
+                continue;
+            }
             let p = if schema
                 .extensions
                 .iter()
@@ -272,6 +279,39 @@ fn apply_one(
         }
         return Ok(());
     };
+    // The whole extension as the path (`urn:...:enterprise:2.0:User`): the URN parses as
+    // a schema and a last name; taken together they name the extension's object.
+    if let (Some(s), None, None) = (&path.attr.schema, &path.filter, &path.attr.sub) {
+        let whole = format!("{s}:{}", path.attr.name);
+        if let Some(urn) = schema
+            .extensions
+            .iter()
+            .find(|e| e.eq_ignore_ascii_case(&whole))
+        {
+            let key = key_ci(root, urn).unwrap_or_else(|| urn.to_string());
+            return match (op.kind, op.value.clone()) {
+                (PatchKind::Remove, _) => {
+                    root.remove(&key);
+                    Ok(())
+                }
+                (PatchKind::Replace, Some(v @ Value::Object(_))) => {
+                    root.insert(key, v);
+                    Ok(())
+                }
+                (PatchKind::Add, Some(v @ Value::Object(_))) => {
+                    let mut values = Map::new();
+                    values.insert(urn.to_string(), v);
+                    let whole_op = PatchOperation {
+                        kind: PatchKind::Add,
+                        path: None,
+                        value: Some(Value::Object(values)),
+                    };
+                    apply_one(root, &whole_op, schema)
+                }
+                _ => Err(PatchError::InvalidValue(format!("{urn} must be an object"))),
+            };
+        }
+    }
     let name = path.attr.name.to_ascii_lowercase();
     if schema.read_only.contains(&name.as_str()) {
         return Err(PatchError::Mutability(path.attr.name.clone()));
@@ -604,6 +644,33 @@ mod tests {
         read_only: &["id", "meta", "groups"],
         case_exact: &["members.value"],
     };
+
+    #[test]
+    fn the_whole_extension_is_a_path() {
+        let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+        let mut u = json!({"userName": "a", ent: {"department": "x", "costCenter": "c"}});
+        patch(
+            &mut u,
+            json!({"schemas": [PATCH_OP_SCHEMA], "Operations": [
+            {"op": "add", "path": ent, "value": {"department": "y"}}]}),
+        )
+        .unwrap();
+        assert_eq!(u[ent], json!({"department": "y", "costCenter": "c"}));
+        patch(
+            &mut u,
+            json!({"schemas": [PATCH_OP_SCHEMA], "Operations": [
+            {"op": "replace", "path": ent, "value": {"division": "d"}}]}),
+        )
+        .unwrap();
+        assert_eq!(u[ent], json!({"division": "d"}));
+        patch(
+            &mut u,
+            json!({"schemas": [PATCH_OP_SCHEMA], "Operations": [
+            {"op": "remove", "path": ent}]}),
+        )
+        .unwrap();
+        assert!(u.get(ent).is_none());
+    }
 
     #[test]
     fn entra_removes_listed_members_only() {

@@ -271,6 +271,30 @@ pub fn user_from_body(body: Value, id: &str) -> Result<ScimUser, ProviderError> 
         &[CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA],
     )?;
     let mut obj = strip(obj, &["groups"])?;
+    // Entra sets the manager as a one-element array (`[{"$ref": null, "value": "m1"}]`):
+    // stored as the single complex value the enterprise schema defines.
+    if let Some(Value::Object(ext)) = obj
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case(ENTERPRISE_USER_SCHEMA))
+        .map(|(_, v)| v)
+    {
+        if let Some(key) = ext
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("manager"))
+            .cloned()
+        {
+            if let Some(Value::Array(items)) = ext.get(&key) {
+                match items.first().cloned() {
+                    Some(first) => {
+                        ext.insert(key, first);
+                    }
+                    None => {
+                        ext.remove(&key);
+                    }
+                }
+            }
+        }
+    }
     let user_name = text(&obj, "userName", true)?.unwrap_or_default();
     let external_id = text(&obj, "externalId", false)?;
     let active = match get_ci(&obj, "active") {
@@ -299,9 +323,12 @@ pub fn user_from_body(body: Value, id: &str) -> Result<ScimUser, ProviderError> 
             ))
         }
     };
+    let had_active = get_ci(&obj, "active").is_some();
     obj.retain(|k, _| !k.eq_ignore_ascii_case("active"));
     obj.insert("id".into(), Value::String(id.to_owned()));
-    obj.insert("active".into(), Value::Bool(active));
+    if had_active {
+        obj.insert("active".into(), Value::Bool(active));
+    }
     Ok(ScimUser {
         id: id.to_owned(),
         user_name,
@@ -352,7 +379,8 @@ fn primary_value(obj: &Map<String, Value>, name: &str) -> Result<Option<String>,
 pub struct GroupInput {
     pub display_name: String,
     pub external_id: Option<String>,
-    /// Member user ids, deduplicated, in the order given.
+    /// Member user ids, deduplicated, in the order given. An id of no (or no longer a)
+    /// user is kept: a group push may arrive before the user's create, from either path.
     pub members: Vec<String>,
     /// The resource without `id`, `meta` and `members` (members are stored as rows).
     pub resource: Value,
@@ -391,8 +419,9 @@ pub fn group_from_body(body: Value) -> Result<GroupInput, ProviderError> {
                         "a member needs a value (a user id)",
                     ));
                 };
+                // `type` is free text in RFC 7643; only `Group` (nesting) is refused.
                 if let Some(Value::String(t)) = get_ci(&m, "type") {
-                    if !t.eq_ignore_ascii_case("User") {
+                    if t.eq_ignore_ascii_case("Group") {
                         return Err(ProviderError::invalid_value(
                             "members of a group are users (nested groups are not supported)",
                         ));
@@ -441,6 +470,18 @@ mod tests {
         assert_eq!(u.resource["active"], false);
         assert!(u.resource.get("password").is_none() && u.resource.get("meta").is_none());
         assert!(u.resource.get("Active").is_none());
+    }
+
+    #[test]
+    fn an_entra_manager_array_is_stored_as_one_value() {
+        let u = user_from_body(
+            json!({"schemas": [CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA], "userName": "a",
+                   ENTERPRISE_USER_SCHEMA: {"manager": [{"$ref": null, "value": "m9"}]}}),
+            "u1",
+        )
+        .unwrap();
+        assert_eq!(u.manager_id.as_deref(), Some("m9"));
+        assert_eq!(u.resource[ENTERPRISE_USER_SCHEMA]["manager"]["value"], "m9");
     }
 
     #[test]

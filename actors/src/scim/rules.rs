@@ -240,8 +240,12 @@ pub fn apply_event(
         _ => {
             let user = ev.user;
             let mut resource = user.resource;
+            // `active` as the stored boolean where the resource has it; a resource without
+            // it stays without it (SCIM's default applies: active).
             if let Value::Object(obj) = &mut resource {
-                obj.insert("active".into(), Value::Bool(user.active));
+                if obj.contains_key("active") || !user.active {
+                    obj.insert("active".into(), Value::Bool(user.active));
+                }
             }
             StoredUser {
                 user_id: user.id,
