@@ -16,10 +16,20 @@ alter table tenant_secrets
 
 alter table users add column deleted boolean not null default false;
 
+-- `userName eq` inside the tenant's row-level security: a qual applying `lower()` (not
+-- leakproof) to a column is evaluated after the policy, never as an index condition, so the
+-- index of 0015 on `lower(user_name)` is never used by the service role. A generated
+-- lower-case column compares with `=` (leakproof) and is indexed.
+alter table users
+    add column user_name_lower text generated always as (lower(user_name)) stored;
+create index users_by_user_name_lower on users (tenant_id, user_name_lower);
+drop index users_by_lower_user_name;
+
 create table scim_groups (
     tenant_id    text not null references tenants (tenant_id),
     group_id     text not null,
     display_name text not null,
+    display_name_lower text generated always as (lower(display_name)) stored,
     external_id  text,
     -- The resource as last written, without `members` (they are rows below) and `meta`.
     scim         jsonb not null,
@@ -28,7 +38,7 @@ create table scim_groups (
     updated_at   timestamptz not null default now(),
     primary key (tenant_id, group_id)
 );
-create index scim_groups_by_lower_name on scim_groups (tenant_id, lower(display_name));
+create index scim_groups_by_display_name_lower on scim_groups (tenant_id, display_name_lower);
 create index scim_groups_by_external_id on scim_groups (tenant_id, external_id);
 
 create table scim_group_members (

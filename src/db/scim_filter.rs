@@ -5,8 +5,9 @@
 //!
 //! Columns where the service keeps them (`user_id`, `user_name`, `external_id`, `active`,
 //! `created_at`, `updated_at`), the rest inside the stored resource (`scim` jsonb).
-//! `userName` compares case-insensitively (`caseExact: false`, RFC 7643) through
-//! `lower(user_name)`, which the index `users_by_lower_user_name` (migration 0015) serves;
+//! `userName` compares case-insensitively (`caseExact: false`, RFC 7643) through the
+//! generated column `user_name_lower`, which the index `users_by_user_name_lower` (migration
+//! 0016) serves inside the tenant's row-level security (`lower(user_name)` would not be);
 //! `id` and `externalId` are case-exact (the primary key, `users_by_external_id`). A
 //! multi-valued attribute (`emails`) matches when one of its elements does; compared
 //! without a sub-attribute, its elements' `value` is compared.
@@ -38,6 +39,11 @@ pub struct Attribute {
     pub case_exact: bool,
     /// Multi-valued, with these sub-attributes (`value`, `type`, `primary`, `display`).
     pub multi: Option<&'static [Attribute]>,
+    /// `sql` is already lower-case (a generated column): compared without `lower()` around
+    /// it, so the comparison stays an index condition under row-level security (`lower()`
+    /// is not leakproof: PostgreSQL evaluates a qual applying it to a column after the
+    /// policy, never inside an index scan).
+    pub folded: bool,
 }
 
 /// The attributes of one resource type, and the schema URNs its names may carry.
@@ -85,6 +91,26 @@ impl ResourceSchema {
                 Ok((a, Some(s.name)))
             }
             _ => Err(unknown()),
+        }
+    }
+}
+
+/// How an attribute's text compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Exact,
+    /// `lower()` on both sides.
+    Insensitive,
+    /// The column is lower-case already: `lower()` on the value only.
+    Folded,
+}
+
+impl Case {
+    fn of(a: &Attribute) -> Self {
+        match (a.case_exact, a.folded) {
+            (true, _) => Case::Exact,
+            (false, true) => Case::Folded,
+            (false, false) => Case::Insensitive,
         }
     }
 }
@@ -157,7 +183,7 @@ impl Compiler<'_> {
                         Target::Scalar(
                             s.sql.replace("{e}", &format!("{alias}.v")),
                             s.kind,
-                            s.case_exact,
+                            Case::of(s),
                         )
                     }
                     None => {
@@ -166,7 +192,7 @@ impl Compiler<'_> {
                             (None, _) => Target::Scalar(
                                 attr.sql.replace("{r}", self.row),
                                 attr.kind,
-                                attr.case_exact,
+                                Case::of(attr),
                             ),
                             (Some(subs), sub) => {
                                 // `emails co "x"` compares the `value` sub-attribute of each
@@ -186,7 +212,7 @@ impl Compiler<'_> {
                         self.elements += 1;
                         let alias = format!("e{}", self.elements);
                         let expr = sub.sql.replace("{e}", &format!("{alias}.v"));
-                        let cond = self.term(f, &expr, sub.kind, sub.case_exact)?;
+                        let cond = self.term(f, &expr, sub.kind, Case::of(&sub))?;
                         format!(
                             "exists (select 1 from jsonb_array_elements(case when jsonb_typeof({arr}) = 'array' then {arr} else '[]'::jsonb end) as {alias}(v) where {cond})"
                         )
@@ -202,15 +228,17 @@ impl Compiler<'_> {
         f: &Filter,
         expr: &str,
         kind: Kind,
-        exact: bool,
+        case: Case,
     ) -> Result<String, FilterError> {
+        let exact = case == Case::Exact;
         let (op, value) = match f {
             Filter::Present(_) => return Ok(format!("(coalesce({expr}, '') <> '')")),
             Filter::Compare { op, value, .. } => (*op, value),
             _ => unreachable!("term is called for comparisons only"),
         };
+        let folded = case == Case::Folded;
         let fold = |e: &str| {
-            if exact || kind != Kind::Text {
+            if exact || folded || kind != Kind::Text {
                 e.to_owned()
             } else {
                 format!("lower({e})")
@@ -277,7 +305,7 @@ impl Compiler<'_> {
 }
 
 enum Target {
-    Scalar(String, Kind, bool),
+    Scalar(String, Kind, Case),
     Elements(String, Attribute),
 }
 
@@ -312,6 +340,15 @@ const fn text(name: &'static str, sql: &'static str) -> Attribute {
         kind: Kind::Text,
         case_exact: false,
         multi: None,
+        folded: false,
+    }
+}
+
+/// A case-insensitive attribute kept lower-case in a generated column (indexed).
+const fn folded(name: &'static str, sql: &'static str) -> Attribute {
+    Attribute {
+        folded: true,
+        ..text(name, sql)
     }
 }
 
@@ -347,7 +384,7 @@ const ELEMENT: &[Attribute] = &[
 const USER: &[Attribute] = &[
     exact("id", "{r}.user_id"),
     exact("externalid", "{r}.external_id"),
-    text("username", "{r}.user_name"),
+    folded("username", "{r}.user_name_lower"),
     text("displayname", "{r}.scim->>'displayName'"),
     text("nickname", "{r}.scim->>'nickName'"),
     text("profileurl", "{r}.scim->>'profileUrl'"),
@@ -405,7 +442,7 @@ pub static USER_SCHEMA: ResourceSchema = ResourceSchema {
 const GROUP: &[Attribute] = &[
     exact("id", "{r}.group_id"),
     exact("externalid", "{r}.external_id"),
-    text("displayname", "{r}.display_name"),
+    folded("displayname", "{r}.display_name_lower"),
     Attribute {
         multi: Some(MEMBER),
         ..text(
@@ -464,6 +501,7 @@ mod tests {
             kind: Kind::Text,
             case_exact: false,
             multi: None,
+            folded: false,
         },
         Attribute {
             name: "primary",
@@ -471,6 +509,7 @@ mod tests {
             kind: Kind::Boolean,
             case_exact: false,
             multi: None,
+            folded: false,
         },
     ];
     static SCHEMA: ResourceSchema = ResourceSchema {
@@ -483,6 +522,7 @@ mod tests {
                 kind: Kind::Text,
                 case_exact: false,
                 multi: None,
+                folded: false,
             },
             Attribute {
                 name: "id",
@@ -490,6 +530,7 @@ mod tests {
                 kind: Kind::Text,
                 case_exact: true,
                 multi: None,
+                folded: false,
             },
             Attribute {
                 name: "emails",
@@ -497,6 +538,7 @@ mod tests {
                 kind: Kind::Text,
                 case_exact: false,
                 multi: Some(SUBS),
+                folded: false,
             },
         ],
     };

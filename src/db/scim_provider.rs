@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 use super::scim_filter::SqlCondition;
@@ -26,16 +26,14 @@ pub struct ProviderUser {
     pub occurred_at: OffsetDateTime,
     pub created: OffsetDateTime,
     pub updated: OffsetDateTime,
-    /// `[{value, display, type}]` of the groups the user is a member of.
+    /// The ids of the groups the user is a member of (a JSON array), then, once
+    /// [`name_groups`] ran, `[{value, display, type}]`.
     pub groups: Value,
 }
 
 const USER_COLUMNS: &str = "u.user_id, u.user_name, u.scim, u.version, u.deleted,
     u.source_occurred_at, u.created_at, u.updated_at,
-    (select coalesce(jsonb_agg(jsonb_build_object('value', g.group_id, 'display',
-                     g.display_name, 'type', 'direct') order by g.group_id), '[]'::jsonb)
-       from scim_group_members m
-       join scim_groups g on g.tenant_id = m.tenant_id and g.group_id = m.group_id
+    (select jsonb_agg(m.group_id order by m.group_id) from scim_group_members m
       where m.tenant_id = u.tenant_id and m.user_id = u.user_id) as groups";
 
 fn to_user(r: &tokio_postgres::Row) -> ProviderUser {
@@ -48,7 +46,7 @@ fn to_user(r: &tokio_postgres::Row) -> ProviderUser {
         occurred_at: r.get("source_occurred_at"),
         created: r.get("created_at"),
         updated: r.get("updated_at"),
-        groups: r.get("groups"),
+        groups: r.get::<_, Option<Value>>("groups").unwrap_or(Value::Null),
     }
 }
 
@@ -63,7 +61,56 @@ pub async fn user(
         "select {USER_COLUMNS} from users u where u.tenant_id = $1 and u.user_id = $2{}",
         if lock { " for update of u" } else { "" }
     );
-    Ok(tx.query_opt(&sql, &[&t, &id]).await?.as_ref().map(to_user))
+    let mut found: Vec<ProviderUser> = tx
+        .query_opt(&sql, &[&t, &id])
+        .await?
+        .iter()
+        .map(to_user)
+        .collect();
+    name_groups(tx, t, &mut found).await?;
+    Ok(found.pop())
+}
+
+/// Turns the users' group ids into `{value, display, type}` (one query, only when a user
+/// is in a group: a lookup of users outside groups costs nothing more).
+async fn name_groups(
+    tx: &Transaction<'_>,
+    t: &str,
+    users: &mut [ProviderUser],
+) -> Result<(), tokio_postgres::Error> {
+    let ids: Vec<String> = users
+        .iter()
+        .flat_map(|u| u.groups.as_array().into_iter().flatten())
+        .filter_map(|g| g.as_str().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        for u in users.iter_mut() {
+            u.groups = Value::Array(Vec::new());
+        }
+        return Ok(());
+    }
+    let names: HashMap<String, String> = tx
+        .query(
+            "select group_id, display_name from scim_groups
+              where tenant_id = $1 and group_id = any($2::text[])",
+            &[&t, &ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for u in users.iter_mut() {
+        let named: Vec<Value> = u
+            .groups
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|g| serde_json::json!({"value": g, "display": names.get(g), "type": "direct"}))
+            .collect();
+        u.groups = Value::Array(named);
+    }
+    Ok(())
 }
 
 /// One page of the users a filter selects (deleted users never), in id order, and how
@@ -75,9 +122,10 @@ pub async fn list_users(
     offset: i64,
     limit: i64,
 ) -> Result<(i64, Vec<ProviderUser>), tokio_postgres::Error> {
-    list(tx, t, filter, offset, limit, ListOf::Users)
-        .await
-        .map(|(total, rows)| (total, rows.iter().map(to_user).collect()))
+    let (total, rows) = list(tx, t, filter, offset, limit, ListOf::Users).await?;
+    let mut users: Vec<ProviderUser> = rows.iter().map(to_user).collect();
+    name_groups(tx, t, &mut users).await?;
+    Ok((total, users))
 }
 
 enum ListOf {
@@ -86,7 +134,7 @@ enum ListOf {
 }
 
 /// `select ... where <tenant> and <filter> order by id offset limit`, plus the total: from
-/// the page's window count, or by a count of its own when the page is empty.
+/// the page itself when it is not full, else by a count of its own.
 async fn list(
     tx: &Transaction<'_>,
     t: &str,
@@ -113,22 +161,37 @@ async fn list(
     if let Some(c) = filter {
         params.extend(c.params.iter().map(|p| p as &(dyn ToSql + Sync)));
     }
+    // Typed parameters (text, int8, int8, then the filter's text values): parsed, bound and
+    // run in one round trip, no separate prepare.
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                *p,
+                if i == 1 || i == 2 {
+                    Type::INT8
+                } else {
+                    Type::TEXT
+                },
+            )
+        })
+        .collect();
     let rows = if limit > 0 {
-        let sql = format!(
-            "select {columns}, count(*) over () as total from {from}{cond}
-              order by {order} offset $2 limit $3"
-        );
-        tx.query(&sql, &params).await?
+        let sql = format!("select {columns} from {from}{cond} order by {order} offset $2 limit $3");
+        tx.query_typed(&sql, &typed).await?
     } else {
         Vec::new()
     };
-    let total = match rows.first() {
-        Some(r) => r.get::<_, i64>("total"),
-        None => {
-            let sql =
-                format!("select count(*) from {from}{cond} and $2::int8 >= 0 and $3::int8 >= 0");
-            tx.query_one(&sql, &params).await?.get(0)
-        }
+    // A page that is not full and did not start past the end holds the rest: the total
+    // follows without counting (a `userName eq` lookup is one statement).
+    let total = if !rows.is_empty() && (rows.len() as i64) < limit {
+        offset + rows.len() as i64
+    } else if rows.is_empty() && offset == 0 && limit > 0 {
+        0
+    } else {
+        let sql = format!("select count(*) from {from}{cond} and $2::int8 >= 0 and $3::int8 >= 0");
+        tx.query_one(&sql, &params).await?.get(0)
     };
     Ok((total, rows))
 }
@@ -149,7 +212,7 @@ pub async fn user_name_taken(
     .await?;
     Ok(tx
         .query_opt(
-            "select 1 from users where tenant_id = $1 and lower(user_name) = lower($2)
+            "select 1 from users where tenant_id = $1 and user_name_lower = lower($2)
                 and not deleted and user_id <> $3 limit 1",
             &[&t, &user_name, &except_id],
         )
@@ -248,7 +311,7 @@ pub async fn group_name_taken(
     Ok(tx
         .query_opt(
             "select 1 from scim_groups where tenant_id = $1
-                and lower(display_name) = lower($2) and group_id <> $3 limit 1",
+                and display_name_lower = lower($2) and group_id <> $3 limit 1",
             &[&t, &display_name, &except_id],
         )
         .await?
@@ -318,4 +381,31 @@ pub async fn delete_group(
         )
         .await?
         == 1)
+}
+
+/// Locks the users and groups a batch of provider writes names, each set in id order (the
+/// order every writer of the tenant takes them in, before the outbox sequence row).
+pub async fn lock_rows(
+    tx: &Transaction<'_>,
+    t: &str,
+    users: &[String],
+    groups: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    if !users.is_empty() {
+        tx.query(
+            "select 1 from users where tenant_id = $1 and user_id = any($2::text[])
+              order by user_id for update",
+            &[&t, &users],
+        )
+        .await?;
+    }
+    if !groups.is_empty() {
+        tx.query(
+            "select 1 from scim_groups where tenant_id = $1 and group_id = any($2::text[])
+              order by group_id for update",
+            &[&t, &groups],
+        )
+        .await?;
+    }
+    Ok(())
 }

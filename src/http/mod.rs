@@ -81,6 +81,8 @@ pub struct AppState {
     pub internal: bool,
     /// SCIM tokens verified in the last few seconds.
     pub scim_tokens: Arc<ScimTokens>,
+    /// The SCIM provider's per-tenant write queues (group commit).
+    pub scim_writers: Arc<crate::scim::writer::TenantWriters>,
 }
 
 /// The internal listener's router: health, readiness in detail, metrics; nothing else.

@@ -238,6 +238,7 @@ fn provider(s: &AppState) -> ScimProvider {
         s.store.clone(),
         s.cache.clone(),
         s.config.pipeline.scim_delete,
+        s.scim_writers.clone(),
     )
 }
 

@@ -5,10 +5,12 @@
 //! tenant yet is kept: it counts nowhere until the user exists), and announces it as `group_changed` on the tenant's `events` topic through
 //! the outbox, with a readiness mark (the report's breakdown per group changes).
 
+use std::any::Any;
 use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
+use super::writer::{work, WriteLocks};
 use super::{
     list_response, meta, new_id, precondition, shape, unavailable, Change, ListQuery, ScimProvider,
     Scope, Served,
@@ -24,6 +26,9 @@ use crate::actors::TopicKind;
 use crate::db::scim_provider::{self, ProviderGroup};
 use crate::db::{notify_tenant_work, outbox, schedule, scim_filter};
 use crate::tenant_tx;
+
+/// A group as written, with its members.
+type Written = (ProviderGroup, Vec<(String, String)>);
 
 /// The served form of a group with its members.
 fn render(g: &ProviderGroup, members: Option<&[(String, String)]>, base: &str) -> Value {
@@ -150,91 +155,111 @@ impl ScimProvider {
         let creating = matches!(change, Change::Create(_));
         let id = id.map_or_else(new_id, str::to_owned);
         let if_match = if_match.map(str::to_owned);
-        let outcome = tenant_tx!(self.store, scope.tenant, |tx, t| {
-            let current = if creating {
-                None
+        let locks = WriteLocks {
+            users: Vec::new(),
+            groups: if creating {
+                Vec::new()
             } else {
-                match scim_provider::group(tx, t, &id, true).await? {
-                    Some(g) => Some(g),
-                    None => return Ok(Err(ProviderError::not_found("no such group"))),
-                }
-            };
-            if let Some(c) = &current {
-                if let Err(e) = precondition(if_match.as_deref(), c.version) {
-                    return Ok(Err(e));
-                }
-            }
-            let before: Vec<String> = match &current {
-                None => Vec::new(),
-                Some(_) => scim_provider::members(tx, t, std::slice::from_ref(&id))
-                    .await?
-                    .remove(&id)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(u, _)| u)
-                    .collect(),
-            };
-            let input = match (change, &current) {
-                (Change::Delete, _) => None,
-                (Change::Create(body) | Change::Replace(body), _) => match group_from_body(body) {
-                    Ok(g) => Some(g),
-                    Err(e) => return Ok(Err(e)),
-                },
-                (Change::Patch(_), Some(c)) => {
-                    match patched(c, &before, &ops.unwrap_or_default()) {
-                        Ok(g) => Some(g),
-                        Err(e) => return Ok(Err(e)),
+                vec![id.clone()]
+            },
+        };
+        let job = work(move |tx, t| {
+            Box::pin(async move {
+                let current = if creating {
+                    None
+                } else {
+                    match scim_provider::group(tx, t, &id, true).await? {
+                        Some(g) => Some(g),
+                        None => return Ok(Err(ProviderError::not_found("no such group"))),
+                    }
+                };
+                if let Some(c) = &current {
+                    if let Err(e) = precondition(if_match.as_deref(), c.version) {
+                        return Ok(Err(e));
                     }
                 }
-                (Change::Patch(_), None) => None,
-            };
-            let Some(input) = input else {
-                scim_provider::delete_group(tx, t, &id).await?;
-                announce(tx, t, &id, "DELETE", None, &[], &before).await?;
-                return Ok(Ok(None));
-            };
-            let renamed = current
-                .as_ref()
-                .is_none_or(|c| !c.display_name.eq_ignore_ascii_case(&input.display_name));
-            if renamed && scim_provider::group_name_taken(tx, t, &input.display_name, &id).await? {
-                return Ok(Err(ProviderError::uniqueness(
-                    "another group of this tenant has this displayName",
-                )));
-            }
-            let old: HashSet<&String> = before.iter().collect();
-            let new: HashSet<&String> = input.members.iter().collect();
-            let add: Vec<String> = input
-                .members
-                .iter()
-                .filter(|m| !old.contains(m))
-                .cloned()
-                .collect();
-            let remove: Vec<String> = before
-                .iter()
-                .filter(|m| !new.contains(m))
-                .cloned()
-                .collect();
-            let version = scim_provider::upsert_group(
-                tx,
-                t,
-                &id,
-                &input.display_name,
-                input.external_id.as_deref(),
-                &input.resource,
-            )
-            .await?;
-            scim_provider::change_members(tx, t, &id, &add, &remove).await?;
-            let op = if creating { "CREATE" } else { "UPDATE" };
-            announce(tx, t, &id, op, Some((&input, version)), &add, &remove).await?;
-            let group = scim_provider::group(tx, t, &id, false).await?;
-            let members = scim_provider::members(tx, t, std::slice::from_ref(&id))
-                .await?
-                .remove(&id)
-                .unwrap_or_default();
-            Ok(Ok(group.map(|g| (g, members))))
-        })
-        .await
-        .map_err(unavailable)??;
+                let before: Vec<String> = match &current {
+                    None => Vec::new(),
+                    Some(_) => scim_provider::members(tx, t, std::slice::from_ref(&id))
+                        .await?
+                        .remove(&id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(u, _)| u)
+                        .collect(),
+                };
+                let input = match (change, &current) {
+                    (Change::Delete, _) => None,
+                    (Change::Create(body) | Change::Replace(body), _) => {
+                        match group_from_body(body) {
+                            Ok(g) => Some(g),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    (Change::Patch(_), Some(c)) => {
+                        match patched(c, &before, &ops.unwrap_or_default()) {
+                            Ok(g) => Some(g),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    (Change::Patch(_), None) => None,
+                };
+                let Some(input) = input else {
+                    scim_provider::delete_group(tx, t, &id).await?;
+                    announce(tx, t, &id, "DELETE", None, &[], &before).await?;
+                    let gone: Box<dyn Any + Send> = Box::new(None::<Written>);
+                    return Ok(Ok(gone));
+                };
+                let renamed = current
+                    .as_ref()
+                    .is_none_or(|c| !c.display_name.eq_ignore_ascii_case(&input.display_name));
+                if renamed
+                    && scim_provider::group_name_taken(tx, t, &input.display_name, &id).await?
+                {
+                    return Ok(Err(ProviderError::uniqueness(
+                        "another group of this tenant has this displayName",
+                    )));
+                }
+                let old: HashSet<&String> = before.iter().collect();
+                let new: HashSet<&String> = input.members.iter().collect();
+                let add: Vec<String> = input
+                    .members
+                    .iter()
+                    .filter(|m| !old.contains(m))
+                    .cloned()
+                    .collect();
+                let remove: Vec<String> = before
+                    .iter()
+                    .filter(|m| !new.contains(m))
+                    .cloned()
+                    .collect();
+                let version = scim_provider::upsert_group(
+                    tx,
+                    t,
+                    &id,
+                    &input.display_name,
+                    input.external_id.as_deref(),
+                    &input.resource,
+                )
+                .await?;
+                scim_provider::change_members(tx, t, &id, &add, &remove).await?;
+                let op = if creating { "CREATE" } else { "UPDATE" };
+                announce(tx, t, &id, op, Some((&input, version)), &add, &remove).await?;
+                let group = scim_provider::group(tx, t, &id, false).await?;
+                let members = scim_provider::members(tx, t, std::slice::from_ref(&id))
+                    .await?
+                    .remove(&id)
+                    .unwrap_or_default();
+                let answer: Box<dyn Any + Send> = Box::new(group.map(|g| (g, members)));
+                Ok(Ok(answer))
+            })
+        });
+        let outcome = *self
+            .writers
+            .run(scope.tenant, locks, job)
+            .await?
+            .downcast::<Option<Written>>()
+            .map_err(|_| ProviderError::unavailable())?;
         Ok(outcome.map(|(g, members)| Served {
             resource: render(&g, Some(&members), scope.base_url),
             version: g.version,

@@ -10,6 +10,7 @@
 //! - [`groups`]: Groups (teams) and their members; `group_changed` on the tenant's
 //!   `events` topic through the outbox; the readiness report's breakdown per group.
 //! - [`discovery`]: `ServiceProviderConfig`, `ResourceTypes`, `Schemas`.
+//! - [`writer`]: a tenant's writes committed in groups, one transaction each.
 //!
 //! Ordering between the two paths (README "SCIM provider"): a tenant's writers commit one
 //! at a time (the outbox sequence row), so every change has one place in the tenant's
@@ -21,6 +22,7 @@
 pub mod discovery;
 pub mod groups;
 pub mod users;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -44,6 +46,7 @@ pub struct ScimProvider {
     pub(crate) store: TenantScopedStore,
     pub(crate) cache: Arc<dyn RosterCache>,
     pub(crate) delete_policy: DeletePolicy,
+    pub(crate) writers: Arc<writer::TenantWriters>,
 }
 
 /// What a request names: the tenant and the provider's base URL for `meta.location`.
@@ -84,11 +87,13 @@ impl ScimProvider {
         store: TenantScopedStore,
         cache: Arc<dyn RosterCache>,
         delete_policy: DeletePolicy,
+        writers: Arc<writer::TenantWriters>,
     ) -> Self {
         Self {
             store,
             cache,
             delete_policy,
+            writers,
         }
     }
 }

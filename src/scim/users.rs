@@ -3,9 +3,12 @@
 //! user, check `If-Match`, apply the PATCH or take the body, check `userName` uniqueness,
 //! fold the event, wake the tenant's owner (outbox relay, push job), read the result back.
 
+use std::any::Any;
+
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::writer::{work, WriteLocks};
 use super::{
     list_response, meta, new_id, precondition, shape, unavailable, Change, ListQuery, ScimProvider,
     Scope, Served,
@@ -109,63 +112,78 @@ impl ScimProvider {
         let if_match = if_match.map(str::to_owned);
         let tenant = scope.tenant.clone();
         let policy = self.delete_policy;
-        let outcome = tenant_tx!(self.store, scope.tenant, |tx, t| {
-            let current = if creating {
-                None
+        let locks = WriteLocks {
+            users: if creating {
+                Vec::new()
             } else {
-                match scim_provider::user(tx, t, &id, true).await? {
-                    Some(u) if !u.deleted => Some(u),
-                    _ => return Ok(Err(ProviderError::not_found("no such user"))),
+                vec![id.clone()]
+            },
+            groups: Vec::new(),
+        };
+        let job = work(move |tx, t| {
+            Box::pin(async move {
+                let current = if creating {
+                    None
+                } else {
+                    match scim_provider::user(tx, t, &id, true).await? {
+                        Some(u) if !u.deleted => Some(u),
+                        _ => return Ok(Err(ProviderError::not_found("no such user"))),
+                    }
+                };
+                if let Some(c) = &current {
+                    if let Err(e) = precondition(if_match.as_deref(), c.version) {
+                        return Ok(Err(e));
+                    }
                 }
-            };
-            if let Some(c) = &current {
-                if let Err(e) = precondition(if_match.as_deref(), c.version) {
-                    return Ok(Err(e));
+                let event = match next_state(&id, change, ops, current.as_ref()) {
+                    Ok(e) => e,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let (operation, user) = event;
+                let renamed = current
+                    .as_ref()
+                    .is_none_or(|c| !c.user_name.eq_ignore_ascii_case(&user.user_name));
+                if operation != Operation::Delete
+                    && renamed
+                    && scim_provider::user_name_taken(tx, t, &user.user_name, &id).await?
+                {
+                    return Ok(Err(ProviderError::uniqueness(
+                        "another user of this tenant has this userName",
+                    )));
                 }
-            }
-            let event = match next_state(&id, change, ops, current.as_ref()) {
-                Ok(e) => e,
-                Err(e) => return Ok(Err(e)),
-            };
-            let (operation, user) = event;
-            let renamed = current
-                .as_ref()
-                .is_none_or(|c| !c.user_name.eq_ignore_ascii_case(&user.user_name));
-            if operation != Operation::Delete
-                && renamed
-                && scim_provider::user_name_taken(tx, t, &user.user_name, &id).await?
-            {
-                return Ok(Err(ProviderError::uniqueness(
-                    "another user of this tenant has this userName",
-                )));
-            }
-            let now = OffsetDateTime::now_utc();
-            // After whatever was applied before: an HTTP write always lands on what it read.
-            let occurred_at = current.as_ref().map_or(now, |c| {
-                now.max(c.occurred_at + time::Duration::microseconds(1))
-            });
-            let batch = ScimBatch {
-                events: vec![ScimEvent {
-                    event_id: format!("scim-http:{}", new_id()),
-                    tenant,
-                    operation,
-                    occurred_at,
-                    user,
-                }],
-                delete_policy: policy,
-                security_events: Vec::new(),
-                dead_letters: Vec::new(),
-            };
-            let report = scim::apply_batch(tx, t, batch, 0).await?;
-            if !report.outbox.is_empty() || report.jobs_queued > 0 {
-                notify_tenant_work(tx, t).await?;
-            }
-            let stored = scim_provider::user(tx, t, &id, false).await?;
-            Ok(Ok((report.applied > 0, stored)))
-        })
-        .await
-        .map_err(unavailable)??;
-        let (applied, stored) = outcome;
+                let now = OffsetDateTime::now_utc();
+                // After whatever was applied before: an HTTP write always lands on what it read.
+                let occurred_at = current.as_ref().map_or(now, |c| {
+                    now.max(c.occurred_at + time::Duration::microseconds(1))
+                });
+                let batch = ScimBatch {
+                    events: vec![ScimEvent {
+                        event_id: format!("scim-http:{}", new_id()),
+                        tenant,
+                        operation,
+                        occurred_at,
+                        user,
+                    }],
+                    delete_policy: policy,
+                    security_events: Vec::new(),
+                    dead_letters: Vec::new(),
+                };
+                let report = scim::apply_batch(tx, t, batch, 0).await?;
+                if !report.outbox.is_empty() || report.jobs_queued > 0 {
+                    notify_tenant_work(tx, t).await?;
+                }
+                let stored = scim_provider::user(tx, t, &id, false).await?;
+                let answer: Box<dyn Any + Send> = Box::new((report.applied > 0, stored));
+                Ok(Ok(answer))
+            })
+        });
+        let outcome = self
+            .writers
+            .run(scope.tenant, locks, job)
+            .await?
+            .downcast::<(bool, Option<ProviderUser>)>()
+            .map_err(|_| ProviderError::unavailable())?;
+        let (applied, stored) = *outcome;
         if applied {
             // Best effort, as on the Kafka path: the roster's TTL bounds a missed one.
             if let Err(e) = self.cache.invalidate_roster(scope.tenant).await {

@@ -95,6 +95,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
         addr => Some(bind(addr.parse().map_err(startup)?).await?),
     };
     tracing::info!(listen = %config.http.listen, internal = %config.http.internal_listen, role = role.as_str(), "serving");
+    let scim_writers = crate::scim::writer::TenantWriters::new(store.clone());
     let state = AppState {
         config: config.clone(),
         role,
@@ -110,6 +111,7 @@ pub async fn serve(config: Config, role: Role) -> Result<(), ServeError> {
         known: Arc::new(KnownTenants::default()),
         internal: false,
         scim_tokens: crate::http::scim_token_cache(),
+        scim_writers,
     };
     let header_read_timeout = Duration::from_millis(config.http.header_read_timeout_ms);
     if let Some(listener) = internal_listener {

@@ -13,6 +13,8 @@
 //! - [`aggregate`]: a readiness aggregation through the service against the bare SQL.
 //! - [`tenants`]: memory per idle tenant actor and the time to spawn them all; memory per
 //!   passivated tenant and the time until 10,000 are assigned.
+//! - [`scim`]: the SCIM provider's `GET ?filter=userName eq` and PATCH on 100,000 users
+//!   against the bare SQL lookup and update of the same user.
 //! - [`scaleout`]: three instances against one on the same ingest; latency of the tenants
 //!   that do not move while an instance joins or dies.
 
@@ -22,6 +24,7 @@ mod ingest;
 mod isolation;
 mod ratelimit;
 mod scaleout;
+mod scim;
 mod tenants;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +48,7 @@ pub enum Scenario {
     Aggregate,
     Tenants,
     Scaleout,
+    Scim,
 }
 
 impl Scenario {
@@ -57,6 +61,7 @@ impl Scenario {
                 Scenario::Aggregate,
                 Scenario::Tenants,
                 Scenario::Scaleout,
+                Scenario::Scim,
             ],
             one => vec![one],
         }
@@ -70,6 +75,7 @@ impl Scenario {
             Scenario::Aggregate => "aggregate",
             Scenario::Tenants => "tenants",
             Scenario::Scaleout => "scaleout",
+            Scenario::Scim => "scim",
         }
     }
 }
@@ -183,6 +189,7 @@ pub async fn run(
             Scenario::Aggregate => aggregate::run(&ctx).await?,
             Scenario::Tenants => tenants::run(&ctx).await?,
             Scenario::Scaleout => scaleout::run(&ctx).await?,
+            Scenario::Scim => scim::run(&ctx).await?,
             Scenario::All => unreachable_all(),
         };
         report.seconds = started.elapsed().as_secs_f64();
