@@ -33,7 +33,8 @@ fn every_scenario_runs_at_smoke_size_and_checks_itself() {
             "ratelimit",
             "aggregate",
             "tenants",
-            "scaleout"
+            "scaleout",
+            "scim"
         ]
     );
     for s in scenarios {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::filter::FilterError;
 use super::patch::{PatchError, PatchSchema};
 use super::projection::ProjectionError;
-use super::{Role, ScimUser, CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA, NEVER_STORED};
+use super::{holds_nul, Role, ScimUser, CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA, NEVER_STORED};
 
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const LIST_RESPONSE_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
@@ -154,15 +154,6 @@ pub fn if_match_admits(header: &str, version: i64) -> bool {
                 .is_some_and(|v| v == want)
         }
     })
-}
-
-fn holds_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
 }
 
 /// The value of `name` in `obj`, matching the name in any case (SCIM attribute names are

@@ -62,7 +62,9 @@ where
     // Every round draws other users than the one before (a PATCH repeating the last one's
     // value would change nothing).
     static ROUND: AtomicU64 = AtomicU64::new(1);
-    let round_seed = ROUND.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let round_seed = ROUND
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x2545_f491_4f6c_dd1d);
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
