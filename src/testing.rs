@@ -127,11 +127,54 @@ pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
         .collect()
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, never handed out before by this process,
+/// and below the kernel's ephemeral range.
+///
+/// A test picks the port, then a child process binds it. Asking the kernel for port 0 is
+/// racy in between: two tests of one binary were handed the same port (one child then
+/// failed to bind, and that test talked to the other test's service), and an outgoing
+/// connection's source port can take it too. Ports below the ephemeral range are never
+/// picked as source ports, and the set below keeps this process from repeating itself.
 pub fn free_port() -> std::io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    use std::sync::{Mutex, PoisonError};
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low >= 12_000 {
+        (ephemeral_low - 10_000, ephemeral_low)
+    } else {
+        // An unusual range: let the kernel choose (the process-wide set still applies).
+        (0, 0)
+    };
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    let span = u32::from(high - low);
+    let start = if span == 0 {
+        0
+    } else {
+        rand::random::<u32>() % span
+    };
+    for i in 0..span.max(64) {
+        let candidate = if span == 0 {
+            0
+        } else {
+            // In range by construction: low + (x mod span) < high.
+            low + u16::try_from((start + i) % span).unwrap_or(0)
+        };
+        let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", candidate)) else {
+            continue;
+        };
+        let port = listener.local_addr()?.port();
+        if !handed.contains(&port) {
+            handed.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free loopback port",
+    ))
 }
 
 #[cfg(test)]
