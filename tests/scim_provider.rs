@@ -1055,3 +1055,196 @@ async fn acknowledged_writes_survive_sigkill_and_hostile_bodies_get_scim_errors(
         "{stored} stored"
     );
 }
+
+/// What a concurrent write is answered is its own outcome, though a tenant's concurrent
+/// writes share a transaction (decided together, folded into one unit of work): every
+/// change committed once, in the outbox once, answered with its own result and version; a
+/// stale `If-Match`, a taken `userName` (also between two creates in flight together, and
+/// a rename onto an existing user) and an unknown id refused without touching the others;
+/// two writes of one user both applied, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_transactions_and_each_is_answered_for_itself() {
+    let env = TestEnv::new().await;
+    let (t, _, token) = scim_tenant(&env, "scimfold").await;
+    let svc = Service::start_role(
+        &env,
+        "api",
+        &[
+            // All of the writes below in progress at once from this one address.
+            (
+                "ENABLEMENT__HTTP__MAX_CONCURRENT_REQUESTS_PER_CLIENT",
+                "100",
+            ),
+            ("ENABLEMENT__HTTP__AUTH_FAILURES_PER_MIN", "3"),
+        ],
+    );
+    svc.wait_up().await;
+    let scim = std::sync::Arc::new(Scim::new(&svc, &t, &token));
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let v = scim
+            .create_user(user(&format!("f{i}"), &format!("f{i}@acme.test"), "Sales"))
+            .await;
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    let replace = |path: &str, value: &str| json!({"schemas": [PATCH], "Operations": [{"op": "replace", "path": path, "value": value}]});
+    // (what, method, path, body, If-Match, expected status)
+    type Planned = (
+        String,
+        Method,
+        String,
+        Option<Value>,
+        Option<&'static str>,
+        u16,
+    );
+    let mut writes: Vec<Planned> = Vec::new();
+    for (i, id) in ids.iter().enumerate().take(29) {
+        let body = replace("title", &format!("wave-{i}"));
+        writes.push((
+            format!("title {i}"),
+            Method::PATCH,
+            format!("/Users/{id}"),
+            Some(body),
+            None,
+            200,
+        ));
+    }
+    for (i, id) in ids.iter().enumerate().take(5) {
+        let body = replace("displayName", &format!("second-{i}"));
+        writes.push((
+            format!("second {i}"),
+            Method::PATCH,
+            format!("/Users/{id}"),
+            Some(body),
+            None,
+            200,
+        ));
+    }
+    for (i, id) in ids.iter().enumerate().skip(10).take(5) {
+        let body = replace("title", "stale");
+        writes.push((
+            format!("stale {i}"),
+            Method::PATCH,
+            format!("/Users/{id}"),
+            Some(body),
+            Some("W/\"99\""),
+            412,
+        ));
+    }
+    let rename = replace("userName", "F21");
+    writes.push((
+        "rename onto f21".into(),
+        Method::PATCH,
+        format!("/Users/{}", ids[20]),
+        Some(rename),
+        None,
+        409,
+    ));
+    let unknown = replace("title", "x");
+    writes.push((
+        "unknown".into(),
+        Method::PATCH,
+        "/Users/no-such-id".into(),
+        Some(unknown),
+        None,
+        404,
+    ));
+    writes.push((
+        "delete 29".into(),
+        Method::DELETE,
+        format!("/Users/{}", ids[29]),
+        None,
+        None,
+        204,
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (what, method, path, body, if_match, want) in writes {
+        let scim = scim.clone();
+        tasks.spawn(async move {
+            let headers: Vec<(&str, &str)> = if_match.iter().map(|m| ("if-match", *m)).collect();
+            let (s, h, v) = scim.call(method, &path, body, &headers).await;
+            (what, want, s, h, v)
+        });
+    }
+    for twin in 0..2 {
+        let scim = scim.clone();
+        tasks.spawn(async move {
+            let body = user("twin", &format!("twin{twin}@acme.test"), "Sales");
+            let (s, h, v) = scim.call(Method::POST, "/Users", Some(body), &[]).await;
+            (format!("twin {twin}"), 0, s, h, v)
+        });
+    }
+    let mut twins = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (what, want, s, h, v) = r.expect("task");
+        if what.starts_with("twin") {
+            twins.push(s);
+            if s == 409 {
+                assert_error(s, &v, 409, Some("uniqueness"));
+            }
+            continue;
+        }
+        assert_eq!(s, want, "{what}: {v}");
+        match s {
+            200 => {
+                // The answer is this write's own result at its own version.
+                let etag = h["etag"].to_str().expect("etag");
+                assert_eq!(v["meta"]["version"], etag, "{what}");
+                let i: usize = what
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("index");
+                if what.starts_with("title") {
+                    assert_eq!(v["title"], format!("wave-{i}"), "{what}: {v}");
+                } else {
+                    assert_eq!(v["displayName"], format!("second-{i}"), "{what}: {v}");
+                }
+            }
+            409 => assert_error(s, &v, 409, Some("uniqueness")),
+            412 | 404 => assert_eq!(v["schemas"][0], ERROR, "{what}: {v}"),
+            _ => {}
+        }
+    }
+    twins.sort_unstable();
+    assert_eq!(twins, vec![201, 409], "one of two creates of one userName");
+    // Both writes of users 0..4 applied, one after the other.
+    for (i, id) in ids.iter().enumerate().take(29) {
+        let (s, v) = scim.get(&format!("/Users/{id}")).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["title"], format!("wave-{i}"), "{v}");
+        assert_eq!(v["userName"], format!("f{i}"), "{v}");
+        let version = if i < 5 { "W/\"3\"" } else { "W/\"2\"" };
+        assert_eq!(v["meta"]["version"], version, "{v}");
+        if i < 5 {
+            assert_eq!(v["displayName"], format!("second-{i}"), "{v}");
+        }
+    }
+    let (s, _) = scim.get(&format!("/Users/{}", ids[29])).await;
+    assert_eq!(s, 404, "deleted");
+    // Once in the outbox each: 30 + 1 creates, 29 + 5 changes, 1 delete.
+    assert_eq!(
+        env.count(
+            "select count(*) from outbox where tenant_id = $1 and topic = 'user_changed'",
+            &t
+        )
+        .await,
+        66
+    );
+    assert_eq!(env.processed(&t).await, 66);
+
+    // A client that spends its authentication budget is refused on the SCIM paths in the
+    // SCIM error schema too, with Retry-After.
+    let wrong = Scim::new(&svc, &t, &format!("scim_{t}.{}", "0".repeat(64)));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (s, h, v) = wrong.call(Method::GET, "/Users", None, &[]).await;
+        assert_eq!(v["schemas"][0], ERROR, "{s}: {v}");
+        if s == 429 {
+            assert_eq!(v["status"], "429", "{v}");
+            assert!(h.contains_key("retry-after"));
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429, 429]);
+}

@@ -4,6 +4,7 @@
 //! sync request, a full refresh, the aggregator's refresh of stale progress); the tenant's
 //! job pump takes them in priority order with [`next`] and settles them with [`finish`].
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::actors::ports::{Job, JobKind, JobPriority};
@@ -32,14 +33,20 @@ pub async fn enqueue(
     let subjects: Vec<&str> = jobs.iter().map(|j| j.subject).collect();
     let payloads: Vec<Option<&str>> = jobs.iter().map(|j| j.payload).collect();
     Ok(tx
-        .query(
+        .query_typed(
             "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
              select $1, j.priority, j.kind, j.subject, coalesce(j.payload::jsonb, '{}'::jsonb)
                from unnest($2::int2[], $3::text[], $4::text[], $5::text[])
                     with ordinality as j(priority, kind, subject, payload, n)
               order by j.n
              returning id",
-            &[&tenant, &priorities, &kinds, &subjects, &payloads],
+            &[
+                (&tenant, Type::TEXT),
+                (&priorities, Type::INT2_ARRAY),
+                (&kinds, Type::TEXT_ARRAY),
+                (&subjects, Type::TEXT_ARRAY),
+                (&payloads, Type::TEXT_ARRAY),
+            ],
         )
         .await?
         .iter()

@@ -11,6 +11,7 @@
 //!
 //! Lock order: call [`append`] before touching `readiness_schedule` (every writer does).
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::actors::ports::{OutboundRecord, OutboxRecord};
@@ -44,8 +45,8 @@ pub async fn append(
     relayed_through: i64,
 ) -> Result<i64, tokio_postgres::Error> {
     let n = keys.len() as i64;
-    let row = tx
-        .query_one(
+    let rows = tx
+        .query_typed(
             concat!(
                 seq_allocation!(),
                 "
@@ -57,16 +58,17 @@ pub async fn append(
              select first, (select count(*) from ins) from alloc"
             ),
             &[
-                &tenant,
-                &topic.suffix(),
-                &keys,
-                &payloads,
-                &n,
-                &relayed_through,
+                (&tenant, Type::TEXT),
+                (&topic.suffix(), Type::TEXT),
+                (&keys, Type::TEXT_ARRAY),
+                (&payloads, Type::TEXT_ARRAY),
+                (&n, Type::INT8),
+                (&relayed_through, Type::INT8),
             ],
         )
         .await?;
-    Ok(row.get(0))
+    // The allocation's upsert always returns its one row.
+    Ok(rows.first().map_or(0, |r| r.get(0)))
 }
 
 /// Appends raw records (bytes that need not be JSON: dead letters) to the tenant's outbox

@@ -4,6 +4,7 @@
 //! [`crate::config::AggregatorSettings`]); every mark bumps `generation`, so a run clears the mark
 //! only when no change arrived while it ran.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::actors::metric_names as m;
@@ -16,7 +17,7 @@ pub async fn mark_changed(
     mark: ReadinessMark,
 ) -> Result<(), tokio_postgres::Error> {
     let reason = mark.as_str();
-    tx.execute(
+    tx.query_typed(
         "insert into readiness_schedule (tenant_id, pending_since, changed_at, generation, reason)
          values ($1, now(), now(), 1, $2)
          on conflict (tenant_id) do update set
@@ -24,7 +25,7 @@ pub async fn mark_changed(
              changed_at = now(),
              generation = readiness_schedule.generation + 1,
              reason = excluded.reason",
-        &[&tenant, &reason],
+        &[(&tenant, Type::TEXT), (&reason, Type::TEXT)],
     )
     .await?;
     metrics::counter!(m::READINESS_REAGGREGATIONS_SCHEDULED_TOTAL, "reason" => reason).increment(1);

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 use time::OffsetDateTime;
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use super::jobs::{self, JobRow};
@@ -38,25 +39,29 @@ pub async fn apply_batch(
     } = batch;
     if !events.is_empty() {
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        let seen = record_event_ids(tx, tenant, &ids).await?;
-        let current = lock_users(tx, tenant, &events).await?;
+        // Pipelined (one round trip): the statements are sent together and run in order.
+        // The credentials are read whether or not the plan pushes (one small lookup).
+        let (seen, current, has_credentials) = tokio::try_join!(
+            record_event_ids(tx, tenant, &ids),
+            lock_users(tx, tenant, &events),
+            secrets::has_upstream_credentials(tx, tenant),
+        )?;
         // The pure rules decide; the rest of this function only writes their plan.
         let plan = plan_batch(current, &seen, events, delete_policy);
         for (_, outcome) in &plan.outcomes {
             report.count(*outcome);
         }
-        upsert_users(tx, tenant, plan.upserts).await?;
-        if !plan.changes.is_empty() {
-            append_changes(
-                tx,
-                tenant,
-                &plan.changes,
-                plan.follow_ups,
-                relayed_through,
-                &mut report,
-            )
-            .await?;
-        }
+        let changes = Changes {
+            changes: &plan.changes,
+            follow_ups: plan.follow_ups,
+            has_credentials,
+            relayed_through,
+        };
+        // Pipelined as well: the users upsert, then the outbox rows and follow-ups.
+        let ((), ()) = tokio::try_join!(
+            upsert_users(tx, tenant, plan.upserts),
+            append_changes(tx, tenant, changes, &mut report),
+        )?;
     }
     if !dead_letters.is_empty() {
         write_dead_letters(tx, tenant, dead_letters, relayed_through, &mut report).await?;
@@ -78,10 +83,10 @@ async fn record_event_ids(
     ids: &[&str],
 ) -> Result<HashSet<String>, tokio_postgres::Error> {
     let fresh: HashSet<String> = tx
-        .query(
+        .query_typed(
             "insert into processed_events (tenant_id, event_id)
              select $1, unnest($2::text[]) on conflict do nothing returning event_id",
-            &[&tenant, &ids],
+            &[(&tenant, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
         )
         .await?
         .iter()
@@ -105,12 +110,12 @@ async fn lock_users(
     user_ids.sort_unstable();
     user_ids.dedup();
     Ok(tx
-        .query(
+        .query_typed(
             "select user_id, user_name, email, role, external_id, manager_id, active, deleted,
                     scim, version, source_occurred_at, source_event_id
                from users where tenant_id = $1 and user_id = any($2::text[])
               order by user_id for update",
-            &[&tenant, &user_ids],
+            &[(&tenant, Type::TEXT), (&user_ids, Type::TEXT_ARRAY)],
         )
         .await?
         .iter()
@@ -156,7 +161,7 @@ async fn upsert_users(
         c_at.push(u.occurred_at);
         c_event.push(u.last_event_id);
     }
-    tx.execute(
+    tx.query_typed(
         "insert into users (tenant_id, user_id, user_name, email, role, external_id,
                             manager_id, active, scim, version, source_occurred_at,
                             source_event_id, deleted)
@@ -172,60 +177,87 @@ async fn upsert_users(
              source_event_id = excluded.source_event_id, deleted = excluded.deleted,
              updated_at = now()",
         &[
-            &tenant, &c_id, &c_name, &c_email, &c_role, &c_ext, &c_mgr, &c_active, &c_scim,
-            &c_version, &c_at, &c_event, &c_deleted,
+            (&tenant, Type::TEXT),
+            (&c_id, Type::TEXT_ARRAY),
+            (&c_name, Type::TEXT_ARRAY),
+            (&c_email, Type::TEXT_ARRAY),
+            (&c_role, Type::TEXT_ARRAY),
+            (&c_ext, Type::TEXT_ARRAY),
+            (&c_mgr, Type::TEXT_ARRAY),
+            (&c_active, Type::BOOL_ARRAY),
+            (&c_scim, Type::JSONB_ARRAY),
+            (&c_version, Type::INT8_ARRAY),
+            (&c_at, Type::TIMESTAMPTZ_ARRAY),
+            (&c_event, Type::TEXT_ARRAY),
+            (&c_deleted, Type::BOOL_ARRAY),
         ],
     )
     .await?;
     Ok(())
 }
 
+/// What a plan asks [`append_changes`] to write.
+struct Changes<'a> {
+    changes: &'a [UserChanged],
+    follow_ups: FollowUps,
+    /// The tenant has MindTickle credentials (a push job is worth queueing).
+    has_credentials: bool,
+    relayed_through: i64,
+}
+
 /// Appends one `user_changed` outbox row per change and writes the rules' follow-ups: a
 /// MindTickle push per change (when the tenant has an account there) and the readiness
-/// mark. The rows go into the report for the relay.
+/// mark, the three statements pipelined. The rows go into the report for the relay.
 async fn append_changes(
     tx: &Transaction<'_>,
     tenant: &str,
-    changes: &[UserChanged],
-    follow_ups: FollowUps,
-    relayed_through: i64,
+    c: Changes<'_>,
     report: &mut BatchReport,
 ) -> Result<(), tokio_postgres::Error> {
+    if c.changes.is_empty() {
+        return Ok(());
+    }
     // Serialised once: the same text becomes the jsonb row, the push job's payload and the
     // Kafka record.
-    let payloads: Vec<String> = changes
+    let payloads: Vec<String> = c
+        .changes
         .iter()
         .map(|c| serde_json::to_string(c).unwrap_or_else(|_| "null".into()))
         .collect();
-    let keys: Vec<&str> = changes.iter().map(|c| c.user_id.as_str()).collect();
+    let keys: Vec<&str> = c.changes.iter().map(|c| c.user_id.as_str()).collect();
     let texts: Vec<&str> = payloads.iter().map(String::as_str).collect();
-    let first = outbox::append(
-        tx,
-        tenant,
-        TopicKind::UserChanged,
-        &keys,
-        &texts,
-        relayed_through,
-    )
-    .await?;
-    if let Some(priority) = follow_ups.push_changes {
-        if secrets::has_upstream_credentials(tx, tenant).await? {
-            let jobs: Vec<JobRow<'_>> = keys
-                .iter()
-                .zip(&texts)
-                .map(|(subject, payload)| JobRow {
-                    priority,
-                    kind: JobKind::PushUser,
-                    subject,
-                    payload: Some(payload),
-                })
-                .collect();
-            report.jobs_queued = jobs::enqueue(tx, tenant, &jobs).await?.len() as u64;
+    let jobs: Vec<JobRow<'_>> = match c.follow_ups.push_changes {
+        Some(priority) if c.has_credentials => keys
+            .iter()
+            .zip(&texts)
+            .map(|(subject, payload)| JobRow {
+                priority,
+                kind: JobKind::PushUser,
+                subject,
+                payload: Some(payload),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mark = async {
+        match c.follow_ups.readiness {
+            Some(mark) => schedule::mark_changed(tx, tenant, mark).await,
+            None => Ok(()),
         }
-    }
-    if let Some(mark) = follow_ups.readiness {
-        schedule::mark_changed(tx, tenant, mark).await?;
-    }
+    };
+    let (first, queued, ()) = tokio::try_join!(
+        outbox::append(
+            tx,
+            tenant,
+            TopicKind::UserChanged,
+            &keys,
+            &texts,
+            c.relayed_through,
+        ),
+        jobs::enqueue(tx, tenant, &jobs),
+        mark,
+    )?;
+    report.jobs_queued = queued.len() as u64;
     report.outbox = keys
         .iter()
         .zip(payloads)

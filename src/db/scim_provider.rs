@@ -57,18 +57,37 @@ pub async fn user(
     id: &str,
     lock: bool,
 ) -> Result<Option<ProviderUser>, tokio_postgres::Error> {
+    Ok(users(tx, t, &[id], lock).await?.remove(id))
+}
+
+/// The users `ids` (deleted or not) with their groups, by id (one statement, plus one
+/// naming their groups when any is in one); with `lock`, locked in id order for this
+/// transaction. The batched writes read their users with it.
+pub async fn users(
+    tx: &Transaction<'_>,
+    t: &str,
+    ids: &[&str],
+    lock: bool,
+) -> Result<HashMap<String, ProviderUser>, tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let sql = format!(
-        "select {USER_COLUMNS} from users u where u.tenant_id = $1 and u.user_id = $2{}",
-        if lock { " for update of u" } else { "" }
+        "select {USER_COLUMNS} from users u where u.tenant_id = $1 and u.user_id = any($2){}",
+        if lock {
+            " order by u.user_id for update of u"
+        } else {
+            ""
+        }
     );
     let mut found: Vec<ProviderUser> = tx
-        .query_opt(&sql, &[&t, &id])
+        .query_typed(&sql, &[(&t, Type::TEXT), (&ids, Type::TEXT_ARRAY)])
         .await?
         .iter()
         .map(to_user)
         .collect();
     name_groups(tx, t, &mut found).await?;
-    Ok(found.pop())
+    Ok(found.into_iter().map(|u| (u.user_id.clone(), u)).collect())
 }
 
 /// Turns the users' group ids into `{value, display, type}` (one query, only when a user
@@ -90,10 +109,10 @@ async fn name_groups(
         return Ok(());
     }
     let names: HashMap<String, String> = tx
-        .query(
+        .query_typed(
             "select group_id, display_name from scim_groups
-              where tenant_id = $1 and group_id = any($2::text[])",
-            &[&t, &ids],
+              where tenant_id = $1 and group_id = any($2)",
+            &[(&t, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
         )
         .await?
         .iter()
@@ -392,18 +411,18 @@ pub async fn lock_rows(
     groups: &[String],
 ) -> Result<(), tokio_postgres::Error> {
     if !users.is_empty() {
-        tx.query(
-            "select 1 from users where tenant_id = $1 and user_id = any($2::text[])
+        tx.query_typed(
+            "select 1 from users where tenant_id = $1 and user_id = any($2)
               order by user_id for update",
-            &[&t, &users],
+            &[(&t, Type::TEXT), (&users, Type::TEXT_ARRAY)],
         )
         .await?;
     }
     if !groups.is_empty() {
-        tx.query(
-            "select 1 from scim_groups where tenant_id = $1 and group_id = any($2::text[])
+        tx.query_typed(
+            "select 1 from scim_groups where tenant_id = $1 and group_id = any($2)
               order by group_id for update",
-            &[&t, &groups],
+            &[(&t, Type::TEXT), (&groups, Type::TEXT_ARRAY)],
         )
         .await?;
     }

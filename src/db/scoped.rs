@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use super::{security, PgPool};
@@ -70,9 +71,10 @@ impl TenantScopedStore {
             .await
             .map_err(|e| StoreError::Unavailable(super::redact(e)))?;
         let tx = conn.transaction().await.map_err(store_error)?;
-        tx.execute(
+        // Typed: one round trip (no prepare), on every scoped transaction.
+        tx.query_typed(
             "select set_config('app.tenant_id', $1, true)",
-            &[&tenant.as_str()],
+            &[(&tenant.as_str(), Type::TEXT)],
         )
         .await
         .map_err(store_error)?;

@@ -2,6 +2,7 @@
 //! inside that tenant's scoped transaction, so code serving tenant A cannot reach tenant
 //! B's credentials.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 /// The tenant's MindTickle credentials as stored: the client id and the secret, sealed
@@ -41,14 +42,14 @@ pub async fn has_upstream_credentials(
     tx: &Transaction<'_>,
     t: &str,
 ) -> Result<bool, tokio_postgres::Error> {
-    Ok(tx
-        .query_opt(
+    Ok(!tx
+        .query_typed(
             "select 1 from tenant_secrets
               where tenant_id = $1 and upstream_client_id is not null",
-            &[&t],
+            &[(&t, Type::TEXT)],
         )
         .await?
-        .is_some())
+        .is_empty())
 }
 
 /// Stores the tenant's MindTickle credentials, the secret sealed, and clears any plaintext

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -23,9 +24,12 @@ pub async fn notify_tenant_work(
     tx: &Transaction<'_>,
     tenant: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.execute("select pg_notify($1, $2)", &[&TENANT_WORK_CHANNEL, &tenant])
-        .await
-        .map(|_| ())
+    tx.query_typed(
+        "select pg_notify($1, $2)",
+        &[(&TENANT_WORK_CHANNEL, Type::TEXT), (&tenant, Type::TEXT)],
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Listens until `shutdown`, calling `wake` for each notified tenant; reconnects after a

@@ -119,8 +119,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn too_many(code: &'static str, message: &'static str, retry_after: Duration) -> Response {
-    let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+/// A 429 with `Retry-After`; on the SCIM paths in the SCIM error schema, as SCIM clients
+/// expect every answer there to be.
+fn too_many(
+    scim: bool,
+    code: &'static str,
+    message: &'static str,
+    retry_after: Duration,
+) -> Response {
+    let mut r = if scim {
+        super::scim::error_response(StatusCode::TOO_MANY_REQUESTS, message)
+    } else {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).into_response()
+    };
     let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
     if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
         r.headers_mut().insert("retry-after", v);
@@ -139,9 +150,11 @@ pub async fn per_client(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let scim = req.uri().path().starts_with("/scim/");
     if let Some(wait) = guard.blocked_for(ip) {
         metrics::counter!(m::HTTP_REFUSED_TOTAL, "reason" => "auth_failures").increment(1);
         return too_many(
+            scim,
             "too_many_auth_failures",
             "too many failed authentications from this address; retry later",
             wait,
@@ -150,6 +163,7 @@ pub async fn per_client(
     if !guard.enter(ip) {
         metrics::counter!(m::HTTP_REFUSED_TOTAL, "reason" => "client_concurrency").increment(1);
         return too_many(
+            scim,
             "too_many_requests",
             "too many requests in progress from this address",
             Duration::from_secs(1),
@@ -161,6 +175,7 @@ pub async fn per_client(
         if let Some(wait) = guard.failed(ip) {
             metrics::counter!(m::HTTP_REFUSED_TOTAL, "reason" => "auth_failures").increment(1);
             return too_many(
+                scim,
                 "too_many_auth_failures",
                 "too many failed authentications from this address; retry later",
                 wait,

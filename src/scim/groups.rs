@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use super::writer::{work, WriteLocks};
+use super::writer::{work, Write, WriteLocks};
 use super::{
     list_response, meta, new_id, precondition, shape, unavailable, Change, ListQuery, ScimProvider,
     Scope, Served,
@@ -256,7 +256,7 @@ impl ScimProvider {
         });
         let outcome = *self
             .writers
-            .run(scope.tenant, locks, job)
+            .run(scope.tenant, Write::Work { locks, work: job })
             .await?
             .downcast::<Option<Written>>()
             .map_err(|_| ProviderError::unavailable())?;

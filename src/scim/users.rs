@@ -1,14 +1,19 @@
 //! SCIM Users: reads through compiled filters, writes as SCIM events through the Kafka
-//! path's unit of work (`db::scim::apply_batch`) inside one scoped transaction: lock the
-//! user, check `If-Match`, apply the PATCH or take the body, check `userName` uniqueness,
-//! fold the event, wake the tenant's owner (outbox relay, push job), read the result back.
+//! path's unit of work (`db::scim::apply_batch`). A write waits for its tenant's next
+//! transaction ([`super::writer`]); there the consecutive user writes are decided together
+//! ([`apply_user_writes`]): the users read once, for each write `If-Match` checked, the
+//! PATCH applied or the body taken, `userName` uniqueness checked, the event made; then all
+//! events folded in one unit of work, the tenant's owner woken (outbox relay, push job)
+//! and the users read back for the answers.
 
 use std::any::Any;
+use std::collections::HashMap;
 
 use serde_json::Value;
 use time::OffsetDateTime;
+use tokio_postgres::Transaction;
 
-use super::writer::{work, WriteLocks};
+use super::writer::{Write, WriteResult};
 use super::{
     list_response, meta, new_id, precondition, shape, unavailable, Change, ListQuery, ScimProvider,
     Scope, Served,
@@ -17,9 +22,11 @@ use crate::actors::ports::ScimBatch;
 use crate::actors::scim::filter;
 use crate::actors::scim::patch::{self, PatchOperation};
 use crate::actors::scim::resource::{user_from_body, ProviderError, USER_PATCH};
+use crate::actors::scim::DeletePolicy;
 use crate::actors::scim::{
     Operation, ScimEvent, ScimUser, CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA,
 };
+use crate::actors::TenantId;
 use crate::db::scim_provider::{self, ProviderUser};
 use crate::db::{notify_tenant_work, scim, scim_filter};
 use crate::tenant_tx;
@@ -107,83 +114,22 @@ impl ScimProvider {
             Change::Patch(body) => Some(patch::parse_request(body)?),
             _ => None,
         };
-        let creating = matches!(change, Change::Create(_));
-        let id = id.map_or_else(new_id, str::to_owned);
-        let if_match = if_match.map(str::to_owned);
-        let tenant = scope.tenant.clone();
-        let policy = self.delete_policy;
-        let locks = WriteLocks {
-            users: if creating {
-                Vec::new()
-            } else {
-                vec![id.clone()]
-            },
-            groups: Vec::new(),
+        let write = UserWrite {
+            creating: matches!(change, Change::Create(_)),
+            id: id.map_or_else(new_id, str::to_owned),
+            change,
+            ops,
+            if_match: if_match.map(str::to_owned),
+            tenant: scope.tenant.clone(),
+            policy: self.delete_policy,
         };
-        let job = work(move |tx, t| {
-            Box::pin(async move {
-                let current = if creating {
-                    None
-                } else {
-                    match scim_provider::user(tx, t, &id, true).await? {
-                        Some(u) if !u.deleted => Some(u),
-                        _ => return Ok(Err(ProviderError::not_found("no such user"))),
-                    }
-                };
-                if let Some(c) = &current {
-                    if let Err(e) = precondition(if_match.as_deref(), c.version) {
-                        return Ok(Err(e));
-                    }
-                }
-                let event = match next_state(&id, change, ops, current.as_ref()) {
-                    Ok(e) => e,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let (operation, user) = event;
-                let renamed = current
-                    .as_ref()
-                    .is_none_or(|c| !c.user_name.eq_ignore_ascii_case(&user.user_name));
-                if operation != Operation::Delete
-                    && renamed
-                    && scim_provider::user_name_taken(tx, t, &user.user_name, &id).await?
-                {
-                    return Ok(Err(ProviderError::uniqueness(
-                        "another user of this tenant has this userName",
-                    )));
-                }
-                let now = OffsetDateTime::now_utc();
-                // After whatever was applied before: an HTTP write always lands on what it read.
-                let occurred_at = current.as_ref().map_or(now, |c| {
-                    now.max(c.occurred_at + time::Duration::microseconds(1))
-                });
-                let batch = ScimBatch {
-                    events: vec![ScimEvent {
-                        event_id: format!("scim-http:{}", new_id()),
-                        tenant,
-                        operation,
-                        occurred_at,
-                        user,
-                    }],
-                    delete_policy: policy,
-                    security_events: Vec::new(),
-                    dead_letters: Vec::new(),
-                };
-                let report = scim::apply_batch(tx, t, batch, 0).await?;
-                if !report.outbox.is_empty() || report.jobs_queued > 0 {
-                    notify_tenant_work(tx, t).await?;
-                }
-                let stored = scim_provider::user(tx, t, &id, false).await?;
-                let answer: Box<dyn Any + Send> = Box::new((report.applied > 0, stored));
-                Ok(Ok(answer))
-            })
-        });
         let outcome = self
             .writers
-            .run(scope.tenant, locks, job)
+            .run(scope.tenant, Write::User(write))
             .await?
-            .downcast::<(bool, Option<ProviderUser>)>()
+            .downcast::<UserWritten>()
             .map_err(|_| ProviderError::unavailable())?;
-        let (applied, stored) = *outcome;
+        let UserWritten { applied, stored } = *outcome;
         if applied {
             // Best effort, as on the Kafka path: the roster's TTL bounds a missed one.
             if let Err(e) = self.cache.invalidate_roster(scope.tenant).await {
@@ -194,6 +140,177 @@ impl ScimProvider {
             resource: render(&u, scope.base_url),
             version: u.version,
         }))
+    }
+}
+
+/// A user write waiting for its tenant's next transaction (POST, PUT, PATCH or DELETE).
+#[derive(Debug, Clone)]
+pub(crate) struct UserWrite {
+    pub(crate) id: String,
+    pub(crate) creating: bool,
+    change: Change,
+    /// The parsed PatchOp of a PATCH.
+    ops: Option<Vec<PatchOperation>>,
+    if_match: Option<String>,
+    tenant: TenantId,
+    policy: DeletePolicy,
+}
+
+/// A user write's answer: whether its event changed anything, and the user after it.
+struct UserWritten {
+    applied: bool,
+    stored: Option<ProviderUser>,
+}
+
+/// Applies a run of consecutive user writes of one transaction, in order; one answer each.
+///
+/// The writes are decided on the users as read once for the run, and their events go
+/// through the unit of work together ([`scim::apply_batch`]: one idempotency insert, one
+/// upsert, one outbox append for all), then the users are read back once. The run is
+/// flushed early where a write must see the writes before it in the database: a second
+/// write of the same user, and a `userName` to check for uniqueness (a create, a rename).
+/// Refusals (`If-Match`, unknown user, bad body, a taken `userName`) answer only their
+/// write; a database error fails the run (the caller retries its writes one by one).
+/// With `lock`, the users are locked as they are read (the caller has not locked them).
+pub(crate) async fn apply_user_writes(
+    tx: &Transaction<'_>,
+    t: &str,
+    writes: &[UserWrite],
+    lock: bool,
+) -> Result<Vec<WriteResult>, tokio_postgres::Error> {
+    let known: Vec<&str> = writes
+        .iter()
+        .filter(|w| !w.creating)
+        .map(|w| w.id.as_str())
+        .collect();
+    let mut state = scim_provider::users(tx, t, &known, lock).await?;
+    let mut answers: Vec<Option<WriteResult>> = writes.iter().map(|_| None).collect();
+    let mut run = PendingRun::default();
+    for (i, w) in writes.iter().enumerate() {
+        if run.touches(&w.id) {
+            run.flush(tx, t, &mut state, &mut answers).await?;
+        }
+        let current = if w.creating {
+            None
+        } else {
+            match state.get(&w.id) {
+                Some(u) if !u.deleted => Some(u),
+                _ => {
+                    answers[i] = Some(Err(ProviderError::not_found("no such user")));
+                    continue;
+                }
+            }
+        };
+        if let Some(c) = current {
+            if let Err(e) = precondition(w.if_match.as_deref(), c.version) {
+                answers[i] = Some(Err(e));
+                continue;
+            }
+        }
+        let (operation, user) = match next_state(&w.id, w.change.clone(), w.ops.clone(), current) {
+            Ok(e) => e,
+            Err(e) => {
+                answers[i] = Some(Err(e));
+                continue;
+            }
+        };
+        let renamed = current.is_none_or(|c| !c.user_name.eq_ignore_ascii_case(&user.user_name));
+        let now = OffsetDateTime::now_utc();
+        // After whatever was applied before: an HTTP write always lands on what it read.
+        let occurred_at = current.map_or(now, |c| {
+            now.max(c.occurred_at + time::Duration::microseconds(1))
+        });
+        if operation != Operation::Delete && renamed {
+            // The check reads the database: the writes before it must be there.
+            run.flush(tx, t, &mut state, &mut answers).await?;
+            if scim_provider::user_name_taken(tx, t, &user.user_name, &w.id).await? {
+                answers[i] = Some(Err(ProviderError::uniqueness(
+                    "another user of this tenant has this userName",
+                )));
+                continue;
+            }
+        }
+        run.push(
+            i,
+            ScimEvent {
+                event_id: format!("scim-http:{}", new_id()),
+                tenant: w.tenant.clone(),
+                operation,
+                occurred_at,
+                user,
+            },
+            w.policy,
+        );
+    }
+    run.flush(tx, t, &mut state, &mut answers).await?;
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(ProviderError::unavailable())))
+        .collect())
+}
+
+/// The events decided but not yet written, with the index of the write each answers.
+#[derive(Default)]
+struct PendingRun {
+    events: Vec<(usize, ScimEvent)>,
+    policy: DeletePolicy,
+    /// The tenant's owner was woken (something to relay or push was written).
+    woke: bool,
+}
+
+impl PendingRun {
+    fn touches(&self, id: &str) -> bool {
+        self.events.iter().any(|(_, e)| e.user.id == id)
+    }
+
+    fn push(&mut self, index: usize, event: ScimEvent, policy: DeletePolicy) {
+        self.policy = policy;
+        self.events.push((index, event));
+    }
+
+    /// Writes the pending events through the unit of work, reads their users back, answers
+    /// their writes and refreshes `state` for the writes after them.
+    async fn flush(
+        &mut self,
+        tx: &Transaction<'_>,
+        t: &str,
+        state: &mut HashMap<String, ProviderUser>,
+        answers: &mut [Option<WriteResult>],
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let (indexes, events): (Vec<usize>, Vec<ScimEvent>) = self.events.drain(..).unzip();
+        let ids: Vec<String> = events.iter().map(|e| e.user.id.clone()).collect();
+        let batch = ScimBatch {
+            events,
+            delete_policy: self.policy,
+            security_events: Vec::new(),
+            dead_letters: Vec::new(),
+        };
+        let report = scim::apply_batch(tx, t, batch, 0).await?;
+        let wake = !self.woke && (!report.outbox.is_empty() || report.jobs_queued > 0);
+        self.woke |= wake;
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // The read-back and the wake-up pipelined (one round trip).
+        let (stored, ()) = tokio::try_join!(scim_provider::users(tx, t, &id_refs, false), async {
+            match wake {
+                true => notify_tenant_work(tx, t).await,
+                false => Ok(()),
+            }
+        },)?;
+        for (index, id) in indexes.into_iter().zip(ids) {
+            let user = stored.get(&id).cloned();
+            if let Some(u) = &user {
+                state.insert(id, u.clone());
+            }
+            let answer: Box<dyn Any + Send> = Box::new(UserWritten {
+                applied: report.applied > 0,
+                stored: user,
+            });
+            answers[index] = Some(Ok(answer));
+        }
+        Ok(())
     }
 }
 

@@ -7,6 +7,11 @@
 //! a savepoint (its refusal or failure undoes only itself), one commit for all, then every
 //! caller gets its answer. Nothing is answered before the commit that makes it durable.
 //!
+//! Consecutive user writes of a batch are not run one by one: they are decided together
+//! and folded into one unit of work (`users::apply_user_writes`), inside one savepoint. If
+//! that fails in the database, the savepoint is rolled back and each of them runs alone in
+//! a savepoint of its own, so one write's failure still answers only that write.
+//!
 //! Lock order, the same as the Kafka path's: the users (then groups) the writes name, in id
 //! order, before anything else, then the outbox sequence row.
 
@@ -18,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Transaction;
 
+use super::users::{apply_user_writes, UserWrite};
 use crate::actors::scim::resource::ProviderError;
 use crate::actors::TenantId;
 use crate::db::{scim_provider, TenantScopedStore, TxWork};
@@ -45,9 +51,29 @@ where
     Box::new(f)
 }
 
+/// A write waiting for its tenant's next transaction.
+pub(crate) enum Write {
+    /// A user write: folded with the consecutive user writes of its batch.
+    User(UserWrite),
+    /// Any other write: its own work, in a savepoint, after locking `locks`.
+    Work { locks: WriteLocks, work: WriteWork },
+}
+
+impl Write {
+    fn locks(&self) -> WriteLocks {
+        match self {
+            Write::User(w) if w.creating => WriteLocks::default(),
+            Write::User(w) => WriteLocks {
+                users: vec![w.id.clone()],
+                groups: Vec::new(),
+            },
+            Write::Work { locks, .. } => locks.clone(),
+        }
+    }
+}
+
 struct Job {
-    locks: WriteLocks,
-    work: WriteWork,
+    write: Write,
     reply: oneshot::Sender<WriteResult>,
 }
 
@@ -70,16 +96,10 @@ impl TenantWriters {
         })
     }
 
-    /// Runs `work` in the next transaction of the tenant's writes; answers once committed.
-    pub(crate) async fn run(
-        self: &Arc<Self>,
-        tenant: &TenantId,
-        locks: WriteLocks,
-        work: WriteWork,
-    ) -> WriteResult {
+    /// Runs `write` in the next transaction of the tenant's writes; answers once committed.
+    pub(crate) async fn run(self: &Arc<Self>, tenant: &TenantId, write: Write) -> WriteResult {
         let mut job = Job {
-            locks,
-            work,
+            write,
             reply: oneshot::channel().0,
         };
         // Twice at most: a queue whose task just ended for idleness refuses the first send.
@@ -147,40 +167,45 @@ impl TenantWriters {
         }
     }
 
-    /// One transaction for `jobs`: the batch's locks, each work in a savepoint, one commit.
+    /// One transaction for `jobs`: the batch's locks, runs of user writes folded, other
+    /// work in savepoints, one commit.
     async fn commit(&self, tenant: &TenantId, jobs: Vec<Job>) {
-        let mut users: Vec<String> = jobs.iter().flat_map(|j| j.locks.users.clone()).collect();
-        let mut groups: Vec<String> = jobs.iter().flat_map(|j| j.locks.groups.clone()).collect();
+        let mut users: Vec<String> = Vec::new();
+        let mut groups: Vec<String> = Vec::new();
+        for job in &jobs {
+            let locks = job.write.locks();
+            users.extend(locks.users);
+            groups.extend(locks.groups);
+        }
         users.sort_unstable();
         users.dedup();
         groups.sort_unstable();
         groups.dedup();
-        let (works, replies): (Vec<WriteWork>, Vec<oneshot::Sender<WriteResult>>) =
-            jobs.into_iter().map(|j| (j.work, j.reply)).unzip();
+        let (writes, replies): (Vec<Write>, Vec<oneshot::Sender<WriteResult>>) =
+            jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
         let outcome = self
             .store
             .scoped(tenant, move |tx, t| {
                 Box::pin(async move {
+                    // A transaction of one user write needs no savepoint (its refusals
+                    // write nothing, its failure fails the transaction it is alone in)
+                    // and no lock of its own (it locks its user as it reads it).
+                    if let [Write::User(only)] = writes.as_slice() {
+                        return apply_user_writes(tx, t, std::slice::from_ref(only), true).await;
+                    }
                     scim_provider::lock_rows(tx, t, &users, &groups).await?;
-                    let mut out: Vec<WriteResult> = Vec::with_capacity(works.len());
-                    for work in works {
-                        tx.batch_execute("savepoint scim_write").await?;
-                        match work(tx, t).await {
-                            Ok(Ok(v)) => {
-                                tx.batch_execute("release savepoint scim_write").await?;
-                                out.push(Ok(v));
-                            }
-                            Ok(Err(e)) => {
-                                tx.batch_execute("rollback to savepoint scim_write").await?;
-                                out.push(Err(e));
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %crate::db::store_error(e), "SCIM write failed in the store");
-                                tx.batch_execute("rollback to savepoint scim_write").await?;
-                                out.push(Err(ProviderError::unavailable()));
+                    let mut out: Vec<WriteResult> = Vec::with_capacity(writes.len());
+                    let mut run: Vec<UserWrite> = Vec::new();
+                    for write in writes {
+                        match write {
+                            Write::User(w) => run.push(w),
+                            Write::Work { work, .. } => {
+                                out.extend(user_run(tx, t, std::mem::take(&mut run)).await?);
+                                out.push(in_savepoint(tx, work(tx, t)).await?);
                             }
                         }
                     }
+                    out.extend(user_run(tx, t, run).await?);
                     Ok(out)
                 })
             })
@@ -197,6 +222,72 @@ impl TenantWriters {
                     let _ = reply.send(Err(ProviderError::unavailable()));
                 }
             }
+        }
+    }
+}
+
+/// A run of user writes folded in one savepoint; if the database fails it, each write
+/// again alone in its own.
+async fn user_run(
+    tx: &Transaction<'_>,
+    t: &str,
+    run: Vec<UserWrite>,
+) -> Result<Vec<WriteResult>, tokio_postgres::Error> {
+    if run.is_empty() {
+        return Ok(Vec::new());
+    }
+    tx.batch_execute("savepoint scim_run").await?;
+    match apply_user_writes(tx, t, &run, false).await {
+        Ok(answers) => {
+            tx.batch_execute("release savepoint scim_run").await?;
+            Ok(answers)
+        }
+        Err(e) if run.len() > 1 => {
+            tracing::warn!(error = %crate::db::store_error(e), writes = run.len(), "folded SCIM writes failed in the store; retrying one by one");
+            tx.batch_execute("rollback to savepoint scim_run").await?;
+            let mut out = Vec::with_capacity(run.len());
+            for w in run {
+                let one = [w];
+                let answer = in_savepoint(tx, async {
+                    apply_user_writes(tx, t, &one, false)
+                        .await
+                        .map(|mut a| a.pop().unwrap_or_else(|| Err(ProviderError::unavailable())))
+                })
+                .await?;
+                out.push(answer);
+            }
+            Ok(out)
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::db::store_error(e), "SCIM write failed in the store");
+            tx.batch_execute("rollback to savepoint scim_run").await?;
+            Ok(vec![Err(ProviderError::unavailable())])
+        }
+    }
+}
+
+/// Runs one write's work in a savepoint: its refusal or failure undoes only itself.
+async fn in_savepoint<F>(
+    tx: &Transaction<'_>,
+    work: F,
+) -> Result<WriteResult, tokio_postgres::Error>
+where
+    F: std::future::Future<Output = Result<WriteResult, tokio_postgres::Error>>,
+{
+    tx.batch_execute("savepoint scim_write").await?;
+    match work.await {
+        Ok(Ok(v)) => {
+            tx.batch_execute("release savepoint scim_write").await?;
+            Ok(Ok(v))
+        }
+        Ok(Err(e)) => {
+            tx.batch_execute("rollback to savepoint scim_write").await?;
+            Ok(Err(e))
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::db::store_error(e), "SCIM write failed in the store");
+            tx.batch_execute("rollback to savepoint scim_write").await?;
+            Ok(Err(ProviderError::unavailable()))
         }
     }
 }
