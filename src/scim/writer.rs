@@ -13,7 +13,8 @@
 //! a savepoint of its own, so one write's failure still answers only that write.
 //!
 //! Lock order, the same as the Kafka path's: the users (then groups) the writes name, in id
-//! order, before anything else, then the outbox sequence row.
+//! order, before anything else, then the outbox sequence row. A batch of user writes only
+//! locks its users as it reads them (one statement, in id order).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -193,19 +194,29 @@ impl TenantWriters {
                     if let [Write::User(only)] = writes.as_slice() {
                         return apply_user_writes(tx, t, std::slice::from_ref(only), true).await;
                     }
-                    scim_provider::lock_rows(tx, t, &users, &groups).await?;
+                    // Only user writes: one run, which locks its users (in id order) as
+                    // it reads them. Else the batch's locks first, in the Kafka path's order.
+                    let only_users = writes.iter().all(|w| matches!(w, Write::User(_)));
+                    if !only_users {
+                        scim_provider::lock_rows(tx, t, &users, &groups).await?;
+                    }
                     let mut out: Vec<WriteResult> = Vec::with_capacity(writes.len());
                     let mut run: Vec<UserWrite> = Vec::new();
                     for write in writes {
                         match write {
                             Write::User(w) => run.push(w),
                             Write::Work { work, .. } => {
-                                out.extend(user_run(tx, t, std::mem::take(&mut run)).await?);
+                                let before = std::mem::take(&mut run);
+                                out.extend(user_run(tx, t, before, RunPlace::Middle).await?);
                                 out.push(in_savepoint(tx, work(tx, t)).await?);
                             }
                         }
                     }
-                    out.extend(user_run(tx, t, run).await?);
+                    let place = match only_users {
+                        true => RunPlace::Alone,
+                        false => RunPlace::Last,
+                    };
+                    out.extend(user_run(tx, t, run, place).await?);
                     Ok(out)
                 })
             })
@@ -226,20 +237,40 @@ impl TenantWriters {
     }
 }
 
+/// Where a run of user writes stands in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunPlace {
+    /// Other work follows: its savepoint is released (savepoints must not pile up).
+    Middle,
+    /// Nothing follows: the commit releases its savepoint.
+    Last,
+    /// The only work of the transaction: nothing locked before it, nothing follows.
+    Alone,
+}
+
 /// A run of user writes folded in one savepoint; if the database fails it, each write
-/// again alone in its own.
+/// again alone in its own. The savepoint and the run's first statement go together (one
+/// round trip).
 async fn user_run(
     tx: &Transaction<'_>,
     t: &str,
     run: Vec<UserWrite>,
+    place: RunPlace,
 ) -> Result<Vec<WriteResult>, tokio_postgres::Error> {
     if run.is_empty() {
         return Ok(Vec::new());
     }
-    tx.batch_execute("savepoint scim_run").await?;
-    match apply_user_writes(tx, t, &run, false).await {
+    let lock = place == RunPlace::Alone;
+    let (savepoint, folded) = tokio::join!(
+        tx.batch_execute("savepoint scim_run"),
+        apply_user_writes(tx, t, &run, lock),
+    );
+    savepoint?;
+    match folded {
         Ok(answers) => {
-            tx.batch_execute("release savepoint scim_run").await?;
+            if place == RunPlace::Middle {
+                tx.batch_execute("release savepoint scim_run").await?;
+            }
             Ok(answers)
         }
         Err(e) if run.len() > 1 => {
@@ -249,7 +280,7 @@ async fn user_run(
             for w in run {
                 let one = [w];
                 let answer = in_savepoint(tx, async {
-                    apply_user_writes(tx, t, &one, false)
+                    apply_user_writes(tx, t, &one, lock)
                         .await
                         .map(|mut a| a.pop().unwrap_or_else(|| Err(ProviderError::unavailable())))
                 })
