@@ -1248,3 +1248,95 @@ async fn concurrent_writes_share_transactions_and_each_is_answered_for_itself() 
     }
     assert_eq!(statuses, vec![401, 401, 401, 429, 429]);
 }
+
+/// A write the database refuses inside a shared transaction fails alone: the fold of the
+/// batch is rolled back and its writes retried one by one, so the others commit and are
+/// answered 200, the refused one gets a SCIM 503 and leaves nothing behind. (The refusal is
+/// a constraint this test adds to its own database: the provider's validation lets the
+/// value through, PostgreSQL does not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_database_refuses_fails_alone_in_a_shared_transaction() {
+    let env = TestEnv::new().await;
+    let (t, _, token) = scim_tenant(&env, "scimpoison").await;
+    let svc = Service::start_role(
+        &env,
+        "api",
+        &[(
+            "ENABLEMENT__HTTP__MAX_CONCURRENT_REQUESTS_PER_CLIENT",
+            "100",
+        )],
+    );
+    svc.wait_up().await;
+    let scim = std::sync::Arc::new(Scim::new(&svc, &t, &token));
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let v = scim
+            .create_user(user(&format!("p{i}"), &format!("p{i}@acme.test"), "Sales"))
+            .await;
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    env.owner
+        .batch_execute(
+            "alter table users add constraint test_poison check (scim->>'title' is distinct from 'poison')",
+        )
+        .await
+        .expect("constraint");
+    let outbox_before = env
+        .count(
+            "select count(*) from outbox where tenant_id = $1 and topic = 'user_changed'",
+            &t,
+        )
+        .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let scim = scim.clone();
+        let path = format!("/Users/{id}");
+        let title = if i % 8 == 3 {
+            "poison".to_owned()
+        } else {
+            format!("ok-{i}")
+        };
+        tasks.spawn(async move {
+            let body = json!({"schemas": [PATCH], "Operations": [
+                {"op": "replace", "path": "title", "value": title}]});
+            let (s, _, v) = scim.call(Method::PATCH, &path, Some(body), &[]).await;
+            (i, s, v)
+        });
+    }
+    let mut poisoned = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (i, s, v) = r.expect("task");
+        if i % 8 == 3 {
+            poisoned += 1;
+            assert_error(s, &v, 503, None);
+        } else {
+            assert_eq!(s, 200, "write {i}: {v}");
+            assert_eq!(v["title"], format!("ok-{i}"));
+        }
+    }
+    assert_eq!(poisoned, 3);
+    for (i, id) in ids.iter().enumerate() {
+        let (_, v) = scim.get(&format!("/Users/{id}")).await;
+        let want = if i % 8 == 3 {
+            "Sales".to_owned()
+        } else {
+            format!("ok-{i}")
+        };
+        assert_eq!(v["title"], want, "{v}");
+    }
+    assert_eq!(
+        env.count(
+            "select count(*) from outbox where tenant_id = $1 and topic = 'user_changed'",
+            &t
+        )
+        .await,
+        outbox_before + 21
+    );
+    // The refusal is logged without the row it refused (no resource, no e-mail).
+    let log = svc.log();
+    assert!(log.contains("test_poison"), "the refusal is logged");
+    assert!(
+        !log.contains("acme.test") && !log.contains("Failing row"),
+        "{log}"
+    );
+}
