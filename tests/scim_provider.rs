@@ -712,6 +712,21 @@ async fn groups_members_and_the_readiness_breakdown() {
     // The user shows its group.
     let (_, u) = scim.get(&format!("/Users/{a_id}")).await;
     assert_eq!(u["groups"][0]["value"], gid);
+    // A write is answered with the user as stored, groups and `meta` included: the
+    // answer is what a GET after it serves.
+    let (s, patched) = scim
+        .patch(
+            &format!("/Users/{a_id}"),
+            json!([{"op": "replace", "path": "title", "value": "Grouped"}]),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200, "{patched}");
+    assert_eq!(patched["groups"][0]["value"], gid);
+    assert_eq!(patched["groups"][0]["display"], "Sales EMEA");
+    let (_, after) = scim.get(&format!("/Users/{a_id}")).await;
+    assert_eq!(patched, after);
+    assert_ne!(patched["meta"]["lastModified"], u["meta"]["lastModified"]);
 
     // Thousands of members in one PATCH (Entra's form: op capitalised), then removed.
     let mut many = Vec::new();

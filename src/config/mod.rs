@@ -191,6 +191,10 @@ pub struct PostgresConfig {
     /// Name of the service role `migrate` creates and grants.
     pub app_role: String,
     pub pool_max_size: u32,
+    /// Statements each pooled connection keeps prepared (parsed and planned once, then
+    /// only bound and run); 0 sends every statement's text, as a PgBouncer in transaction
+    /// mode without prepared-statement support needs.
+    pub statement_cache_capacity: usize,
     pub connect_timeout_ms: u64,
     /// TLS to PostgreSQL, for both URLs: `disable`, `require` (encrypted, certificate not
     /// checked), `verify-ca` (chain checked), `verify-full` (chain and host name). An
@@ -207,6 +211,7 @@ impl Default for PostgresConfig {
             migrate_url: "postgres://postgres@127.0.0.1:5432/enablement".into(),
             app_role: "enablement_app".into(),
             pool_max_size: 8,
+            statement_cache_capacity: 256,
             connect_timeout_ms: 5_000,
             sslmode: "disable".into(),
             sslrootcert: String::new(),

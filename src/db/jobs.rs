@@ -32,26 +32,26 @@ pub async fn enqueue(
     let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let subjects: Vec<&str> = jobs.iter().map(|j| j.subject).collect();
     let payloads: Vec<Option<&str>> = jobs.iter().map(|j| j.payload).collect();
-    Ok(tx
-        .query_typed(
-            "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
+    Ok(super::statements::query_typed(
+        tx,
+        "insert into upstream_jobs (tenant_id, priority, kind, subject, payload)
              select $1, j.priority, j.kind, j.subject, coalesce(j.payload::jsonb, '{}'::jsonb)
                from unnest($2::int2[], $3::text[], $4::text[], $5::text[])
                     with ordinality as j(priority, kind, subject, payload, n)
               order by j.n
              returning id",
-            &[
-                (&tenant, Type::TEXT),
-                (&priorities, Type::INT2_ARRAY),
-                (&kinds, Type::TEXT_ARRAY),
-                (&subjects, Type::TEXT_ARRAY),
-                (&payloads, Type::TEXT_ARRAY),
-            ],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        &[
+            (&tenant, Type::TEXT),
+            (&priorities, Type::INT2_ARRAY),
+            (&kinds, Type::TEXT_ARRAY),
+            (&subjects, Type::TEXT_ARRAY),
+            (&payloads, Type::TEXT_ARRAY),
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
 }
 
 /// Queues a job of `kind` about the whole tenant (subject `""`), unless one is pending;

@@ -37,6 +37,7 @@ mod scoped;
 mod secrets;
 mod security;
 mod signals;
+pub mod statements;
 mod store;
 
 pub use connect::{ensure_least_privilege, PgTarget};
@@ -49,12 +50,10 @@ pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};
 
 use std::time::Duration;
 
-use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres_rustls::MakeRustlsConnect;
-
 use crate::config::PostgresConfig;
 
-pub type PgPool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+/// The service role's pool; each connection carries its prepared statements.
+pub type PgPool = bb8::Pool<statements::PgManager>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -82,7 +81,11 @@ pub async fn connect_pool(cfg: &PostgresConfig) -> Result<PgPool, DbError> {
     let probe = target.connect().await?;
     ensure_least_privilege(&probe, "postgres.url").await?;
     drop(probe);
-    let manager = PostgresConnectionManager::new(target.pg.clone(), target.tls.clone());
+    let manager = statements::PgManager::new(
+        target.pg.clone(),
+        target.tls.clone(),
+        cfg.statement_cache_capacity,
+    );
     let pool = bb8::Pool::builder()
         .max_size(cfg.pool_max_size)
         .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))

@@ -45,28 +45,28 @@ pub async fn append(
     relayed_through: i64,
 ) -> Result<i64, tokio_postgres::Error> {
     let n = keys.len() as i64;
-    let rows = tx
-        .query_typed(
-            concat!(
-                seq_allocation!(),
-                "
+    let rows = super::statements::query_typed(
+        tx,
+        concat!(
+            seq_allocation!(),
+            "
              ins as (
                  insert into outbox (tenant_id, topic, message_key, payload, seq)
                  select $1, $2, x.k, x.p::jsonb, alloc.first + x.n - 1
                    from alloc, unnest($3::text[], $4::text[]) with ordinality as x(k, p, n)
                  returning 1)
              select first, (select count(*) from ins) from alloc"
-            ),
-            &[
-                (&tenant, Type::TEXT),
-                (&topic.suffix(), Type::TEXT),
-                (&keys, Type::TEXT_ARRAY),
-                (&payloads, Type::TEXT_ARRAY),
-                (&n, Type::INT8),
-                (&relayed_through, Type::INT8),
-            ],
-        )
-        .await?;
+        ),
+        &[
+            (&tenant, Type::TEXT),
+            (&topic.suffix(), Type::TEXT),
+            (&keys, Type::TEXT_ARRAY),
+            (&payloads, Type::TEXT_ARRAY),
+            (&n, Type::INT8),
+            (&relayed_through, Type::INT8),
+        ],
+    )
+    .await?;
     // The allocation's upsert always returns its one row.
     Ok(rows.first().map_or(0, |r| r.get(0)))
 }
@@ -136,10 +136,11 @@ pub async fn store_cursor(
     tenant: &str,
     through_seq: i64,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
+    super::statements::query_typed(
+        tx,
         "update outbox_relay set relayed_seq = $2, relayed_at = now()
           where tenant_id = $1 and relayed_seq < $2",
-        &[&tenant, &through_seq],
+        &[(&tenant, Type::TEXT), (&through_seq, Type::INT8)],
     )
     .await?;
     Ok(())
@@ -153,18 +154,23 @@ pub async fn pending(
     after: i64,
     limit: usize,
 ) -> Result<Vec<OutboxRecord>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
-            "select seq, topic, message_key, payload::text, raw_key, raw_payload,
+    let limit = limit as i64;
+    let rows = super::statements::query_typed(
+        tx,
+        "select seq, topic, message_key, payload::text, raw_key, raw_payload,
                     header_names, header_values
                from outbox
               where tenant_id = $1
                 and seq > greatest($2, (select relayed_seq from outbox_relay
                                          where tenant_id = $1))
               order by seq limit $3",
-            &[&tenant, &after, &(limit as i64)],
-        )
-        .await?;
+        &[
+            (&tenant, Type::TEXT),
+            (&after, Type::INT8),
+            (&limit, Type::INT8),
+        ],
+    )
+    .await?;
     Ok(rows
         .iter()
         .filter_map(|r| {

@@ -17,7 +17,8 @@ pub async fn mark_changed(
     mark: ReadinessMark,
 ) -> Result<(), tokio_postgres::Error> {
     let reason = mark.as_str();
-    tx.query_typed(
+    super::statements::query_typed(
+        tx,
         "insert into readiness_schedule (tenant_id, pending_since, changed_at, generation, reason)
          values ($1, now(), now(), 1, $2)
          on conflict (tenant_id) do update set

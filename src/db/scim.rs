@@ -30,7 +30,29 @@ pub async fn apply_batch(
     batch: ScimBatch,
     relayed_through: i64,
 ) -> Result<BatchReport, tokio_postgres::Error> {
+    Ok(apply_batch_returning(tx, tenant, batch, relayed_through)
+        .await?
+        .0)
+}
+
+/// A user as a unit of work wrote it, with the row's timestamps.
+#[derive(Debug, Clone)]
+pub struct WrittenUser {
+    pub user: StoredUser,
+    pub created: OffsetDateTime,
+    pub updated: OffsetDateTime,
+}
+
+/// [`apply_batch`], also returning the users it wrote (the SCIM provider answers with them
+/// instead of reading them back).
+pub async fn apply_batch_returning(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    batch: ScimBatch,
+    relayed_through: i64,
+) -> Result<(BatchReport, Vec<WrittenUser>), tokio_postgres::Error> {
     let mut report = BatchReport::default();
+    let mut written = Vec::new();
     let ScimBatch {
         events,
         delete_policy,
@@ -58,10 +80,11 @@ pub async fn apply_batch(
             relayed_through,
         };
         // Pipelined as well: the users upsert, then the outbox rows and follow-ups.
-        let ((), ()) = tokio::try_join!(
+        let (users, ()) = tokio::try_join!(
             upsert_users(tx, tenant, plan.upserts),
             append_changes(tx, tenant, changes, &mut report),
         )?;
+        written = users;
     }
     if !dead_letters.is_empty() {
         write_dead_letters(tx, tenant, dead_letters, relayed_through, &mut report).await?;
@@ -73,7 +96,7 @@ pub async fn apply_batch(
     for event in &security_events {
         security::record(tx, tenant, event.kind, &event.detail).await?;
     }
-    Ok(report)
+    Ok((report, written))
 }
 
 /// Writes the idempotency records; returns the ids among `ids` processed before.
@@ -82,16 +105,16 @@ async fn record_event_ids(
     tenant: &str,
     ids: &[&str],
 ) -> Result<HashSet<String>, tokio_postgres::Error> {
-    let fresh: HashSet<String> = tx
-        .query_typed(
-            "insert into processed_events (tenant_id, event_id)
+    let fresh: HashSet<String> = super::statements::query_typed(
+        tx,
+        "insert into processed_events (tenant_id, event_id)
              select $1, unnest($2::text[]) on conflict do nothing returning event_id",
-            &[(&tenant, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[(&tenant, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
     Ok(ids
         .iter()
         .filter(|id| !fresh.contains(**id))
@@ -109,59 +132,47 @@ async fn lock_users(
     let mut user_ids: Vec<&str> = events.iter().map(|e| e.user.id.as_str()).collect();
     user_ids.sort_unstable();
     user_ids.dedup();
-    Ok(tx
-        .query_typed(
-            "select user_id, user_name, email, role, external_id, manager_id, active, deleted,
+    Ok(super::statements::query_typed(
+        tx,
+        "select user_id, user_name, email, role, external_id, manager_id, active, deleted,
                     scim, version, source_occurred_at, source_event_id
                from users where tenant_id = $1 and user_id = any($2::text[])
               order by user_id for update",
-            &[(&tenant, Type::TEXT), (&user_ids, Type::TEXT_ARRAY)],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let u = row_to_user(r);
-            (u.user_id.clone(), u)
-        })
-        .collect())
+        &[(&tenant, Type::TEXT), (&user_ids, Type::TEXT_ARRAY)],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let u = row_to_user(r);
+        (u.user_id.clone(), u)
+    })
+    .collect())
 }
 
-/// Writes the final state of every user the batch changed, in one statement.
+/// Writes the final state of every user the batch changed, in one statement; returns
+/// them with the rows' timestamps.
 async fn upsert_users(
     tx: &Transaction<'_>,
     tenant: &str,
     upserts: Vec<StoredUser>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<WrittenUser>, tokio_postgres::Error> {
     if upserts.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let mut c_id = Vec::new();
-    let mut c_name = Vec::new();
-    let mut c_email: Vec<Option<String>> = Vec::new();
-    let mut c_role = Vec::new();
-    let mut c_ext: Vec<Option<String>> = Vec::new();
-    let mut c_mgr: Vec<Option<String>> = Vec::new();
-    let mut c_active = Vec::new();
-    let mut c_deleted = Vec::new();
-    let mut c_scim: Vec<Value> = Vec::new();
-    let mut c_version = Vec::new();
-    let mut c_at: Vec<OffsetDateTime> = Vec::new();
-    let mut c_event = Vec::new();
-    for u in upserts {
-        c_id.push(u.user_id);
-        c_name.push(u.user_name);
-        c_email.push(u.email);
-        c_role.push(u.role.as_str());
-        c_ext.push(u.external_id);
-        c_mgr.push(u.manager_id);
-        c_active.push(u.active);
-        c_deleted.push(u.deleted);
-        c_scim.push(u.resource);
-        c_version.push(u.version);
-        c_at.push(u.occurred_at);
-        c_event.push(u.last_event_id);
-    }
-    tx.query_typed(
+    let c_id: Vec<&str> = upserts.iter().map(|u| u.user_id.as_str()).collect();
+    let c_name: Vec<&str> = upserts.iter().map(|u| u.user_name.as_str()).collect();
+    let c_email: Vec<Option<&str>> = upserts.iter().map(|u| u.email.as_deref()).collect();
+    let c_role: Vec<&str> = upserts.iter().map(|u| u.role.as_str()).collect();
+    let c_ext: Vec<Option<&str>> = upserts.iter().map(|u| u.external_id.as_deref()).collect();
+    let c_mgr: Vec<Option<&str>> = upserts.iter().map(|u| u.manager_id.as_deref()).collect();
+    let c_active: Vec<bool> = upserts.iter().map(|u| u.active).collect();
+    let c_deleted: Vec<bool> = upserts.iter().map(|u| u.deleted).collect();
+    let c_scim: Vec<&Value> = upserts.iter().map(|u| &u.resource).collect();
+    let c_version: Vec<i64> = upserts.iter().map(|u| u.version).collect();
+    let c_at: Vec<OffsetDateTime> = upserts.iter().map(|u| u.occurred_at).collect();
+    let c_event: Vec<&str> = upserts.iter().map(|u| u.last_event_id.as_str()).collect();
+    let rows = super::statements::query_typed(
+        tx,
         "insert into users (tenant_id, user_id, user_name, email, role, external_id,
                             manager_id, active, scim, version, source_occurred_at,
                             source_event_id, deleted)
@@ -175,7 +186,8 @@ async fn upsert_users(
              scim = excluded.scim, version = excluded.version,
              source_occurred_at = excluded.source_occurred_at,
              source_event_id = excluded.source_event_id, deleted = excluded.deleted,
-             updated_at = now()",
+             updated_at = now()
+         returning user_id, created_at, updated_at",
         &[
             (&tenant, Type::TEXT),
             (&c_id, Type::TEXT_ARRAY),
@@ -193,7 +205,21 @@ async fn upsert_users(
         ],
     )
     .await?;
-    Ok(())
+    let mut stamps: HashMap<String, (OffsetDateTime, OffsetDateTime)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    Ok(upserts
+        .into_iter()
+        .filter_map(|user| {
+            let (created, updated) = stamps.remove(&user.user_id)?;
+            Some(WrittenUser {
+                user,
+                created,
+                updated,
+            })
+        })
+        .collect())
 }
 
 /// What a plan asks [`append_changes`] to write.

@@ -80,12 +80,12 @@ pub async fn users(
             ""
         }
     );
-    let mut found: Vec<ProviderUser> = tx
-        .query_typed(&sql, &[(&t, Type::TEXT), (&ids, Type::TEXT_ARRAY)])
-        .await?
-        .iter()
-        .map(to_user)
-        .collect();
+    let mut found: Vec<ProviderUser> =
+        super::statements::query_typed(tx, &sql, &[(&t, Type::TEXT), (&ids, Type::TEXT_ARRAY)])
+            .await?
+            .iter()
+            .map(to_user)
+            .collect();
     name_groups(tx, t, &mut found).await?;
     Ok(found.into_iter().map(|u| (u.user_id.clone(), u)).collect())
 }
@@ -108,16 +108,16 @@ async fn name_groups(
         }
         return Ok(());
     }
-    let names: HashMap<String, String> = tx
-        .query_typed(
-            "select group_id, display_name from scim_groups
+    let names: HashMap<String, String> = super::statements::query_typed(
+        tx,
+        "select group_id, display_name from scim_groups
               where tenant_id = $1 and group_id = any($2)",
-            &[(&t, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        &[(&t, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
+    )
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
     for u in users.iter_mut() {
         let named: Vec<Value> = u
             .groups
@@ -198,7 +198,7 @@ async fn list(
         .collect();
     let rows = if limit > 0 {
         let sql = format!("select {columns} from {from}{cond} order by {order} offset $2 limit $3");
-        tx.query_typed(&sql, &typed).await?
+        super::statements::query_typed(tx, &sql, &typed).await?
     } else {
         Vec::new()
     };
@@ -210,7 +210,10 @@ async fn list(
         0
     } else {
         let sql = format!("select count(*) from {from}{cond} and $2::int8 >= 0 and $3::int8 >= 0");
-        tx.query_one(&sql, &params).await?.get(0)
+        super::statements::query_typed(tx, &sql, &typed)
+            .await?
+            .first()
+            .map_or(0, |r| r.get(0))
     };
     Ok((total, rows))
 }
@@ -224,19 +227,30 @@ pub async fn user_name_taken(
     user_name: &str,
     except_id: &str,
 ) -> Result<bool, tokio_postgres::Error> {
-    tx.execute(
-        "select pg_advisory_xact_lock(hashtextextended('scim-user:' || $1 || ':' || lower($2), 0))",
-        &[&t, &user_name],
-    )
-    .await?;
-    Ok(tx
-        .query_opt(
+    // Pipelined (one round trip); the lock is taken before the check runs.
+    let lock_params = [
+        (&t as &(dyn ToSql + Sync), Type::TEXT),
+        (&user_name, Type::TEXT),
+    ];
+    let check_params = [
+        (&t as &(dyn ToSql + Sync), Type::TEXT),
+        (&user_name, Type::TEXT),
+        (&except_id, Type::TEXT),
+    ];
+    let (_, found) = tokio::try_join!(
+        super::statements::query_typed(
+            tx,
+            "select pg_advisory_xact_lock(hashtextextended('scim-user:' || $1 || ':' || lower($2), 0))",
+            &lock_params,
+        ),
+        super::statements::query_typed(
+            tx,
             "select 1 from users where tenant_id = $1 and user_name_lower = lower($2)
                 and not deleted and user_id <> $3 limit 1",
-            &[&t, &user_name, &except_id],
-        )
-        .await?
-        .is_some())
+            &check_params,
+        ),
+    )?;
+    Ok(!found.is_empty())
 }
 
 /// A stored group (members separately: [`members`]).
@@ -411,7 +425,8 @@ pub async fn lock_rows(
     groups: &[String],
 ) -> Result<(), tokio_postgres::Error> {
     if !users.is_empty() {
-        tx.query_typed(
+        super::statements::query_typed(
+            tx,
             "select 1 from users where tenant_id = $1 and user_id = any($2)
               order by user_id for update",
             &[(&t, Type::TEXT), (&users, Type::TEXT_ARRAY)],
@@ -419,7 +434,8 @@ pub async fn lock_rows(
         .await?;
     }
     if !groups.is_empty() {
-        tx.query_typed(
+        super::statements::query_typed(
+            tx,
             "select 1 from scim_groups where tenant_id = $1 and group_id = any($2)
               order by group_id for update",
             &[(&t, Type::TEXT), (&groups, Type::TEXT_ARRAY)],

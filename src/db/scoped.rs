@@ -16,6 +16,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
+use super::statements::{query_typed, with_cache};
 use super::{security, PgPool};
 use crate::actors::events::{InternalEvent, SecurityEventObserved};
 use crate::actors::ports::{SecurityEvent, StoreError};
@@ -70,15 +71,20 @@ impl TenantScopedStore {
             .get()
             .await
             .map_err(|e| StoreError::Unavailable(super::redact(e)))?;
+        let statements = conn.statements();
         let tx = conn.transaction().await.map_err(store_error)?;
-        // Typed: one round trip (no prepare), on every scoped transaction.
-        tx.query_typed(
-            "select set_config('app.tenant_id', $1, true)",
-            &[(&tenant.as_str(), Type::TEXT)],
-        )
-        .await
-        .map_err(store_error)?;
-        let out = match work(&tx, tenant.as_str()).await {
+        // The work runs with its connection's prepared statements (`statements`).
+        let worked = with_cache(statements, async {
+            query_typed(
+                &tx,
+                "select set_config('app.tenant_id', $1, true)",
+                &[(&tenant.as_str(), Type::TEXT)],
+            )
+            .await?;
+            work(&tx, tenant.as_str()).await
+        })
+        .await;
+        let out = match worked {
             Ok(out) => out,
             Err(e) => {
                 let err = store_error(e);

@@ -42,14 +42,14 @@ pub async fn has_upstream_credentials(
     tx: &Transaction<'_>,
     t: &str,
 ) -> Result<bool, tokio_postgres::Error> {
-    Ok(!tx
-        .query_typed(
-            "select 1 from tenant_secrets
+    Ok(!super::statements::query_typed(
+        tx,
+        "select 1 from tenant_secrets
               where tenant_id = $1 and upstream_client_id is not null",
-            &[(&t, Type::TEXT)],
-        )
-        .await?
-        .is_empty())
+        &[(&t, Type::TEXT)],
+    )
+    .await?
+    .is_empty())
 }
 
 /// Stores the tenant's MindTickle credentials, the secret sealed, and clears any plaintext

@@ -24,7 +24,8 @@ pub async fn notify_tenant_work(
     tx: &Transaction<'_>,
     tenant: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.query_typed(
+    super::statements::query_typed(
+        tx,
         "select pg_notify($1, $2)",
         &[(&TENANT_WORK_CHANNEL, Type::TEXT), (&tenant, Type::TEXT)],
     )

@@ -3,8 +3,8 @@
 //! transaction ([`super::writer`]); there the consecutive user writes are decided together
 //! ([`apply_user_writes`]): the users read once, for each write `If-Match` checked, the
 //! PATCH applied or the body taken, `userName` uniqueness checked, the event made; then all
-//! events folded in one unit of work, the tenant's owner woken (outbox relay, push job)
-//! and the users read back for the answers.
+//! events folded in one unit of work, the tenant's owner woken (outbox relay, push job);
+//! the answers are the users as the unit of work wrote them (no read-back).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -156,6 +156,28 @@ pub(crate) struct UserWrite {
     policy: DeletePolicy,
 }
 
+impl UserWrite {
+    /// True when the write may give a user a `userName` (a create, a PUT, a PATCH whose
+    /// operations name `userName` or carry it in a path-less value): its batch checks
+    /// uniqueness under a name lock, so it must not run beside another batch of the tenant
+    /// ([`super::writer`]).
+    pub(crate) fn may_claim_user_name(&self) -> bool {
+        match (&self.change, &self.ops) {
+            (Change::Delete, _) => false,
+            (Change::Patch(_), Some(ops)) => ops.iter().any(|op| match &op.path {
+                Some(p) => p.attr.name.eq_ignore_ascii_case("userName"),
+                None => op.value.as_ref().is_some_and(|v| {
+                    v.as_object().is_none_or(|o| {
+                        o.keys()
+                            .any(|k| k.eq_ignore_ascii_case("userName") || k.contains(':'))
+                    })
+                }),
+            }),
+            _ => true,
+        }
+    }
+}
+
 /// A user write's answer: whether its event changed anything, and the user after it.
 struct UserWritten {
     applied: bool,
@@ -166,7 +188,7 @@ struct UserWritten {
 ///
 /// The writes are decided on the users as read once for the run, and their events go
 /// through the unit of work together ([`scim::apply_batch`]: one idempotency insert, one
-/// upsert, one outbox append for all), then the users are read back once. The run is
+/// upsert, one outbox append for all), answered with the users it wrote. The run is
 /// flushed early where a write must see the writes before it in the database: a second
 /// write of the same user, and a `userName` to check for uniqueness (a create, a rename).
 /// Refusals (`If-Match`, unknown user, bad body, a taken `userName`) answer only their
@@ -268,8 +290,8 @@ impl PendingRun {
         self.events.push((index, event));
     }
 
-    /// Writes the pending events through the unit of work, reads their users back, answers
-    /// their writes and refreshes `state` for the writes after them.
+    /// Writes the pending events through the unit of work, answers their writes with the
+    /// users it wrote and refreshes `state` for the writes after them.
     async fn flush(
         &mut self,
         tx: &Transaction<'_>,
@@ -288,22 +310,54 @@ impl PendingRun {
             security_events: Vec::new(),
             dead_letters: Vec::new(),
         };
-        let report = scim::apply_batch(tx, t, batch, 0).await?;
+        let (report, written) = scim::apply_batch_returning(tx, t, batch, 0).await?;
         let wake = !self.woke && (!report.outbox.is_empty() || report.jobs_queued > 0);
         self.woke |= wake;
-        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        // The read-back and the wake-up pipelined (one round trip).
-        let (stored, ()) = tokio::try_join!(scim_provider::users(tx, t, &id_refs, false), async {
-            match wake {
-                true => notify_tenant_work(tx, t).await,
-                false => Ok(()),
-            }
-        },)?;
+        // The answers come from what the unit of work wrote (its groups unchanged by a
+        // user write); a user it did not write is answered as read, and one not read
+        // either (nothing to answer from) is read back.
+        for w in written {
+            let groups = state
+                .get(&w.user.user_id)
+                .map_or_else(|| Value::Array(Vec::new()), |u| u.groups.clone());
+            let u = w.user;
+            state.insert(
+                u.user_id.clone(),
+                ProviderUser {
+                    user_id: u.user_id,
+                    user_name: u.user_name,
+                    resource: u.resource,
+                    version: u.version,
+                    deleted: u.deleted,
+                    occurred_at: u.occurred_at,
+                    created: w.created,
+                    updated: w.updated,
+                    groups,
+                },
+            );
+        }
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|id| !state.contains_key(id.as_str()))
+            .map(String::as_str)
+            .collect();
+        let (stored, ()) = tokio::try_join!(
+            async {
+                match missing.is_empty() {
+                    true => Ok(HashMap::new()),
+                    false => scim_provider::users(tx, t, &missing, false).await,
+                }
+            },
+            async {
+                match wake {
+                    true => notify_tenant_work(tx, t).await,
+                    false => Ok(()),
+                }
+            },
+        )?;
+        state.extend(stored);
         for (index, id) in indexes.into_iter().zip(ids) {
-            let user = stored.get(&id).cloned();
-            if let Some(u) = &user {
-                state.insert(id, u.clone());
-            }
+            let user = state.get(&id).cloned();
             let answer: Box<dyn Any + Send> = Box::new(UserWritten {
                 applied: report.applied > 0,
                 stored: user,
@@ -345,5 +399,49 @@ fn next_state(
             Ok((Operation::Delete, user))
         }
         (_, None) => Err(ProviderError::not_found("no such user")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patch(ops: Value) -> UserWrite {
+        let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+        UserWrite {
+            id: "u1".into(),
+            creating: false,
+            ops: Some(patch::parse_request(&body).expect("valid PatchOp")),
+            change: Change::Patch(body),
+            if_match: None,
+            tenant: TenantId::parse("acme").expect("tenant id"),
+            policy: DeletePolicy::Deactivate,
+        }
+    }
+
+    /// Only writes that cannot claim a `userName` may share the database with another batch
+    /// of the tenant: every way a PATCH can name `userName` counts as claiming one.
+    #[test]
+    fn writes_that_may_claim_a_user_name_are_told_apart() {
+        let plain = patch(json!([{"op": "replace", "path": "title", "value": "Lead"},
+                                 {"op": "Replace", "path": "active", "value": "False"},
+                                 {"op": "add", "value": {"nickName": "Al"}}]));
+        assert!(!plain.may_claim_user_name());
+        for ops in [
+            json!([{"op": "replace", "path": "userName", "value": "x@acme.test"}]),
+            json!([{"op": "replace", "path": "USERNAME", "value": "x@acme.test"}]),
+            json!([{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User:userName", "value": "x"}]),
+            json!([{"op": "replace", "value": {"userName": "x@acme.test"}}]),
+            json!([{"op": "replace", "value": {"urn:ietf:params:scim:schemas:core:2.0:User": {"userName": "x"}}}]),
+        ] {
+            assert!(patch(ops.clone()).may_claim_user_name(), "{ops}");
+        }
+        let mut delete = plain.clone();
+        delete.change = Change::Delete;
+        assert!(!delete.may_claim_user_name());
+        let mut put = plain;
+        put.change = Change::Replace(json!({"userName": "x"}));
+        assert!(put.may_claim_user_name());
     }
 }

@@ -12,6 +12,13 @@
 //! that fails in the database, the savepoint is rolled back and each of them runs alone in
 //! a savepoint of its own, so one write's failure still answers only that write.
 //!
+//! Two of a tenant's transactions may be in flight at once, so the database works on one
+//! while the other's batch is decided or its commit flushed. Beside another, a batch only
+//! locks rows (its users, in id order, then the outbox sequence row and the readiness mark,
+//! in that order): a batch with a group write or a write that may claim a `userName`
+//! (which takes a name lock, possibly after the sequence row) runs alone. Writes of one
+//! user in two batches wait on the user's row lock and the second sees the first's result.
+//!
 //! Lock order, the same as the Kafka path's: the users (then groups) the writes name, in id
 //! order, before anything else, then the outbox sequence row. A batch of user writes only
 //! locks its users as it reads them (one statement, in id order).
@@ -21,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::Transaction;
 
 use super::users::{apply_user_writes, UserWrite};
@@ -61,6 +68,16 @@ pub(crate) enum Write {
 }
 
 impl Write {
+    /// True when the write's batch must be the tenant's only one in flight: group writes,
+    /// and user writes that may claim a `userName` (they take name locks after the outbox
+    /// sequence row may already be held; beside another batch that could deadlock).
+    fn runs_alone(&self) -> bool {
+        match self {
+            Write::User(w) => w.creating || w.may_claim_user_name(),
+            Write::Work { .. } => true,
+        }
+    }
+
     fn locks(&self) -> WriteLocks {
         match self {
             Write::User(w) if w.creating => WriteLocks::default(),
@@ -87,6 +104,10 @@ pub struct TenantWriters {
 impl TenantWriters {
     /// Writes sharing one transaction at most.
     const MAX_BATCH: usize = 64;
+    /// A tenant's write transactions in flight at once. One would leave the database idle
+    /// while the service decides the next batch and while a commit waits for its flush; a
+    /// second overlaps them (the outbox sequence row still orders the commits).
+    const TRANSACTIONS: u32 = 2;
     /// A tenant's drain task ends after this long without writes.
     const IDLE: Duration = Duration::from_secs(60);
 
@@ -141,6 +162,7 @@ impl TenantWriters {
     }
 
     async fn drain(self: Arc<Self>, tenant: TenantId, mut rx: mpsc::Receiver<Job>) {
+        let slots = Arc::new(Semaphore::new(Self::TRANSACTIONS as usize));
         loop {
             let first = match tokio::time::timeout(Self::IDLE, rx.recv()).await {
                 Ok(Some(job)) => job,
@@ -157,6 +179,11 @@ impl TenantWriters {
                     continue;
                 }
             };
+            // A slot first: the writes that arrive while both transactions run join the
+            // batch that takes the next free one.
+            let Ok(mut slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             let mut jobs = vec![first];
             while jobs.len() < Self::MAX_BATCH {
                 match rx.try_recv() {
@@ -164,7 +191,21 @@ impl TenantWriters {
                     Err(_) => break,
                 }
             }
-            self.commit(&tenant, jobs).await;
+            if jobs.iter().any(|j| j.write.runs_alone()) {
+                // Every slot: the transaction in flight ends first, none starts beside it.
+                match Arc::clone(&slots)
+                    .acquire_many_owned(Self::TRANSACTIONS - 1)
+                    .await
+                {
+                    Ok(rest) => slot.merge(rest),
+                    Err(_) => return,
+                }
+            }
+            let (this, tenant) = (Arc::clone(&self), tenant.clone());
+            tokio::spawn(async move {
+                this.commit(&tenant, jobs).await;
+                drop(slot);
+            });
         }
     }
 
