@@ -30,9 +30,11 @@ pub async fn apply_batch(
     batch: ScimBatch,
     relayed_through: i64,
 ) -> Result<BatchReport, tokio_postgres::Error> {
-    Ok(apply_batch_returning(tx, tenant, batch, relayed_through)
-        .await?
-        .0)
+    Ok(
+        apply_batch_returning(tx, tenant, batch, relayed_through, false)
+            .await?
+            .report,
+    )
 }
 
 /// A user as a unit of work wrote it, with the row's timestamps.
@@ -43,16 +45,29 @@ pub struct WrittenUser {
     pub updated: OffsetDateTime,
 }
 
+/// What [`apply_batch_returning`] did.
+#[derive(Debug, Default)]
+pub struct BatchWritten {
+    pub report: BatchReport,
+    /// The users it wrote, as written.
+    pub users: Vec<WrittenUser>,
+    /// The tenant's owner was notified (`wake_owner` and something was written).
+    pub woke: bool,
+}
+
 /// [`apply_batch`], also returning the users it wrote (the SCIM provider answers with them
-/// instead of reading them back).
+/// instead of reading them back). With `wake_owner`, a batch that changes something also
+/// notifies the tenant's owner ([`super::notify_tenant_work`]), sent with its writes.
 pub async fn apply_batch_returning(
     tx: &Transaction<'_>,
     tenant: &str,
     batch: ScimBatch,
     relayed_through: i64,
-) -> Result<(BatchReport, Vec<WrittenUser>), tokio_postgres::Error> {
+    wake_owner: bool,
+) -> Result<BatchWritten, tokio_postgres::Error> {
     let mut report = BatchReport::default();
     let mut written = Vec::new();
+    let mut woke = false;
     let ScimBatch {
         events,
         delete_policy,
@@ -79,10 +94,19 @@ pub async fn apply_batch_returning(
             has_credentials,
             relayed_through,
         };
-        // Pipelined as well: the users upsert, then the outbox rows and follow-ups.
-        let (users, ()) = tokio::try_join!(
+        // Pipelined as well: the users upsert, then the outbox rows and follow-ups, then the
+        // wake-up (delivered at commit).
+        woke = wake_owner && !plan.changes.is_empty();
+        let wake = async {
+            match woke {
+                true => super::notify_tenant_work(tx, tenant).await,
+                false => Ok(()),
+            }
+        };
+        let (users, (), ()) = tokio::try_join!(
             upsert_users(tx, tenant, plan.upserts),
             append_changes(tx, tenant, changes, &mut report),
+            wake,
         )?;
         written = users;
     }
@@ -96,7 +120,11 @@ pub async fn apply_batch_returning(
     for event in &security_events {
         security::record(tx, tenant, event.kind, &event.detail).await?;
     }
-    Ok((report, written))
+    Ok(BatchWritten {
+        report,
+        users: written,
+        woke,
+    })
 }
 
 /// Writes the idempotency records; returns the ids among `ids` processed before.

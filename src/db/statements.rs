@@ -183,14 +183,18 @@ pub async fn query_typed(
     let Some(cache) = cache else {
         return tx.query_typed(sql, params).await;
     };
-    let statement = match cache.get(sql) {
-        Some(s) => s,
-        None => {
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-            let s = tx.prepare_typed(sql, &types).await?;
-            cache.put(sql, s.clone());
-            s
+    let Some(statement) = cache.get(sql) else {
+        // Not prepared yet: prepared and run as text in the same poll, so both requests
+        // leave before any statement a caller pipelines after this one. (Awaiting the
+        // prepare first would let those overtake it: a reordered pipeline, and locks taken
+        // out of order, a deadlock seen with two writers of one tenant.)
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let (prepared, rows) =
+            tokio::join!(tx.prepare_typed(sql, &types), tx.query_typed(sql, params));
+        if let Ok(s) = prepared {
+            cache.put(sql, s);
         }
+        return rows;
     };
     let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
     match tx.query(&statement, &values).await {
@@ -270,6 +274,44 @@ mod tests {
         // The evicted statement was closed on the server: at most `capacity` stay.
         let left = with_cache(cache.clone(), async { prepared_on_server(&tx).await }).await;
         assert!(left <= 2, "{left} statements left prepared on the server");
+    }
+
+    /// Statements a caller pipelines run in the order it sent them, whether or not they
+    /// were prepared before: a statement's first use must not be overtaken by the ones
+    /// after it (the lock order of the write path depends on it).
+    #[tokio::test]
+    async fn pipelined_statements_keep_their_order_on_first_use() {
+        let mut c = client().await;
+        let table = format!("statements_order_{}", std::process::id());
+        c.batch_execute(&format!("create temp table {table} (n serial, v text)"))
+            .await
+            .expect("table");
+        let cache = Arc::new(StatementCache::new(8));
+        let tx = c.transaction().await.expect("begin");
+        let first = format!("insert into {table} (v) values ($1 || '-first')");
+        let second = format!("insert into {table} (v) values ($1 || '-second')");
+        with_cache(cache.clone(), async {
+            // The second statement is prepared already, the first is not.
+            query_typed(&tx, &second, &[(&"warm", Type::TEXT)])
+                .await
+                .expect("warm");
+            let (a, b) = tokio::join!(
+                query_typed(&tx, &first, &[(&"x", Type::TEXT)]),
+                query_typed(&tx, &second, &[(&"x", Type::TEXT)]),
+            );
+            a.expect("first");
+            b.expect("second");
+        })
+        .await;
+        let order: Vec<String> = tx
+            .query(&format!("select v from {table} order by n"), &[])
+            .await
+            .expect("read")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(order, ["warm-second", "x-first", "x-second"]);
+        assert!(cache.get(&first).is_some(), "prepared for its next use");
     }
 
     /// A migration that changes a cached statement's result type costs that statement one

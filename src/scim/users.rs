@@ -28,7 +28,7 @@ use crate::actors::scim::{
 };
 use crate::actors::TenantId;
 use crate::db::scim_provider::{self, ProviderUser};
-use crate::db::{notify_tenant_work, scim, scim_filter};
+use crate::db::{scim, scim_filter};
 use crate::tenant_tx;
 
 /// The served form of a stored user: the resource, its groups and `meta`.
@@ -310,9 +310,14 @@ impl PendingRun {
             security_events: Vec::new(),
             dead_letters: Vec::new(),
         };
-        let (report, written) = scim::apply_batch_returning(tx, t, batch, 0).await?;
-        let wake = !self.woke && (!report.outbox.is_empty() || report.jobs_queued > 0);
-        self.woke |= wake;
+        // The owner (outbox relay, push jobs) is woken once per transaction, by the first
+        // flush that writes something.
+        let scim::BatchWritten {
+            report,
+            users: written,
+            woke,
+        } = scim::apply_batch_returning(tx, t, batch, 0, !self.woke).await?;
+        self.woke |= woke;
         // The answers come from what the unit of work wrote (its groups unchanged by a
         // user write); a user it did not write is answered as read, and one not read
         // either (nothing to answer from) is read back.
@@ -341,21 +346,9 @@ impl PendingRun {
             .filter(|id| !state.contains_key(id.as_str()))
             .map(String::as_str)
             .collect();
-        let (stored, ()) = tokio::try_join!(
-            async {
-                match missing.is_empty() {
-                    true => Ok(HashMap::new()),
-                    false => scim_provider::users(tx, t, &missing, false).await,
-                }
-            },
-            async {
-                match wake {
-                    true => notify_tenant_work(tx, t).await,
-                    false => Ok(()),
-                }
-            },
-        )?;
-        state.extend(stored);
+        if !missing.is_empty() {
+            state.extend(scim_provider::users(tx, t, &missing, false).await?);
+        }
         for (index, id) in indexes.into_iter().zip(ids) {
             let user = state.get(&id).cloned();
             let answer: Box<dyn Any + Send> = Box::new(UserWritten {
