@@ -78,11 +78,14 @@ pub async fn apply_batch_returning(
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         // Pipelined (one round trip): the statements are sent together and run in order.
         // The credentials are read whether or not the plan pushes (one small lookup).
-        let (seen, current, has_credentials) = tokio::try_join!(
+        let (seen, current, has_credentials) = tokio::join!(
+            biased;
             record_event_ids(tx, tenant, &ids),
             lock_users(tx, tenant, &events),
             secrets::has_upstream_credentials(tx, tenant),
-        )?;
+        );
+        // The first failed statement's error, not a later one's "transaction is aborted".
+        let (seen, current, has_credentials) = (seen?, current?, has_credentials?);
         // The pure rules decide; the rest of this function only writes their plan.
         let plan = plan_batch(current, &seen, events, delete_policy);
         for (_, outcome) in &plan.outcomes {
@@ -103,12 +106,15 @@ pub async fn apply_batch_returning(
                 false => Ok(()),
             }
         };
-        let (users, (), ()) = tokio::try_join!(
+        let (users, appended, woken) = tokio::join!(
+            biased;
             upsert_users(tx, tenant, plan.upserts),
             append_changes(tx, tenant, changes, &mut report),
             wake,
-        )?;
-        written = users;
+        );
+        written = users?;
+        appended?;
+        woken?;
     }
     if !dead_letters.is_empty() {
         write_dead_letters(tx, tenant, dead_letters, relayed_through, &mut report).await?;
@@ -299,7 +305,8 @@ async fn append_changes(
             None => Ok(()),
         }
     };
-    let (first, queued, ()) = tokio::try_join!(
+    let (first, queued, marked) = tokio::join!(
+        biased;
         outbox::append(
             tx,
             tenant,
@@ -310,7 +317,9 @@ async fn append_changes(
         ),
         jobs::enqueue(tx, tenant, &jobs),
         mark,
-    )?;
+    );
+    let (first, queued) = (first?, queued?);
+    marked?;
     report.jobs_queued = queued.len() as u64;
     report.outbox = keys
         .iter()

@@ -237,7 +237,8 @@ pub async fn user_name_taken(
         (&user_name, Type::TEXT),
         (&except_id, Type::TEXT),
     ];
-    let (_, found) = tokio::try_join!(
+    let (locked, found) = tokio::join!(
+        biased;
         super::statements::query_typed(
             tx,
             "select pg_advisory_xact_lock(hashtextextended('scim-user:' || $1 || ':' || lower($2), 0))",
@@ -249,7 +250,9 @@ pub async fn user_name_taken(
                 and not deleted and user_id <> $3 limit 1",
             &check_params,
         ),
-    )?;
+    );
+    locked?;
+    let found = found?;
     Ok(!found.is_empty())
 }
 

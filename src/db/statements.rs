@@ -190,7 +190,7 @@ pub async fn query_typed(
         // out of order, a deadlock seen with two writers of one tenant.)
         let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
         let (prepared, rows) =
-            tokio::join!(tx.prepare_typed(sql, &types), tx.query_typed(sql, params));
+            tokio::join!(biased; tx.prepare_typed(sql, &types), tx.query_typed(sql, params));
         if let Ok(s) = prepared {
             cache.put(sql, s);
         }

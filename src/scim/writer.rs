@@ -303,6 +303,7 @@ async fn user_run(
     }
     let lock = place == RunPlace::Alone;
     let (savepoint, folded) = tokio::join!(
+        biased;
         tx.batch_execute("savepoint scim_run"),
         apply_user_writes(tx, t, &run, lock),
     );
