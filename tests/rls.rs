@@ -7,7 +7,8 @@ use common::{tenant, TestEnv};
 use enablement::actors::ports::{ScimBatch, TenantStore};
 use enablement::actors::scim::{parse_event, ParseLimits};
 use enablement::actors::TenantId;
-use enablement::db::{migrate, migrate_through, TenantScopedStore};
+use enablement::db::{commit_pipelined, migrate, migrate_through, TenantScopedStore};
+use tokio_postgres::types::{ToSql, Type};
 
 async fn seed_user(store: &TenantScopedStore, t: &TenantId, user: &str) {
     let line = common::scim_event(
@@ -684,4 +685,157 @@ async fn the_service_refuses_a_role_that_could_bypass_row_level_security() {
         ))
         .await
         .unwrap();
+}
+
+/// A work that sends its transaction's COMMIT with its last statements
+/// (`db::commit_pipelined`): what it wrote is committed once, visible to others, and the
+/// pooled connection's next transaction is a new one in its own tenant's scope; a statement
+/// that fails before that COMMIT leaves nothing (the server rolls back) and is the error
+/// reported. The commit happens inside the work, before it returns (another session sees
+/// the row then), not when the store commits after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_sent_with_the_work_commits_once_and_a_failure_before_it_leaves_nothing() {
+    let env = TestEnv::new().await;
+    let (a, b) = (tenant("commit-a"), tenant("commit-b"));
+    env.add_tenant(&a).await;
+    env.add_tenant(&b).await;
+    // One pooled connection: every transaction below runs on the same one.
+    let mut pg = env.config.postgres.clone();
+    pg.pool_max_size = 1;
+    let store = TenantScopedStore::new(
+        enablement::db::connect_pool(&pg).await.expect("pool"),
+        enablement::sealing::SecretSealer::shared(env.config.secrets.keys.expose())
+            .expect("test key"),
+    );
+    let insert = "insert into processed_events (tenant_id, event_id) values ($1, $2)";
+    let xid = "select pg_current_xact_id()::text";
+
+    let (observer, conn) =
+        tokio_postgres::connect(&env.config.postgres.migrate_url, tokio_postgres::NoTls)
+            .await
+            .expect("observer connects");
+    tokio::spawn(conn);
+    let (first, seen_inside, scope_after): (String, i64, String) = store
+        .scoped(&a, move |tx, t| {
+            Box::pin(async move {
+                // Statements sent whole on their first poll (`query_typed`): a COMMIT
+                // pipelined behind a statement that is prepared first would overtake it.
+                let params = [(&t as &(dyn ToSql + Sync), Type::TEXT), (&"ahead-1", Type::TEXT)];
+                let (id, inserted, committed) = tokio::join!(
+                    biased;
+                    tx.query_typed(xid, &[]),
+                    tx.query_typed(insert, &params),
+                    commit_pipelined(tx),
+                );
+                inserted?;
+                committed?;
+                // Still inside the work: another session already sees the row, and a
+                // statement now runs outside the tenant's scope (the setting ended with it).
+                let seen: i64 = observer
+                    .query_one(
+                        "select count(*) from processed_events where event_id = 'ahead-1' and tenant_id = $1",
+                        &[&t],
+                    )
+                    .await?
+                    .get(0);
+                let scope: String = tx
+                    .query_one("select coalesce(current_setting('app.tenant_id', true), '')", &[])
+                    .await?
+                    .get(0);
+                Ok((id?[0].get(0), seen, scope))
+            })
+        })
+        .await
+        .expect("work committed with its statements");
+    assert_eq!(seen_inside, 1, "committed before the work returned");
+    assert_eq!(scope_after, "", "after the COMMIT no tenant scope is left");
+    let owner_sees = |event: &'static str| {
+        let a = a.to_string();
+        let owner = &env.owner;
+        async move {
+            owner
+                .query_one(
+                    "select count(*) from processed_events where tenant_id = $1 and event_id = $2",
+                    &[&a, &event],
+                )
+                .await
+                .expect("owner count")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        owner_sees("ahead-1").await,
+        1,
+        "committed and visible to another session"
+    );
+
+    // The same connection, next transaction: a new transaction, scoped to the new tenant.
+    let (second, seen): (String, i64) = store
+        .scoped(&b, move |tx, _| {
+            Box::pin(async move {
+                let id: String = tx.query_one(xid, &[]).await?.get(0);
+                let seen: i64 = tx
+                    .query_one("select count(*) from processed_events", &[])
+                    .await?
+                    .get(0);
+                Ok((id, seen))
+            })
+        })
+        .await
+        .expect("next transaction");
+    assert_ne!(
+        first, second,
+        "the pipelined COMMIT ended the first transaction"
+    );
+    assert_eq!(
+        seen, 0,
+        "tenant b's transaction sees none of tenant a's rows"
+    );
+
+    // A failed statement before the COMMIT: the error is that statement's, nothing stays.
+    let failed = store
+        .scoped(&a, move |tx, t| {
+            Box::pin(async move {
+                let fresh = [
+                    (&t as &(dyn ToSql + Sync), Type::TEXT),
+                    (&"ahead-2", Type::TEXT),
+                ];
+                let again = [
+                    (&t as &(dyn ToSql + Sync), Type::TEXT),
+                    (&"ahead-1", Type::TEXT),
+                ];
+                let (kept, duplicate, committed) = tokio::join!(
+                    biased;
+                    tx.query_typed(insert, &fresh),
+                    tx.query_typed(insert, &again),
+                    commit_pipelined(tx),
+                );
+                kept?;
+                duplicate?;
+                committed
+            })
+        })
+        .await;
+    match failed {
+        Err(enablement::actors::ports::StoreError::Query(m)) => {
+            assert!(
+                m.contains("duplicate key"),
+                "the failed statement's error: {m}"
+            )
+        }
+        other => panic!("expected the duplicate's error, got {other:?}"),
+    }
+    assert_eq!(
+        owner_sees("ahead-2").await,
+        0,
+        "rolled back with the failed statement"
+    );
+    // And the connection is usable, outside any transaction left behind.
+    let third: String = store
+        .scoped(&a, move |tx, _| {
+            Box::pin(async move { Ok(tx.query_one(xid, &[]).await?.get(0)) })
+        })
+        .await
+        .expect("connection usable");
+    assert_ne!(third, first);
 }

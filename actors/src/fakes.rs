@@ -151,6 +151,10 @@ pub struct FakeStore {
     pub poison_user_name: Mutex<Option<String>>,
     /// While set, every batch waits here (lets tests hold a tenant's actor busy).
     pub gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Batches that reached the gate (waiting there while it is closed).
+    pub gated: AtomicUsize,
+    /// Reads of pending outbox rows (relay passes over the table).
+    pub outbox_reads: AtomicUsize,
     pub batches: AtomicUsize,
     /// Simulated database time per batch.
     pub batch_delay: Mutex<std::time::Duration>,
@@ -212,6 +216,7 @@ impl TenantStore for FakeStore {
     ) -> Result<BatchReport, StoreError> {
         let gate = self.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
+            self.gated.fetch_add(1, Ordering::SeqCst);
             let _permit = gate.acquire().await;
         }
         let delay = *self.batch_delay.lock().unwrap();
@@ -303,6 +308,7 @@ impl TenantStore for FakeStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.outbox_reads.fetch_add(1, Ordering::SeqCst);
         Ok(self.with(tenant, |d| {
             let after = after.max(d.relayed_seq);
             d.outbox

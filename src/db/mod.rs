@@ -44,6 +44,7 @@ pub use connect::{ensure_least_privilege, PgTarget};
 pub use erase::{erase_tenant, ErasedRows};
 pub use migrate::{migrate, migrate_through, MigrateError, MigrationReport};
 pub use registry::{Registry, RegistryError, RegistryLayout, TenantRecord};
+pub use scoped::commit_pipelined;
 pub(crate) use scoped::store_error;
 pub use scoped::{TenantScopedStore, TxWork};
 pub use signals::{listen_tenant_work, notify_tenant_work, TENANT_WORK_CHANNEL};

@@ -14,6 +14,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 use super::scim_filter::SqlCondition;
+use crate::actors::scim::StoredUser;
 
 /// A stored user as the provider serves it.
 #[derive(Debug, Clone)]
@@ -88,6 +89,47 @@ pub async fn users(
             .collect();
     name_groups(tx, t, &mut found).await?;
     Ok(found.into_iter().map(|u| (u.user_id.clone(), u)).collect())
+}
+
+/// The users `ids` as [`users`] reads them, and each also as the SCIM unit of work stores
+/// it ([`StoredUser`]: what its rules decide on), in the same statement. The HTTP writes
+/// read their users with it: the unit of work then need not lock and read them again
+/// ([`super::scim::Locked`]).
+pub async fn users_to_write(
+    tx: &Transaction<'_>,
+    t: &str,
+    ids: &[&str],
+    lock: bool,
+) -> Result<(HashMap<String, ProviderUser>, HashMap<String, StoredUser>), tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok((HashMap::new(), HashMap::new()));
+    }
+    let sql = format!(
+        "select {USER_COLUMNS}, u.email, u.role, u.external_id, u.manager_id, u.active,
+                u.source_event_id
+           from users u where u.tenant_id = $1 and u.user_id = any($2){}",
+        if lock {
+            " order by u.user_id for update of u"
+        } else {
+            ""
+        }
+    );
+    let rows =
+        super::statements::query_typed(tx, &sql, &[(&t, Type::TEXT), (&ids, Type::TEXT_ARRAY)])
+            .await?;
+    let mut found: Vec<ProviderUser> = rows.iter().map(to_user).collect();
+    let stored = rows
+        .iter()
+        .map(|r| {
+            let u = super::scim::row_to_user(r);
+            (u.user_id.clone(), u)
+        })
+        .collect();
+    name_groups(tx, t, &mut found).await?;
+    Ok((
+        found.into_iter().map(|u| (u.user_id.clone(), u)).collect(),
+        stored,
+    ))
 }
 
 /// Turns the users' group ids into `{value, display, type}` (one query, only when a user

@@ -8,7 +8,14 @@
 //! The [`tenant_tx!`](crate::tenant_tx) macro is the one spelling of a scoped transaction
 //! used by every module that owns a concern's SQL; errors are classified here once
 //! (transient or not, policy violation) for the callers' retry decisions.
+//!
+//! Round trips: the setting goes out with the work's first statements (one round trip, in
+//! order: the work's statements run after it, and fail with it). Work whose last statements
+//! are known may end the transaction in the same round trip ([`commit_pipelined`]); the
+//! write path of the SCIM provider does, so a tenant's commits follow each other without a
+//! wait on the service between the last write and the commit.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -73,17 +80,39 @@ impl TenantScopedStore {
             .map_err(|e| StoreError::Unavailable(super::redact(e)))?;
         let statements = conn.statements();
         let tx = conn.transaction().await.map_err(store_error)?;
-        // The work runs with its connection's prepared statements (`statements`).
-        let worked = with_cache(statements, async {
-            query_typed(
-                &tx,
-                "select set_config('app.tenant_id', $1, true)",
-                &[(&tenant.as_str(), Type::TEXT)],
-            )
-            .await?;
-            work(&tx, tenant.as_str()).await
-        })
+        // The work runs with its connection's prepared statements (`statements`), its first
+        // statements sent with the setting (in order: they run after it). A failed setting
+        // is the error reported, not the "transaction is aborted" of the work after it.
+        let id = tenant.as_str();
+        let setting = [(
+            &id as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::TEXT,
+        )];
+        let (worked, committed) = with_cache(
+            statements,
+            COMMIT_SENT.scope(Cell::new(false), async {
+                let (scope, worked) = tokio::join!(
+                    biased;
+                    query_typed(&tx, "select set_config('app.tenant_id', $1, true)", &setting),
+                    work(&tx, id),
+                );
+                let worked = scope.and(worked);
+                (worked, COMMIT_SENT.with(Cell::get))
+            }),
+        )
         .await;
+        // When the work sent the COMMIT itself (after its last statements), the transaction
+        // ended on the server: committed, or rolled back if a statement before the COMMIT
+        // failed (which `worked` then reports). Dropping `tx` would send a ROLLBACK outside
+        // any transaction; forgetting it leaks nothing (a top-level transaction holds only
+        // the connection's borrow).
+        let tx = match committed {
+            true => {
+                std::mem::forget(tx);
+                None
+            }
+            false => Some(tx),
+        };
         let out = match worked {
             Ok(out) => out,
             Err(e) => {
@@ -100,7 +129,9 @@ impl TenantScopedStore {
                 return Err(err);
             }
         };
-        tx.commit().await.map_err(store_error)?;
+        if let Some(tx) = tx {
+            tx.commit().await.map_err(store_error)?;
+        }
         Ok(out)
     }
 
@@ -134,6 +165,30 @@ impl TenantScopedStore {
             let _ = tx.commit().await;
         }
     }
+}
+
+tokio::task_local! {
+    /// Set by [`commit_pipelined`] inside [`TenantScopedStore::scoped`]'s work.
+    static COMMIT_SENT: Cell<bool>;
+}
+
+/// Sends the COMMIT of the scoped transaction this work runs in, behind the statements the
+/// work already sent (pipelined: polled with them in one `join!`, last), and waits for it.
+/// Nothing may follow it in the work: the transaction is over (a statement after it would
+/// run outside the tenant's scope and see no tenant rows). If a statement before it failed,
+/// the server ends the transaction with a rollback instead and the work reports that
+/// statement's error. Outside a scoped transaction it sends nothing: the caller commits.
+///
+/// Every statement before it must leave on its first poll, whole: `statements::query_typed`,
+/// `Transaction::query_typed`, `batch_execute`. Not `query`/`execute` with SQL text: they
+/// prepare first and send the execution after the answer, which the COMMIT would overtake
+/// (the statement would then run after the commit, outside the tenant's scope, and be
+/// refused by row-level security: a partial transaction).
+pub async fn commit_pipelined(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    if COMMIT_SENT.try_with(|sent| sent.set(true)).is_err() {
+        return Ok(());
+    }
+    tx.batch_execute("commit").await
 }
 
 /// Classifies a database error for the caller's retry decision.

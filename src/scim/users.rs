@@ -24,9 +24,10 @@ use crate::actors::scim::patch::{self, PatchOperation};
 use crate::actors::scim::resource::{user_from_body, ProviderError, USER_PATCH};
 use crate::actors::scim::DeletePolicy;
 use crate::actors::scim::{
-    Operation, ScimEvent, ScimUser, CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA,
+    Operation, ScimEvent, ScimUser, StoredUser, CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA,
 };
 use crate::actors::TenantId;
+use crate::db::scim::Finish;
 use crate::db::scim_provider::{self, ProviderUser};
 use crate::db::{scim, scim_filter};
 use crate::tenant_tx;
@@ -199,23 +200,37 @@ pub(crate) async fn apply_user_writes(
     t: &str,
     writes: &[UserWrite],
     lock: bool,
+    finish: Finish,
 ) -> Result<Vec<WriteResult>, tokio_postgres::Error> {
     let known: Vec<&str> = writes
         .iter()
         .filter(|w| !w.creating)
         .map(|w| w.id.as_str())
         .collect();
-    let mut state = scim_provider::users(tx, t, &known, lock).await?;
+    // The users and the tenant's credentials in one round trip: the unit of work decides
+    // on them without reading them again (`scim::Locked`).
+    let (read, has_credentials) = tokio::join!(
+        biased;
+        scim_provider::users_to_write(tx, t, &known, lock),
+        scim::has_upstream_credentials(tx, t),
+    );
+    let (users, stored) = read?;
+    let mut state = WriteState {
+        users,
+        stored,
+        has_credentials: has_credentials?,
+    };
     let mut answers: Vec<Option<WriteResult>> = writes.iter().map(|_| None).collect();
     let mut run = PendingRun::default();
     for (i, w) in writes.iter().enumerate() {
         if run.touches(&w.id) {
-            run.flush(tx, t, &mut state, &mut answers).await?;
+            run.flush(tx, t, &mut state, &mut answers, Finish::KeepOpen)
+                .await?;
         }
         let current = if w.creating {
             None
         } else {
-            match state.get(&w.id) {
+            match state.users.get(&w.id) {
                 Some(u) if !u.deleted => Some(u),
                 _ => {
                     answers[i] = Some(Err(ProviderError::not_found("no such user")));
@@ -244,7 +259,8 @@ pub(crate) async fn apply_user_writes(
         });
         if operation != Operation::Delete && renamed {
             // The check reads the database: the writes before it must be there.
-            run.flush(tx, t, &mut state, &mut answers).await?;
+            run.flush(tx, t, &mut state, &mut answers, Finish::KeepOpen)
+                .await?;
             if scim_provider::user_name_taken(tx, t, &user.user_name, &w.id).await? {
                 answers[i] = Some(Err(ProviderError::uniqueness(
                     "another user of this tenant has this userName",
@@ -264,11 +280,21 @@ pub(crate) async fn apply_user_writes(
             w.policy,
         );
     }
-    run.flush(tx, t, &mut state, &mut answers).await?;
+    // The last flush: with `Finish::CommitWithWrites`, it may end the transaction.
+    run.flush(tx, t, &mut state, &mut answers, finish).await?;
     Ok(answers
         .into_iter()
         .map(|a| a.unwrap_or_else(|| Err(ProviderError::unavailable())))
         .collect())
+}
+
+/// What a transaction's user writes decide on, kept current as their runs are written:
+/// the users as served, the same users as the unit of work stores them (read and locked
+/// once, in id order), and whether the tenant has MindTickle credentials.
+struct WriteState {
+    users: HashMap<String, ProviderUser>,
+    stored: HashMap<String, StoredUser>,
+    has_credentials: bool,
 }
 
 /// The events decided but not yet written, with the index of the write each answers.
@@ -296,8 +322,9 @@ impl PendingRun {
         &mut self,
         tx: &Transaction<'_>,
         t: &str,
-        state: &mut HashMap<String, ProviderUser>,
+        state: &mut WriteState,
         answers: &mut [Option<WriteResult>],
+        finish: Finish,
     ) -> Result<(), tokio_postgres::Error> {
         if self.events.is_empty() {
             return Ok(());
@@ -316,17 +343,32 @@ impl PendingRun {
             report,
             users: written,
             woke,
-        } = scim::apply_batch_returning(tx, t, batch, 0, !self.woke).await?;
+        } = scim::apply_batch_returning(
+            tx,
+            t,
+            batch,
+            0,
+            !self.woke,
+            finish,
+            Some(scim::Locked {
+                users: &state.stored,
+                has_credentials: state.has_credentials,
+            }),
+        )
+        .await?;
         self.woke |= woke;
         // The answers come from what the unit of work wrote (its groups unchanged by a
         // user write); a user it did not write is answered as read, and one not read
-        // either (nothing to answer from) is read back.
+        // either (nothing to answer from) is read back. (A unit of work that committed
+        // wrote every user of its events: nothing is read back after its commit.)
         for w in written {
             let groups = state
+                .users
                 .get(&w.user.user_id)
                 .map_or_else(|| Value::Array(Vec::new()), |u| u.groups.clone());
+            state.stored.insert(w.user.user_id.clone(), w.user.clone());
             let u = w.user;
-            state.insert(
+            state.users.insert(
                 u.user_id.clone(),
                 ProviderUser {
                     user_id: u.user_id,
@@ -343,14 +385,16 @@ impl PendingRun {
         }
         let missing: Vec<&str> = ids
             .iter()
-            .filter(|id| !state.contains_key(id.as_str()))
+            .filter(|id| !state.users.contains_key(id.as_str()))
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            state.extend(scim_provider::users(tx, t, &missing, false).await?);
+            let (users, stored) = scim_provider::users_to_write(tx, t, &missing, false).await?;
+            state.users.extend(users);
+            state.stored.extend(stored);
         }
         for (index, id) in indexes.into_iter().zip(ids) {
-            let user = state.get(&id).cloned();
+            let user = state.users.get(&id).cloned();
             let answer: Box<dyn Any + Send> = Box::new(UserWritten {
                 applied: report.applied > 0,
                 stored: user,

@@ -84,7 +84,9 @@ pub enum TenantMsg {
     /// The job pump finished a job: answer whoever waits for it.
     JobDone(i64, Result<ProgressSnapshot, SyncError>),
     /// Another process wrote work for this tenant (outbox rows, queued jobs): relay the
-    /// outbox and look at the job queue now rather than at the next poll.
+    /// outbox and look at the job queue now rather than at the next poll. The wake-ups that
+    /// arrive before the relay they asked for has started share it: a writer committing
+    /// hundreds of transactions a second costs the relay one pass per pass, not one each.
     Wake,
 }
 
@@ -119,6 +121,8 @@ pub struct TenantState {
     limiter: Arc<TenantLimiter>,
     /// A `StoreRelayCursor` is on its way.
     cursor_store_scheduled: bool,
+    /// A `FlushOutbox` asked for by a `Wake` is in the mailbox and has not started.
+    wake_flush_queued: bool,
     /// Stops the feeder and the job pump when the state is dropped, failure included.
     _tasks_guard: DropGuard,
 }
@@ -217,6 +221,7 @@ impl Actor for TenantActor {
             wake_pump,
             limiter,
             cursor_store_scheduled: false,
+            wake_flush_queued: false,
             _tasks_guard: alive.drop_guard(),
         })
     }
@@ -240,6 +245,9 @@ impl Actor for TenantActor {
                 let _ = reply.send(handled.next_offset);
             }
             TenantMsg::FlushOutbox => {
+                // Whatever was committed before this point is read by this pass: a wake-up
+                // from now on asks for the next one.
+                state.wake_flush_queued = false;
                 let next = state.relay.flush().await;
                 self.follow(&myself, state, next);
             }
@@ -250,8 +258,12 @@ impl Actor for TenantActor {
             }
             TenantMsg::Wake => {
                 state.wake_pump.notify_one();
-                let next = state.relay.flush().await;
-                self.follow(&myself, state, next);
+                // A relay pass queued behind this wake-up (not started yet) reads the rows
+                // it announces, which were committed before it was sent.
+                if !state.wake_flush_queued {
+                    state.wake_flush_queued = true;
+                    myself.cast(TenantMsg::FlushOutbox)?;
+                }
             }
             TenantMsg::SyncProgress(user_id, reply) => {
                 // Durable first: the job survives a restart; the caller waits for it only

@@ -220,6 +220,53 @@ async fn rows_of_another_writer_are_relayed_in_seq_order_before_a_batch() {
     .await;
 }
 
+/// Wake-ups (another process committed outbox rows: the SCIM provider's HTTP writes send
+/// one per transaction) that queue up while the actor is busy share one relay pass over
+/// the table instead of one pass each, and no row announced by one is left behind.
+#[tokio::test(start_paused = true)]
+async fn wake_ups_queued_behind_a_busy_actor_share_one_relay_pass() {
+    let h = harness(PipelineSettings::default(), SupervisorSettings::default()).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *h.store.gate.lock().unwrap() = Some(gate.clone());
+    let acme = t("acme");
+    let log = h.feeds.log(&acme);
+    log.append(event("acme", 1, "u1", "ada"));
+    h.assign(&acme);
+    wait_for("the actor busy in a batch", || {
+        h.store.gated.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Another writer commits rows and wakes the tenant fifty times meanwhile.
+    for n in 0..50 {
+        h.store
+            .append_outbox(&acme, TopicKind::Events, &format!("w{n}"), b"{}");
+        h.tenants.wake(&acme);
+    }
+    // The supervisor answers after it forwarded every wake-up (its mailbox is in order).
+    health(&h.tenants).await;
+    let before = h.store.outbox_reads.load(Ordering::SeqCst);
+    gate.add_permits(1000);
+    // One more row and wake-up: the relay that publishes this row comes after every
+    // earlier wake-up was handled.
+    h.store
+        .append_outbox(&acme, TopicKind::Events, "last", b"{}");
+    h.tenants.wake(&acme);
+    wait_for("every row relayed", || {
+        h.publisher.outbox_seqs(&acme).len() == 52
+    })
+    .await;
+    let seqs = h.publisher.outbox_seqs(&acme);
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in seq order: {seqs:?}"
+    );
+    let passes = h.store.outbox_reads.load(Ordering::SeqCst) - before;
+    assert!(
+        passes <= 4,
+        "fifty wake-ups cost {passes} reads of the outbox (one pass each would be 50)"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_relay_is_retried_from_the_table_before_newer_rows() {
     let pipeline = PipelineSettings {
