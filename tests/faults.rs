@@ -387,11 +387,7 @@ async fn scim_writes_across_a_postgres_restart_are_answered_and_acknowledged_one
 
     let _serial = SERIAL.lock().await;
     let mut env = TestEnv::new().await;
-    let t = tenant("scimpg");
-    env.add_tenant(&t).await;
-    let token = enablement::tenants::rotate_scim_token(&env.store().await, &t)
-        .await
-        .expect("scim token");
+    let (t, _, token) = env.add_scim_tenant("scimpg").await;
     let svc = Service::start_role(&env, "api", &[]);
     svc.wait_up().await;
     let base = format!("{}/scim/v2/{t}", svc.base_url);

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, push, read_topic, scim_event, tenant, Service, TestEnv};
+use common::{eventually, push, read_topic, scim_event, Service, TestEnv};
 use enablement::actors::{TenantId, TopicKind};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -135,12 +135,7 @@ fn user(name: &str, email: &str, dept: &str) -> Value {
 }
 
 async fn scim_tenant(env: &TestEnv, prefix: &str) -> (TenantId, String, String) {
-    let t = tenant(prefix);
-    let api = env.add_tenant(&t).await;
-    let scim = enablement::tenants::rotate_scim_token(&env.store().await, &t)
-        .await
-        .expect("scim token");
-    (t, api, scim)
+    env.add_scim_tenant(prefix).await
 }
 
 fn assert_error(status: u16, v: &Value, want_status: u16, scim_type: Option<&str>) {

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{tenant, Service, TestEnv};
+use common::{Service, TestEnv};
 use serde_json::Value;
 
 /// Replaces `${name}` in every string of `v`.
@@ -45,11 +45,7 @@ async fn replay(fixture: &str) -> (TestEnv, enablement::actors::TenantId) {
     .expect("fixture");
     let script: Value = serde_json::from_str(&text).expect("fixture JSON");
     let env = TestEnv::new().await;
-    let t = tenant(fixture);
-    env.add_tenant(&t).await;
-    let token = enablement::tenants::rotate_scim_token(&env.store().await, &t)
-        .await
-        .expect("scim token");
+    let (t, _, token) = env.add_scim_tenant(fixture).await;
     let svc = Service::start_role(&env, "api", &[]);
     svc.wait_up().await;
     let client = reqwest::Client::new();

@@ -121,6 +121,17 @@ impl TestEnv {
             .await
     }
 
+    /// Registers a tenant named from `prefix` and issues its SCIM token: the tenant, its API
+    /// token and its SCIM token.
+    pub async fn add_scim_tenant(&self, prefix: &str) -> (TenantId, String, String) {
+        let t = tenant(prefix);
+        let api = self.add_tenant(&t).await;
+        let scim = enablement::tenants::rotate_scim_token(&self.store().await, &t)
+            .await
+            .expect("scim token");
+        (t, api, scim)
+    }
+
     /// Registers a tenant on the shared topics (`enablement tenant add --shared-topics`).
     pub async fn add_shared_tenant(&self, tenant: &TenantId) -> String {
         self.add_tenant_on(tenant, enablement::tenants::Topics::Shared)
